@@ -1,0 +1,36 @@
+//! Concord's node library: a federated, signed, CRDT-backed register of AI-risk
+//! assessments and consensus notes.
+//!
+//! Modules, in reading order:
+//! - [`identity`]: the institution's ed25519 key, node id and fingerprint;
+//! - [`roster`]: who is a member or an observer;
+//! - [`genesis`]: the signed founding record; its hash is the network id;
+//! - [`envelope`]: the signed wrapper around every Automerge change;
+//! - [`taxonomy`] and [`model`]: the domain and the views printed as JSON;
+//! - [`doc`]: the Automerge document and its typed reads and writes;
+//! - [`ingest`]: the single verification path for changes from outside;
+//! - [`store`]: the sled store of envelopes;
+//! - [`bundle`]: the file format for exchanging envelopes offline;
+//! - [`config`]: the data directory and the config file;
+//! - [`replica`]: a node's local state tying all of the above together;
+//! - [`report`]: the briefing of consensus and divergence.
+//!
+//! Boundaries: only `store` imports sled; only `identity` (for the `PeerId`
+//! form of a key) imports libp2p; `identity`, `genesis`, `envelope`, `doc`,
+//! `ingest`, `model` and `report` do no IO and spawn nothing.
+
+pub mod bundle;
+pub mod config;
+pub mod doc;
+pub mod envelope;
+pub mod genesis;
+pub mod identity;
+pub mod ingest;
+pub mod model;
+pub mod roster;
+pub mod store;
+pub mod taxonomy;
+pub mod replica;
+pub mod report;
+
+pub use replica::{Replica, ReplicaError};

@@ -1,0 +1,344 @@
+//! The domain: risk assessments, consensus notes, positions and the views
+//! printed by the CLI. Views are what `--json` prints, so their field names are
+//! a stable interface (documented in `docs/json.md`). No IO, no Automerge.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Serialize;
+
+/// Errors in values a user typed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error("{field} must be an integer from 1 to 5, got {value}")]
+    OutOfRange { field: &'static str, value: i64 },
+    #[error("unknown {what} {value:?}; expected one of: {expected}")]
+    Unknown {
+        what: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("{field} must not be empty")]
+    Empty { field: &'static str },
+    #[error("{field} is {len} bytes, over the limit of {max}")]
+    TooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+}
+
+/// Longest title or topic, in bytes.
+pub const MAX_TITLE_LEN: usize = 300;
+/// Longest summary, body, comment or mitigation, in bytes.
+pub const MAX_TEXT_LEN: usize = 20_000;
+
+/// Checks a required text field: trimmed, non-empty, within `max` bytes.
+pub fn required_text(field: &'static str, value: &str, max: usize) -> Result<String, ValueError> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(ValueError::Empty { field });
+    }
+    optional_text(field, value, max)
+}
+
+/// Checks an optional text field: within `max` bytes.
+pub fn optional_text(field: &'static str, value: &str, max: usize) -> Result<String, ValueError> {
+    let value = value.trim();
+    if value.len() > max {
+        return Err(ValueError::TooLong {
+            field,
+            len: value.len(),
+            max,
+        });
+    }
+    Ok(value.to_string())
+}
+
+/// A likelihood or severity score, 1 (lowest) to 5 (highest).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Score(u8);
+
+impl Score {
+    pub fn new(field: &'static str, value: i64) -> Result<Self, ValueError> {
+        if (1..=5).contains(&value) {
+            Ok(Self(value as u8))
+        } else {
+            Err(ValueError::OutOfRange { field, value })
+        }
+    }
+
+    pub fn get(self) -> u8 {
+        self.0
+    }
+}
+
+macro_rules! keyword_enum {
+    ($(#[$doc:meta])* $name:ident, $what:literal, { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+        pub enum $name {
+            $(#[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = ValueError;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(ValueError::Unknown {
+                        what: $what,
+                        value: s.to_string(),
+                        expected: concat!($($text, " "),+),
+                    }),
+                }
+            }
+        }
+    };
+}
+
+keyword_enum!(
+    /// Where an assessment stands in its life.
+    Status, "status", {
+        Draft => "draft",
+        Open => "open",
+        Accepted => "accepted",
+        Retired => "retired",
+    }
+);
+
+keyword_enum!(
+    /// What a consensus note is.
+    NoteKind, "note kind", {
+        Agenda => "agenda",
+        Consensus => "consensus",
+        Divergence => "divergence",
+        Review => "review",
+    }
+);
+
+keyword_enum!(
+    /// The dialogue round a note belongs to.
+    Round, "round", {
+        TrackII => "track-ii",
+        Intergovernmental => "intergovernmental",
+        Multilateral => "multilateral",
+    }
+);
+
+keyword_enum!(
+    /// An institution's position on a note.
+    Stance, "position", {
+        Agree => "agree",
+        Disagree => "disagree",
+        Reservation => "reservation",
+        Abstain => "abstain",
+    }
+);
+
+keyword_enum!(
+    /// Where a note stands, derived from the current members' positions.
+    Standing, "standing", {
+        Consensus => "consensus",
+        Divergence => "divergence",
+        Open => "open",
+    }
+);
+
+impl NoteKind {
+    /// The long name used in reports.
+    pub fn describe(self) -> &'static str {
+        match self {
+            NoteKind::Agenda => "agenda item",
+            NoteKind::Consensus => "preliminary consensus",
+            NoteKind::Divergence => "point of divergence",
+            NoteKind::Review => "post-dialogue review",
+        }
+    }
+}
+
+impl Round {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Round::TrackII => "Track II",
+            Round::Intergovernmental => "intergovernmental",
+            Round::Multilateral => "multilateral",
+        }
+    }
+}
+
+/// Derives a note's standing from the positions of the current members.
+///
+/// - divergence: at least one member disagrees;
+/// - consensus: every member has a position, none disagrees, and at least
+///   one agrees (with or without reservation);
+/// - open: anything else (someone has not yet taken a position, or all abstain).
+pub fn standing<'a>(member_stances: impl IntoIterator<Item = Option<Stance>>) -> Standing {
+    let stances: Vec<Option<Stance>> = member_stances.into_iter().collect();
+    if stances.contains(&Some(Stance::Disagree)) {
+        return Standing::Divergence;
+    }
+    let all_positioned = stances.iter().all(Option::is_some);
+    let some_support = stances
+        .iter()
+        .any(|s| matches!(s, Some(Stance::Agree | Stance::Reservation)));
+    if all_positioned && some_support {
+        Standing::Consensus
+    } else {
+        Standing::Open
+    }
+}
+
+/// An institution, as views name it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Institution {
+    pub node_id: String,
+    pub name: String,
+}
+
+/// One of several concurrent values of a field, and who wrote it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ConflictValue {
+    pub value: serde_json::Value,
+    pub author: Institution,
+    /// True for the value Automerge's deterministic rule picked.
+    pub winner: bool,
+}
+
+/// A field that two institutions set concurrently.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Conflict {
+    pub field: String,
+    pub values: Vec<ConflictValue>,
+}
+
+/// A comment on an assessment.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CommentView {
+    pub author: Institution,
+    pub text: String,
+    pub at: String,
+}
+
+/// A risk assessment as printed by `assess show --json`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AssessmentView {
+    pub id: String,
+    pub category: String,
+    pub title: String,
+    pub summary: String,
+    pub likelihood: Option<u8>,
+    pub severity: Option<u8>,
+    /// likelihood × severity, when both are set.
+    pub risk: Option<u8>,
+    pub mitigations: Vec<String>,
+    pub status: String,
+    pub author: Institution,
+    pub created_at: String,
+    pub updated_at: String,
+    pub comments: Vec<CommentView>,
+    pub conflicts: Vec<Conflict>,
+}
+
+/// One institution's position on a note.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PositionView {
+    pub institution: Institution,
+    /// False for positions of institutions that are not current members; they
+    /// are shown but do not count towards the standing.
+    pub counts: bool,
+    pub position: Option<String>,
+    pub comment: String,
+    pub at: Option<String>,
+}
+
+/// A consensus note as printed by `note show --json`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NoteView {
+    pub id: String,
+    pub topic: String,
+    pub body: String,
+    pub kind: String,
+    pub round: Option<String>,
+    pub assessments: Vec<String>,
+    pub standing: Standing,
+    /// One entry per current member (with or without a position), then any
+    /// other institution that recorded one.
+    pub positions: Vec<PositionView>,
+    pub author: Institution,
+    pub created_at: String,
+    pub updated_at: String,
+    pub conflicts: Vec<Conflict>,
+}
+
+/// Formats milliseconds since the epoch as RFC 3339 UTC, to the second.
+pub fn format_time(ms: i64) -> String {
+    let secs = u64::try_from(ms.max(0) / 1000).unwrap_or(0);
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+        .to_string()
+}
+
+/// The current time in milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_are_one_to_five() {
+        assert!(Score::new("likelihood", 0).is_err());
+        assert!(Score::new("likelihood", 6).is_err());
+        assert_eq!(Score::new("severity", 5).map(Score::get), Ok(5));
+        let msg = Score::new("likelihood", 6).expect_err("6").to_string();
+        assert_eq!(msg, "likelihood must be an integer from 1 to 5, got 6");
+    }
+
+    #[test]
+    fn keywords_parse_and_print() {
+        for s in Status::ALL {
+            assert_eq!(s.as_str().parse::<Status>(), Ok(*s));
+        }
+        let err = "maybe".parse::<Stance>().expect_err("unknown");
+        assert!(err.to_string().contains("agree disagree reservation abstain"));
+    }
+
+    #[test]
+    fn standing_rules() {
+        use Stance::*;
+        assert_eq!(standing([Some(Agree), Some(Agree)]), Standing::Consensus);
+        assert_eq!(standing([Some(Agree), Some(Reservation)]), Standing::Consensus);
+        assert_eq!(standing([Some(Agree), None]), Standing::Open);
+        assert_eq!(standing([Some(Agree), Some(Disagree)]), Standing::Divergence);
+        assert_eq!(standing([None, Some(Disagree)]), Standing::Divergence);
+        assert_eq!(standing([Some(Abstain), Some(Abstain)]), Standing::Open);
+        assert_eq!(standing([Some(Abstain), Some(Agree)]), Standing::Consensus);
+    }
+
+    #[test]
+    fn time_formats_as_rfc3339() {
+        assert_eq!(format_time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_time(1_700_000_000_123), "2023-11-14T22:13:20Z");
+    }
+}

@@ -1,0 +1,747 @@
+//! A node's local state: its identity, its store, the network it belongs to
+//! and the document rebuilt from the stored envelopes.
+//!
+//! Every write goes: validate input → Automerge commit → sign → store commit
+//! (atomic, flushed) → success. Every import goes: decode → [`ingest`] checks
+//! → one batched `apply_changes` → store commit → success. If anything after
+//! the document was touched fails, the document is rebuilt from the store, so
+//! memory never holds what the store does not.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+
+use automerge::{Change, ChangeHash};
+use serde::Serialize;
+
+use crate::bundle::{Bundle, BundleError, EnvelopeBytes};
+use crate::config::{Config, ConfigError, DataDir};
+use crate::doc::{AssessmentUpdate, DocError, Document, NewAssessment, NewNote, parse_change};
+use crate::envelope::{Envelope, EnvelopeError};
+use crate::genesis::{Genesis, GenesisError, NetworkId};
+use crate::identity::{Identity, IdentityError, NodeId, PublicKey};
+use crate::ingest::{self, IngestError, Known};
+use crate::model::{
+    self, AssessmentView, MAX_TEXT_LEN, MAX_TITLE_LEN, NoteView, Stance, ValueError, now_ms,
+};
+use crate::roster::{Role, Roster, RosterEntry};
+use crate::store::{Evidence, Store, StoreError};
+use crate::taxonomy::{self, Category};
+
+/// Everything that can go wrong in a node's local operations.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Genesis(#[from] GenesisError),
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error("import refused, no change was stored: {0}")]
+    Ingest(#[from] IngestError),
+    #[error(transparent)]
+    Doc(#[from] DocError),
+    #[error(transparent)]
+    Value(#[from] ValueError),
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    #[error("cannot access {path}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("this node has not joined a network: run `concord network join FILE` (or `network create`)")]
+    NoNetwork,
+    #[error("this node already belongs to network {ours} ({name}); one data directory holds one network")]
+    AlreadyJoined { ours: String, name: String },
+    #[error("bundle belongs to network {theirs}, but this node is in network {ours}")]
+    OtherNetwork { ours: String, theirs: String },
+    #[error("this node ({node_id}) is not on the roster of network {network}")]
+    NotOnRoster { node_id: String, network: String },
+    #[error("this node is an observer of the network; observers cannot write")]
+    ObserverCannotWrite,
+    #[error("unknown category {0:?}; run `concord categories` for the list")]
+    UnknownCategory(String),
+    #[error("category {0:?} already exists")]
+    CategoryExists(String),
+    #[error("invalid category key {0:?}: use 2-48 lowercase letters, digits and hyphens")]
+    BadCategoryKey(String),
+    #[error("unknown group {0:?}; expected technological-safety, application-security or beneficial-use")]
+    UnknownGroup(String),
+    #[error("no assessment with id {0:?}")]
+    UnknownAssessment(String),
+    #[error("no note with id {0:?}")]
+    UnknownNote(String),
+}
+
+/// What `concord init` created.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdentitySummary {
+    pub name: String,
+    pub node_id: String,
+    pub public_key: String,
+    pub fingerprint: String,
+}
+
+/// The result of an import.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ImportSummary {
+    /// Changes that were new to this node and are now stored.
+    pub new: usize,
+    /// Changes this node already had.
+    pub already_known: usize,
+}
+
+/// The network this node belongs to.
+#[derive(Debug, Clone)]
+struct Membership {
+    genesis: Genesis,
+    roster: Roster,
+}
+
+/// Filters for `assess list`.
+#[derive(Debug, Clone, Default)]
+pub struct AssessmentFilter {
+    pub category: Option<String>,
+    pub status: Option<model::Status>,
+}
+
+/// A node's local state.
+#[derive(Debug)]
+pub struct Replica {
+    dir: DataDir,
+    identity: Identity,
+    config: Config,
+    store: Store,
+    membership: Option<Membership>,
+    doc: Document,
+}
+
+impl Replica {
+    /// Creates a new identity and config in `dir`; refuses an existing identity.
+    pub fn init(dir: &DataDir, name: &str) -> Result<IdentitySummary, ReplicaError> {
+        let config = Config::new(name)?;
+        if dir.key_file().exists() {
+            return Err(IdentityError::Exists(dir.key_file()).into());
+        }
+        fs::create_dir_all(dir.root()).map_err(|source| ReplicaError::Io {
+            path: dir.root().to_path_buf(),
+            source,
+        })?;
+        let identity = Identity::generate()?;
+        identity.save_new(&dir.key_file())?;
+        if !dir.config_file().exists() {
+            config.write_new(&dir.config_file())?;
+        }
+        Ok(summary(&identity, &config))
+    }
+
+    /// Opens the node in `dir` and rebuilds its document from the store.
+    pub fn open(dir: &DataDir) -> Result<Self, ReplicaError> {
+        let identity = Identity::load(&dir.key_file())?;
+        let config = Config::load(&dir.config_file())?;
+        let store = Store::open(&dir.store_dir())?;
+        let membership = match store.genesis()? {
+            Some(bytes) => {
+                let genesis = Genesis::decode(&bytes)?;
+                Some(Membership {
+                    roster: genesis.roster(),
+                    genesis,
+                })
+            }
+            None => None,
+        };
+        let doc = load_document(&store, identity.public())?;
+        Ok(Self {
+            dir: dir.clone(),
+            identity,
+            config,
+            store,
+            membership,
+            doc,
+        })
+    }
+
+    pub fn data_dir(&self) -> &DataDir {
+        &self.dir
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    pub fn summary(&self) -> IdentitySummary {
+        summary(&self.identity, &self.config)
+    }
+
+    pub fn genesis(&self) -> Option<&Genesis> {
+        self.membership.as_ref().map(|m| &m.genesis)
+    }
+
+    /// The roster in force, or the error telling the user to join a network.
+    pub fn roster(&self) -> Result<&Roster, ReplicaError> {
+        self.membership
+            .as_ref()
+            .map(|m| &m.roster)
+            .ok_or(ReplicaError::NoNetwork)
+    }
+
+    pub fn network_id(&self) -> Result<NetworkId, ReplicaError> {
+        self.membership
+            .as_ref()
+            .map(|m| m.genesis.network_id())
+            .ok_or(ReplicaError::NoNetwork)
+    }
+
+    pub fn document(&self) -> &Document {
+        &self.doc
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Creates a network with this node as founding member, installs it, and
+    /// returns the genesis to hand to the other institutions.
+    pub fn create_network(
+        &mut self,
+        name: &str,
+        mut roster: Vec<RosterEntry>,
+        quorum: Option<u32>,
+    ) -> Result<Genesis, ReplicaError> {
+        self.refuse_if_joined(None)?;
+        let me = self.identity.public();
+        if !roster.iter().any(|e| e.key == me) {
+            roster.push(RosterEntry {
+                key: me,
+                name: self.config.name.clone(),
+                role: Role::Member,
+            });
+        }
+        let genesis = Genesis::create(&self.identity, name, roster, quorum, now_ms())?;
+        self.join(genesis.clone())?;
+        Ok(genesis)
+    }
+
+    /// Installs a verified genesis. Joining the same network again is a no-op.
+    pub fn join(&mut self, genesis: Genesis) -> Result<(), ReplicaError> {
+        if self.refuse_if_joined(Some(genesis.network_id()))? {
+            return Ok(());
+        }
+        let roster = genesis.roster();
+        if roster.get(&self.identity.public()).is_none() {
+            return Err(ReplicaError::NotOnRoster {
+                node_id: self.identity.node_id().to_string(),
+                network: genesis.network_id().to_string(),
+            });
+        }
+        self.store.set_genesis(&genesis.encode())?;
+        self.membership = Some(Membership { genesis, roster });
+        Ok(())
+    }
+
+    /// Ok(true) when already in `network`, Ok(false) when in none, Err when
+    /// in another.
+    fn refuse_if_joined(&self, network: Option<NetworkId>) -> Result<bool, ReplicaError> {
+        match &self.membership {
+            None => Ok(false),
+            Some(m) if Some(m.genesis.network_id()) == network => Ok(true),
+            Some(m) => Err(ReplicaError::AlreadyJoined {
+                ours: m.genesis.network_id().to_string(),
+                name: m.genesis.name().to_string(),
+            }),
+        }
+    }
+
+    /// The categories in force: built-in plus operator-added.
+    pub fn categories(&self) -> Vec<Category> {
+        self.doc.categories()
+    }
+
+    fn require_category(&self, key: &str) -> Result<(), ReplicaError> {
+        if self.categories().iter().any(|c| c.key == key) {
+            Ok(())
+        } else {
+            Err(ReplicaError::UnknownCategory(key.to_string()))
+        }
+    }
+
+    fn require_writer(&self) -> Result<NetworkId, ReplicaError> {
+        let membership = self.membership.as_ref().ok_or(ReplicaError::NoNetwork)?;
+        match membership.roster.role_of(&self.identity.public()) {
+            Some(Role::Member) => Ok(membership.genesis.network_id()),
+            Some(Role::Observer) => Err(ReplicaError::ObserverCannotWrite),
+            None => Err(ReplicaError::NotOnRoster {
+                node_id: self.identity.node_id().to_string(),
+                network: membership.genesis.network_id().to_string(),
+            }),
+        }
+    }
+
+    /// Commits a local edit: sign, store atomically, flush. On a store
+    /// failure the document is rebuilt so it matches the store again.
+    fn write(
+        &mut self,
+        edit: impl FnOnce(&mut Document, i64) -> Result<Change, DocError>,
+    ) -> Result<ChangeHash, ReplicaError> {
+        let network = self.require_writer()?;
+        let change = edit(&mut self.doc, now_ms())?;
+        let stored = Envelope::sign(&self.identity, network, change.raw_bytes().to_vec())
+            .map_err(ReplicaError::from)
+            .and_then(|envelope| {
+                self.store.commit([(&envelope, change.seq())])?;
+                Ok(envelope.hash())
+            });
+        if stored.is_err() {
+            self.rebuild()?;
+        }
+        stored
+    }
+
+    fn rebuild(&mut self) -> Result<(), ReplicaError> {
+        self.doc = load_document(&self.store, self.identity.public())?;
+        Ok(())
+    }
+
+    /// Adds an assessment and returns its new id.
+    pub fn add_assessment(&mut self, new: NewAssessment) -> Result<String, ReplicaError> {
+        self.require_writer()?;
+        let new = NewAssessment {
+            title: model::required_text("title", &new.title, MAX_TITLE_LEN)?,
+            summary: model::optional_text("summary", &new.summary, MAX_TEXT_LEN)?,
+            mitigations: clean_list("mitigation", &new.mitigations)?,
+            ..new
+        };
+        self.require_category(&new.category)?;
+        let id = new_id("ra")?;
+        self.write(|doc, now| doc.add_assessment(&id, &new, now))?;
+        Ok(id)
+    }
+
+    pub fn update_assessment(
+        &mut self,
+        id: &str,
+        update: AssessmentUpdate,
+    ) -> Result<ChangeHash, ReplicaError> {
+        self.require_writer()?;
+        if !self.doc.has_assessment(id) {
+            return Err(ReplicaError::UnknownAssessment(id.to_string()));
+        }
+        if let Some(category) = &update.category {
+            self.require_category(category)?;
+        }
+        let update = AssessmentUpdate {
+            title: update
+                .title
+                .map(|t| model::required_text("title", &t, MAX_TITLE_LEN))
+                .transpose()?,
+            summary: update
+                .summary
+                .map(|s| model::optional_text("summary", &s, MAX_TEXT_LEN))
+                .transpose()?,
+            mitigations: update
+                .mitigations
+                .map(|m| clean_list("mitigation", &m))
+                .transpose()?,
+            ..update
+        };
+        self.write(|doc, now| doc.update_assessment(id, &update, now))
+    }
+
+    pub fn comment(&mut self, id: &str, text: &str) -> Result<ChangeHash, ReplicaError> {
+        self.require_writer()?;
+        if !self.doc.has_assessment(id) {
+            return Err(ReplicaError::UnknownAssessment(id.to_string()));
+        }
+        let text = model::required_text("comment", text, MAX_TEXT_LEN)?;
+        self.write(|doc, now| doc.comment(id, &text, now))
+    }
+
+    /// Adds a note and returns its new id.
+    pub fn add_note(&mut self, new: NewNote) -> Result<String, ReplicaError> {
+        self.require_writer()?;
+        let new = NewNote {
+            topic: model::required_text("topic", &new.topic, MAX_TITLE_LEN)?,
+            body: model::required_text("body", &new.body, MAX_TEXT_LEN)?,
+            ..new
+        };
+        if let Some(missing) = new.assessments.iter().find(|a| !self.doc.has_assessment(a)) {
+            return Err(ReplicaError::UnknownAssessment(missing.clone()));
+        }
+        let id = new_id("cn")?;
+        self.write(|doc, now| doc.add_note(&id, &new, now))?;
+        Ok(id)
+    }
+
+    pub fn set_position(
+        &mut self,
+        id: &str,
+        stance: Stance,
+        comment: &str,
+    ) -> Result<ChangeHash, ReplicaError> {
+        self.require_writer()?;
+        if !self.doc.has_note(id) {
+            return Err(ReplicaError::UnknownNote(id.to_string()));
+        }
+        let comment = model::optional_text("comment", comment, MAX_TEXT_LEN)?;
+        let me = self.identity.node_id();
+        self.write(|doc, now| doc.set_position(id, me, stance, &comment, now))
+    }
+
+    /// Adds an operator-defined category to the shared taxonomy.
+    pub fn add_category(
+        &mut self,
+        key: &str,
+        group: &str,
+        title: &str,
+    ) -> Result<ChangeHash, ReplicaError> {
+        self.require_writer()?;
+        if !taxonomy::valid_key(key) {
+            return Err(ReplicaError::BadCategoryKey(key.to_string()));
+        }
+        if !taxonomy::GROUPS.iter().any(|(g, _)| *g == group) {
+            return Err(ReplicaError::UnknownGroup(group.to_string()));
+        }
+        if self.categories().iter().any(|c| c.key == key) {
+            return Err(ReplicaError::CategoryExists(key.to_string()));
+        }
+        let title = model::required_text("title", title, MAX_TITLE_LEN)?;
+        self.write(|doc, now| doc.add_category(key, group, &title, now))
+    }
+
+    pub fn assessment(&self, id: &str) -> Result<AssessmentView, ReplicaError> {
+        self.doc
+            .assessment(id, self.roster()?)
+            .ok_or_else(|| ReplicaError::UnknownAssessment(id.to_string()))
+    }
+
+    pub fn assessments(&self, filter: &AssessmentFilter) -> Result<Vec<AssessmentView>, ReplicaError> {
+        if let Some(category) = &filter.category {
+            self.require_category(category)?;
+        }
+        Ok(self
+            .doc
+            .assessments(self.roster()?)
+            .into_iter()
+            .filter(|a| filter.category.as_ref().is_none_or(|c| *c == a.category))
+            .filter(|a| filter.status.is_none_or(|s| s.as_str() == a.status))
+            .collect())
+    }
+
+    pub fn note(&self, id: &str) -> Result<NoteView, ReplicaError> {
+        self.doc
+            .note(id, self.roster()?)
+            .ok_or_else(|| ReplicaError::UnknownNote(id.to_string()))
+    }
+
+    pub fn notes(&self) -> Result<Vec<NoteView>, ReplicaError> {
+        Ok(self.doc.notes(self.roster()?))
+    }
+
+    /// Verifies a bundle and applies all of it or nothing. A fork is refused
+    /// and recorded as evidence.
+    pub fn import(&mut self, bytes: &[u8]) -> Result<ImportSummary, ReplicaError> {
+        let (network, roster) = {
+            let m = self.membership.as_ref().ok_or(ReplicaError::NoNetwork)?;
+            (m.genesis.network_id(), m.roster.clone())
+        };
+        let bundle = Bundle::decode(bytes)?;
+        let theirs = Genesis::decode(&bundle.genesis)?;
+        if theirs.network_id() != network {
+            return Err(ReplicaError::OtherNetwork {
+                ours: network.to_string(),
+                theirs: theirs.network_id().to_string(),
+            });
+        }
+        let envelopes = bundle
+            .envelopes
+            .iter()
+            .enumerate()
+            .map(|(index, e)| {
+                Envelope::decode(&e.0).map_err(|source| IngestError::Malformed { index, source })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.ingest(envelopes, network, &roster)
+    }
+
+    /// The shared path for changes from outside (bundles now, peers later).
+    pub fn ingest(
+        &mut self,
+        envelopes: Vec<Envelope>,
+        network: NetworkId,
+        roster: &Roster,
+    ) -> Result<ImportSummary, ReplicaError> {
+        let checked = match ingest::check_batch(envelopes, network, roster, &self.store) {
+            Ok(checked) => checked,
+            Err(IngestError::Fork {
+                author,
+                name,
+                seq,
+                existing,
+                conflicting,
+                evidence,
+            }) => {
+                self.store.record_evidence(
+                    &conflicting,
+                    &Evidence {
+                        envelope: evidence.encode(),
+                        conflicts_with: existing.0,
+                        seq,
+                        recorded_at_ms: now_ms(),
+                    },
+                )?;
+                return Err(IngestError::Fork {
+                    author,
+                    name,
+                    seq,
+                    existing,
+                    conflicting,
+                    evidence,
+                }
+                .into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let summary = ImportSummary {
+            new: checked.accepted.len(),
+            already_known: checked.already_known,
+        };
+        if checked.accepted.is_empty() {
+            return Ok(summary);
+        }
+        let changes: Vec<Change> = checked.accepted.iter().map(|a| a.change.clone()).collect();
+        let applied = self.doc.apply(changes).map_err(ReplicaError::from).and_then(|()| {
+            self.store
+                .commit(checked.accepted.iter().map(|a| (&a.envelope, a.seq)))?;
+            Ok(())
+        });
+        if let Err(e) = applied {
+            self.rebuild()?;
+            return Err(e);
+        }
+        Ok(summary)
+    }
+
+    /// A bundle of the genesis and every change not in the causal past of
+    /// `since` (all changes when `since` is empty), in causal order.
+    pub fn export(&self, since: &[ChangeHash]) -> Result<(Vec<u8>, usize), ReplicaError> {
+        let m = self.membership.as_ref().ok_or(ReplicaError::NoNetwork)?;
+        let hashes = self.doc.changes_since(since)?;
+        let mut envelopes = Vec::with_capacity(hashes.len());
+        for hash in &hashes {
+            let bytes = self.store.envelope(hash)?.ok_or_else(|| {
+                StoreError::Corrupt(format!("change {hash} is in the document but not stored"))
+            })?;
+            envelopes.push(EnvelopeBytes(bytes));
+        }
+        let count = envelopes.len();
+        let bundle = Bundle {
+            genesis: m.genesis.encode(),
+            envelopes,
+        };
+        Ok((bundle.encode(), count))
+    }
+
+    /// Re-verifies every stored envelope and reports per author.
+    pub fn audit(&self) -> Result<Audit, ReplicaError> {
+        let m = self.membership.as_ref().ok_or(ReplicaError::NoNetwork)?;
+        let network = m.genesis.network_id();
+        let mut authors: BTreeMap<PublicKey, AuthorAudit> = BTreeMap::new();
+        let mut problems = Vec::new();
+        let mut envelopes = Vec::new();
+        for item in self.store.envelopes() {
+            let (key_hash, bytes) = item?;
+            match Envelope::decode(&bytes) {
+                Ok(e) if e.hash() == key_hash => envelopes.push(e),
+                Ok(e) => problems.push(Problem {
+                    change: key_hash.to_string(),
+                    author: e.author().node_id().to_string(),
+                    problem: format!("stored under the wrong hash (content hashes to {})", e.hash()),
+                }),
+                Err(err) => problems.push(Problem {
+                    change: key_hash.to_string(),
+                    author: String::new(),
+                    problem: format!("stored envelope does not decode: {err}"),
+                }),
+            }
+        }
+        let total = envelopes.len() + problems.len();
+        for envelope in &envelopes {
+            let author = envelope.author();
+            let entry = authors.entry(author).or_insert_with(|| AuthorAudit {
+                node_id: author.node_id().to_string(),
+                name: m.roster.display_name(&author),
+                role: m.roster.role_of(&author).map(|r| r.to_string()),
+                changes: 0,
+                verified: 0,
+                rejected: 0,
+            });
+            entry.changes += 1;
+            match audit_one(envelope, network, &m.roster, &self.store) {
+                Ok(()) => entry.verified += 1,
+                Err(problem) => {
+                    entry.rejected += 1;
+                    problems.push(Problem {
+                        change: envelope.hash().to_string(),
+                        author: author.node_id().to_string(),
+                        problem,
+                    });
+                }
+            }
+        }
+        let forks = self
+            .store
+            .evidence()?
+            .into_iter()
+            .map(|ev| {
+                let refused = Envelope::decode(&ev.envelope);
+                let author = refused.as_ref().map(Envelope::author).ok();
+                ForkReport {
+                    author: author.map(|a| a.node_id().to_string()).unwrap_or_default(),
+                    name: author.map(|a| m.roster.display_name(&a)).unwrap_or_default(),
+                    seq: ev.seq,
+                    kept: ChangeHash(ev.conflicts_with).to_string(),
+                    refused: refused.map(|e| e.hash().to_string()).unwrap_or_default(),
+                    recorded_at: model::format_time(ev.recorded_at_ms),
+                }
+            })
+            .collect();
+        Ok(Audit {
+            ok: problems.is_empty(),
+            network_id: network.to_string(),
+            envelopes: total,
+            heads: self.doc.heads().iter().map(ToString::to_string).collect(),
+            authors: authors.into_values().collect(),
+            problems,
+            forks,
+        })
+    }
+}
+
+/// Re-checks one stored envelope the way ingest did.
+fn audit_one(
+    envelope: &Envelope,
+    network: NetworkId,
+    roster: &Roster,
+    store: &Store,
+) -> Result<(), String> {
+    envelope.verify(network).map_err(|e| e.to_string())?;
+    match roster.role_of(&envelope.author()) {
+        Some(Role::Member) => {}
+        Some(Role::Observer) => return Err("signed by an observer".into()),
+        None => return Err("signed by a key that is not on the roster".into()),
+    }
+    let change = parse_change(envelope.change_bytes()).map_err(|e| e.to_string())?;
+    if change.actor_id().to_bytes() != envelope.author().as_bytes() {
+        return Err("actor id does not match the signing key".into());
+    }
+    if store.hash_at(&envelope.author(), change.seq()) != Some(envelope.hash()) {
+        return Err(format!("chain index does not list it as change {}", change.seq()));
+    }
+    if let Some(missing) = change.deps().iter().find(|d| !store.has_change(d)) {
+        return Err(format!("dependency {missing} is not stored"));
+    }
+    Ok(())
+}
+
+/// The result of `concord verify`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Audit {
+    /// True when every stored envelope re-verified.
+    pub ok: bool,
+    pub network_id: String,
+    pub envelopes: usize,
+    pub heads: Vec<String>,
+    pub authors: Vec<AuthorAudit>,
+    pub problems: Vec<Problem>,
+    /// Forks refused at import and kept as evidence.
+    pub forks: Vec<ForkReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AuthorAudit {
+    pub node_id: String,
+    pub name: String,
+    pub role: Option<String>,
+    pub changes: usize,
+    pub verified: usize,
+    pub rejected: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    pub change: String,
+    pub author: String,
+    pub problem: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ForkReport {
+    pub author: String,
+    pub name: String,
+    pub seq: u64,
+    pub kept: String,
+    pub refused: String,
+    pub recorded_at: String,
+}
+
+fn summary(identity: &Identity, config: &Config) -> IdentitySummary {
+    IdentitySummary {
+        name: config.name.clone(),
+        node_id: identity.node_id().to_string(),
+        public_key: identity.public().to_hex(),
+        fingerprint: identity.public().fingerprint(),
+    }
+}
+
+/// Rebuilds the document from every stored envelope in one batch. The store
+/// holds only envelopes that passed ingest, so they are not re-verified here.
+fn load_document(store: &Store, actor: PublicKey) -> Result<Document, ReplicaError> {
+    let mut changes = Vec::with_capacity(store.len());
+    for item in store.envelopes() {
+        let (hash, bytes) = item?;
+        let envelope = Envelope::decode(&bytes)
+            .map_err(|e| StoreError::Corrupt(format!("envelope {hash}: {e}")))?;
+        let change = parse_change(envelope.change_bytes())
+            .map_err(|e| StoreError::Corrupt(format!("change {hash}: {e}")))?;
+        changes.push(change);
+    }
+    let mut doc = Document::new(actor);
+    doc.apply(changes)?;
+    Ok(doc)
+}
+
+/// A short random id with a type prefix, e.g. `ra-k3j9x2qd`.
+fn new_id(prefix: &str) -> Result<String, ReplicaError> {
+    let mut bytes = [0u8; 5];
+    getrandom::fill(&mut bytes).map_err(|e| IdentityError::Random(e.to_string()))?;
+    Ok(format!(
+        "{prefix}-{}",
+        data_encoding::BASE32_NOPAD.encode(&bytes).to_lowercase()
+    ))
+}
+
+fn clean_list(field: &'static str, items: &[String]) -> Result<Vec<String>, ValueError> {
+    items
+        .iter()
+        .map(|i| model::required_text(field, i, MAX_TEXT_LEN))
+        .collect()
+}
+
+/// Parses a node id given on the command line, e.g. in `--member ID=NAME`.
+pub fn parse_node_id(text: &str) -> Result<NodeId, ReplicaError> {
+    Ok(text.parse::<NodeId>()?)
+}
+
+/// Reads a file into memory, naming the path in the error.
+pub fn read_file(path: &Path) -> Result<Vec<u8>, ReplicaError> {
+    fs::read(path).map_err(|source| ReplicaError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}

@@ -1,0 +1,206 @@
+//! The durable store: the genesis, every accepted envelope, the per-author
+//! chain index and the evidence of forks, in one sled tree.
+//!
+//! Keys (one tree, so a single `apply_batch` is atomic across all of them):
+//! - `g` → the genesis file bytes;
+//! - `e` ‖ change hash (32) → envelope bytes;
+//! - `s` ‖ author key (32) ‖ seq (u64 big-endian) → change hash;
+//! - `x` ‖ change hash (32) → evidence record (see [`Evidence`]).
+//!
+//! A batch of envelopes is written with one atomic `apply_batch` and then
+//! flushed; nothing is reported stored before the flush returns. Only this
+//! module imports sled.
+
+use std::path::{Path, PathBuf};
+
+use automerge::ChangeHash;
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::Envelope;
+use crate::identity::PublicKey;
+use crate::ingest::Known;
+
+const KEY_GENESIS: &[u8] = b"g";
+const PREFIX_ENVELOPE: u8 = b'e';
+const PREFIX_SEQ: u8 = b's';
+const PREFIX_EVIDENCE: u8 = b'x';
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "the store at {0} is in use by another concord process (stop it, or run the command \
+         against the running node)"
+    )]
+    Locked(PathBuf),
+    #[error("cannot open the store at {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("store operation failed")]
+    Sled(#[from] sled::Error),
+    #[error("the store is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// A refused change kept as evidence of a fork.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// The refused envelope, as received.
+    pub envelope: Vec<u8>,
+    /// The stored change it conflicts with.
+    pub conflicts_with: [u8; 32],
+    pub seq: u64,
+    pub recorded_at_ms: i64,
+}
+
+/// The node's store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: sled::Db,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        match sled::Config::new().path(path).open() {
+            Ok(db) => Ok(Self { db }),
+            Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock
+                || e.to_string().contains("lock") =>
+            {
+                Err(StoreError::Locked(path.to_path_buf()))
+            }
+            Err(source) => Err(StoreError::Open {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    pub fn genesis(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get(KEY_GENESIS)?.map(|v| v.to_vec()))
+    }
+
+    /// Installs the genesis and flushes.
+    pub fn set_genesis(&self, bytes: &[u8]) -> Result<(), StoreError> {
+        self.db.insert(KEY_GENESIS, bytes)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Writes accepted envelopes atomically (with their chain index entries)
+    /// and flushes. Either all are durable when this returns or none is stored.
+    pub fn commit<'a>(
+        &self,
+        batch: impl IntoIterator<Item = (&'a Envelope, u64)>,
+    ) -> Result<usize, StoreError> {
+        let mut writes = sled::Batch::default();
+        let mut count = 0;
+        for (envelope, seq) in batch {
+            writes.insert(envelope_key(&envelope.hash()).as_slice(), envelope.encode());
+            writes.insert(
+                seq_key(&envelope.author(), seq).as_slice(),
+                envelope.hash().0.as_slice(),
+            );
+            count += 1;
+        }
+        self.db.apply_batch(writes)?;
+        self.db.flush()?;
+        Ok(count)
+    }
+
+    /// Records a refused fork and flushes.
+    pub fn record_evidence(&self, hash: &ChangeHash, evidence: &Evidence) -> Result<(), StoreError> {
+        let mut key = vec![PREFIX_EVIDENCE];
+        key.extend_from_slice(&hash.0);
+        let value = postcard::to_stdvec(evidence)
+            .map_err(|e| StoreError::Corrupt(format!("cannot encode evidence: {e}")))?;
+        self.db.insert(key, value)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Every fork recorded, by hash of the refused change.
+    pub fn evidence(&self) -> Result<Vec<Evidence>, StoreError> {
+        self.db
+            .scan_prefix([PREFIX_EVIDENCE])
+            .map(|item| {
+                let (_, value) = item?;
+                postcard::from_bytes(&value)
+                    .map_err(|e| StoreError::Corrupt(format!("evidence record: {e}")))
+            })
+            .collect()
+    }
+
+    pub fn envelope(&self, hash: &ChangeHash) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get(envelope_key(hash))?.map(|v| v.to_vec()))
+    }
+
+    /// Every stored envelope as (hash, bytes), in hash order.
+    pub fn envelopes(
+        &self,
+    ) -> impl Iterator<Item = Result<(ChangeHash, Vec<u8>), StoreError>> + '_ {
+        self.db.scan_prefix([PREFIX_ENVELOPE]).map(|item| {
+            let (key, value) = item?;
+            let hash: [u8; 32] = key[1..]
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("envelope key is not 33 bytes".into()))?;
+            Ok((ChangeHash(hash), value.to_vec()))
+        })
+    }
+
+    /// Number of stored envelopes.
+    pub fn len(&self) -> usize {
+        self.db.scan_prefix([PREFIX_ENVELOPE]).keys().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The chain index as (author, seq, hash), for audits.
+    pub fn chain_index(
+        &self,
+    ) -> impl Iterator<Item = Result<(PublicKey, u64, ChangeHash), StoreError>> + '_ {
+        self.db.scan_prefix([PREFIX_SEQ]).map(|item| {
+            let (key, value) = item?;
+            let corrupt = || StoreError::Corrupt("chain index entry is malformed".into());
+            let author: [u8; 32] = key.get(1..33).ok_or_else(corrupt)?.try_into().map_err(|_| corrupt())?;
+            let seq: [u8; 8] = key.get(33..41).ok_or_else(corrupt)?.try_into().map_err(|_| corrupt())?;
+            let hash: [u8; 32] = value.as_ref().try_into().map_err(|_| corrupt())?;
+            let author = PublicKey::from_bytes(author).map_err(|_| corrupt())?;
+            Ok((author, u64::from_be_bytes(seq), ChangeHash(hash)))
+        })
+    }
+}
+
+impl Known for Store {
+    fn has_change(&self, hash: &ChangeHash) -> bool {
+        // A read error counts as "not known": the batch is then checked again
+        // against what it carries, and the write that follows surfaces the error.
+        self.db.contains_key(envelope_key(hash)).unwrap_or(false)
+    }
+
+    fn hash_at(&self, author: &PublicKey, seq: u64) -> Option<ChangeHash> {
+        let value = self.db.get(seq_key(author, seq)).ok()??;
+        let bytes: [u8; 32] = value.as_ref().try_into().ok()?;
+        Some(ChangeHash(bytes))
+    }
+}
+
+fn envelope_key(hash: &ChangeHash) -> [u8; 33] {
+    let mut key = [0u8; 33];
+    key[0] = PREFIX_ENVELOPE;
+    key[1..].copy_from_slice(&hash.0);
+    key
+}
+
+fn seq_key(author: &PublicKey, seq: u64) -> [u8; 41] {
+    let mut key = [0u8; 41];
+    key[0] = PREFIX_SEQ;
+    key[1..33].copy_from_slice(author.as_bytes());
+    key[33..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
