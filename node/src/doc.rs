@@ -606,10 +606,7 @@ impl<'a> Reader<'a> {
 
     fn score(&self, key: &str) -> Option<u8> {
         match self.doc.get(self.obj, key) {
-            Ok(Some((v, _))) => v
-                .as_i64()
-                .filter(|n| (1..=5).contains(n))
-                .map(|n| n as u8),
+            Ok(Some((v, _))) => v.as_i64().filter(|n| (1..=5).contains(n)).map(|n| n as u8),
             _ => None,
         }
     }

@@ -209,7 +209,9 @@ pub fn change_hash(chunk: &[u8]) -> Result<ChangeHash, EnvelopeError> {
     hasher.update(rest);
     let hash = ChangeHash(hasher.finalize().into());
     if hash.0[..4] != *checksum {
-        return Err(EnvelopeError::BadChunk("checksum does not match the contents"));
+        return Err(EnvelopeError::BadChunk(
+            "checksum does not match the contents",
+        ));
     }
     Ok(hash)
 }
@@ -257,7 +259,9 @@ mod tests {
     fn every_flipped_bit_is_caught() {
         let id = Identity::from_secret([1; 32]);
         let (_, bytes) = make_change(id.public().as_bytes(), "hello");
-        let wire = Envelope::sign(&id, network(), bytes).expect("sign").encode();
+        let wire = Envelope::sign(&id, network(), bytes)
+            .expect("sign")
+            .encode();
         for i in 0..wire.len() {
             let mut bad = wire.clone();
             bad[i] ^= 0x04;
@@ -270,7 +274,9 @@ mod tests {
     fn truncations_are_refused() {
         let id = Identity::from_secret([1; 32]);
         let (_, bytes) = make_change(id.public().as_bytes(), "hello");
-        let wire = Envelope::sign(&id, network(), bytes).expect("sign").encode();
+        let wire = Envelope::sign(&id, network(), bytes)
+            .expect("sign")
+            .encode();
         for len in 0..wire.len() {
             assert!(Envelope::decode(&wire[..len]).is_err(), "length {len}");
         }

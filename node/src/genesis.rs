@@ -136,7 +136,7 @@ impl Genesis {
         created_at_ms: i64,
     ) -> Result<Self, GenesisError> {
         let mut roster = roster;
-        roster.sort_by(|a, b| a.key.cmp(&b.key));
+        roster.sort_by_key(|a| a.key);
         let members = roster.iter().filter(|e| e.role == Role::Member).count() as u32;
         let body = GenesisBody {
             name: name.trim().to_string(),
@@ -192,7 +192,10 @@ impl Genesis {
         let signature: [u8; 64] = signature
             .try_into()
             .map_err(|_| GenesisError::Decode("signature is not 64 bytes".into()))?;
-        if !body.creator.verify(&signing_message(&body_bytes), &signature) {
+        if !body
+            .creator
+            .verify(&signing_message(&body_bytes), &signature)
+        {
             return Err(GenesisError::BadSignature);
         }
         validate(&body)?;
@@ -273,7 +276,11 @@ fn validate(body: &GenesisBody) -> Result<(), GenesisError> {
     if !body.roster.windows(2).all(|w| w[0].key < w[1].key) {
         return invalid("roster is not sorted by key".into());
     }
-    let members = body.roster.iter().filter(|e| e.role == Role::Member).count() as u32;
+    let members = body
+        .roster
+        .iter()
+        .filter(|e| e.role == Role::Member)
+        .count() as u32;
     if members == 0 {
         return invalid("a network needs at least one member".into());
     }
@@ -365,7 +372,10 @@ mod tests {
         let dup_name = Genesis::create(
             &a,
             "T",
-            vec![entry(&a, "Same", Role::Member), entry(&b, "same", Role::Member)],
+            vec![
+                entry(&a, "Same", Role::Member),
+                entry(&b, "same", Role::Member),
+            ],
             None,
             0,
         );

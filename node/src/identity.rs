@@ -56,8 +56,8 @@ impl<'de> Deserialize<'de> for PublicKey {
 impl PublicKey {
     /// Wraps raw key bytes after checking they are a usable ed25519 key.
     pub fn from_bytes(bytes: [u8; 32]) -> Result<Self, IdentityError> {
-        let key =
-            VerifyingKey::from_bytes(&bytes).map_err(|_| IdentityError::WeakKey(hex::encode(bytes)))?;
+        let key = VerifyingKey::from_bytes(&bytes)
+            .map_err(|_| IdentityError::WeakKey(hex::encode(bytes)))?;
         if key.is_weak() {
             return Err(IdentityError::WeakKey(hex::encode(bytes)));
         }
@@ -166,7 +166,9 @@ impl FromStr for NodeId {
         // Ed25519 peer ids use the identity multihash (code 0), so the digest
         // is the protobuf-encoded public key itself.
         if multihash.code() != 0 {
-            return Err(invalid("not an ed25519 peer id (its key is hashed, not embedded)"));
+            return Err(invalid(
+                "not an ed25519 peer id (its key is hashed, not embedded)",
+            ));
         }
         let key = libp2p::identity::PublicKey::try_decode_protobuf(multihash.digest())
             .map_err(|_| invalid("its embedded public key does not decode"))?
@@ -318,7 +320,11 @@ mod tests {
 
     #[test]
     fn bad_node_ids_are_named() {
-        for bad in ["", "hello", "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N"] {
+        for bad in [
+            "",
+            "hello",
+            "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N",
+        ] {
             let err = bad.parse::<NodeId>().expect_err(bad);
             assert!(err.to_string().contains("invalid node id"), "{err}");
         }
@@ -347,7 +353,10 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         let again = Identity::generate().expect("generate");
-        assert!(matches!(again.save_new(&path), Err(IdentityError::Exists(_))));
+        assert!(matches!(
+            again.save_new(&path),
+            Err(IdentityError::Exists(_))
+        ));
         assert_eq!(Identity::load(&path).expect("load").public(), id.public());
     }
 

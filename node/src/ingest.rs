@@ -56,7 +56,7 @@ pub enum IngestError {
         hash: ChangeHash,
         author: String,
         #[source]
-        source: DocError,
+        source: Box<DocError>,
     },
     #[error("change {hash}: its actor id {actor} is not its signer's key {author}")]
     ActorMismatch {
@@ -65,18 +65,11 @@ pub enum IngestError {
         actor: String,
     },
     #[error(
-        "fork: {name} ({author}) signed two different changes with sequence number {seq}: \
-         {existing} and {conflicting}; the second is refused and kept as evidence"
+        "fork: {} ({}) signed two different changes with sequence number {}: {} and {}; \
+         the second is refused and kept as evidence",
+        .0.name, .0.author, .0.seq, .0.existing, .0.conflicting
     )]
-    Fork {
-        author: String,
-        name: String,
-        seq: u64,
-        existing: ChangeHash,
-        conflicting: ChangeHash,
-        /// The refused envelope, for the evidence record.
-        evidence: Box<Envelope>,
-    },
+    Fork(Box<Fork>),
     #[error(
         "change {hash} by {name} depends on {missing}, which is neither stored nor in this batch"
     )]
@@ -94,6 +87,20 @@ pub enum IngestError {
         name: String,
         seq: u64,
     },
+}
+
+/// Two different changes signed by one author with one sequence number.
+#[derive(Debug)]
+pub struct Fork {
+    pub author: String,
+    pub name: String,
+    pub seq: u64,
+    /// The change already stored (or earlier in the batch).
+    pub existing: ChangeHash,
+    /// The change refused.
+    pub conflicting: ChangeHash,
+    /// The refused envelope, for the evidence record.
+    pub evidence: Envelope,
 }
 
 /// A change that passed every check.
@@ -143,13 +150,15 @@ pub fn check_batch(
             parse_change(envelope.change_bytes()).map_err(|source| IngestError::Unparseable {
                 hash,
                 author: author.node_id().to_string(),
-                source,
+                source: Box::new(source),
             })?;
         if change.hash() != hash {
             return Err(IngestError::Unparseable {
                 hash,
                 author: author.node_id().to_string(),
-                source: DocError::BadChange("Automerge computes a different hash".into()),
+                source: Box::new(DocError::BadChange(
+                    "Automerge computes a different hash".into(),
+                )),
             });
         }
         if change.actor_id().to_bytes() != author.as_bytes() {
@@ -164,21 +173,21 @@ pub fn check_batch(
             return Err(IngestError::Unparseable {
                 hash,
                 author: author.node_id().to_string(),
-                source: DocError::BadChange("sequence number 0".into()),
+                source: Box::new(DocError::BadChange("sequence number 0".into())),
             });
         }
         let existing = known
             .hash_at(&author, seq)
             .or_else(|| chain.get(&(author, seq)).copied());
         if let Some(existing) = existing.filter(|e| *e != hash) {
-            return Err(IngestError::Fork {
+            return Err(IngestError::Fork(Box::new(Fork {
                 author: author.node_id().to_string(),
                 name: roster.display_name(&author),
                 seq,
                 existing,
                 conflicting: hash,
-                evidence: Box::new(envelope),
-            });
+                evidence: envelope,
+            })));
         }
         chain.insert((author, seq), hash);
         parsed.push(Accepted {

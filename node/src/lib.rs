@@ -27,10 +27,10 @@ pub mod genesis;
 pub mod identity;
 pub mod ingest;
 pub mod model;
+pub mod replica;
+pub mod report;
 pub mod roster;
 pub mod store;
 pub mod taxonomy;
-pub mod replica;
-pub mod report;
 
 pub use replica::{Replica, ReplicaError};

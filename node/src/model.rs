@@ -190,7 +190,7 @@ impl Round {
 /// - consensus: every member has a position, none disagrees, and at least
 ///   one agrees (with or without reservation);
 /// - open: anything else (someone has not yet taken a position, or all abstain).
-pub fn standing<'a>(member_stances: impl IntoIterator<Item = Option<Stance>>) -> Standing {
+pub fn standing(member_stances: impl IntoIterator<Item = Option<Stance>>) -> Standing {
     let stances: Vec<Option<Stance>> = member_stances.into_iter().collect();
     if stances.contains(&Some(Stance::Disagree)) {
         return Standing::Divergence;
@@ -321,16 +321,25 @@ mod tests {
             assert_eq!(s.as_str().parse::<Status>(), Ok(*s));
         }
         let err = "maybe".parse::<Stance>().expect_err("unknown");
-        assert!(err.to_string().contains("agree disagree reservation abstain"));
+        assert!(
+            err.to_string()
+                .contains("agree disagree reservation abstain")
+        );
     }
 
     #[test]
     fn standing_rules() {
         use Stance::*;
         assert_eq!(standing([Some(Agree), Some(Agree)]), Standing::Consensus);
-        assert_eq!(standing([Some(Agree), Some(Reservation)]), Standing::Consensus);
+        assert_eq!(
+            standing([Some(Agree), Some(Reservation)]),
+            Standing::Consensus
+        );
         assert_eq!(standing([Some(Agree), None]), Standing::Open);
-        assert_eq!(standing([Some(Agree), Some(Disagree)]), Standing::Divergence);
+        assert_eq!(
+            standing([Some(Agree), Some(Disagree)]),
+            Standing::Divergence
+        );
         assert_eq!(standing([None, Some(Disagree)]), Standing::Divergence);
         assert_eq!(standing([Some(Abstain), Some(Abstain)]), Standing::Open);
         assert_eq!(standing([Some(Abstain), Some(Agree)]), Standing::Consensus);

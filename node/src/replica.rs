@@ -55,9 +55,13 @@ pub enum ReplicaError {
         #[source]
         source: std::io::Error,
     },
-    #[error("this node has not joined a network: run `concord network join FILE` (or `network create`)")]
+    #[error(
+        "this node has not joined a network: run `concord network join FILE` (or `network create`)"
+    )]
     NoNetwork,
-    #[error("this node already belongs to network {ours} ({name}); one data directory holds one network")]
+    #[error(
+        "this node already belongs to network {ours} ({name}); one data directory holds one network"
+    )]
     AlreadyJoined { ours: String, name: String },
     #[error("bundle belongs to network {theirs}, but this node is in network {ours}")]
     OtherNetwork { ours: String, theirs: String },
@@ -71,7 +75,9 @@ pub enum ReplicaError {
     CategoryExists(String),
     #[error("invalid category key {0:?}: use 2-48 lowercase letters, digits and hyphens")]
     BadCategoryKey(String),
-    #[error("unknown group {0:?}; expected technological-safety, application-security or beneficial-use")]
+    #[error(
+        "unknown group {0:?}; expected technological-safety, application-security or beneficial-use"
+    )]
     UnknownGroup(String),
     #[error("no assessment with id {0:?}")]
     UnknownAssessment(String),
@@ -308,8 +314,11 @@ impl Replica {
         Ok(())
     }
 
-    /// Adds an assessment and returns its new id.
-    pub fn add_assessment(&mut self, new: NewAssessment) -> Result<String, ReplicaError> {
+    /// Adds an assessment; returns its new id and the change that made it.
+    pub fn add_assessment(
+        &mut self,
+        new: NewAssessment,
+    ) -> Result<(String, ChangeHash), ReplicaError> {
         self.require_writer()?;
         let new = NewAssessment {
             title: model::required_text("title", &new.title, MAX_TITLE_LEN)?,
@@ -319,8 +328,8 @@ impl Replica {
         };
         self.require_category(&new.category)?;
         let id = new_id("ra")?;
-        self.write(|doc, now| doc.add_assessment(&id, &new, now))?;
-        Ok(id)
+        let change = self.write(|doc, now| doc.add_assessment(&id, &new, now))?;
+        Ok((id, change))
     }
 
     pub fn update_assessment(
@@ -362,8 +371,8 @@ impl Replica {
         self.write(|doc, now| doc.comment(id, &text, now))
     }
 
-    /// Adds a note and returns its new id.
-    pub fn add_note(&mut self, new: NewNote) -> Result<String, ReplicaError> {
+    /// Adds a note; returns its new id and the change that made it.
+    pub fn add_note(&mut self, new: NewNote) -> Result<(String, ChangeHash), ReplicaError> {
         self.require_writer()?;
         let new = NewNote {
             topic: model::required_text("topic", &new.topic, MAX_TITLE_LEN)?,
@@ -374,8 +383,8 @@ impl Replica {
             return Err(ReplicaError::UnknownAssessment(missing.clone()));
         }
         let id = new_id("cn")?;
-        self.write(|doc, now| doc.add_note(&id, &new, now))?;
-        Ok(id)
+        let change = self.write(|doc, now| doc.add_note(&id, &new, now))?;
+        Ok((id, change))
     }
 
     pub fn set_position(
@@ -420,7 +429,10 @@ impl Replica {
             .ok_or_else(|| ReplicaError::UnknownAssessment(id.to_string()))
     }
 
-    pub fn assessments(&self, filter: &AssessmentFilter) -> Result<Vec<AssessmentView>, ReplicaError> {
+    pub fn assessments(
+        &self,
+        filter: &AssessmentFilter,
+    ) -> Result<Vec<AssessmentView>, ReplicaError> {
         if let Some(category) = &filter.category {
             self.require_category(category)?;
         }
@@ -478,32 +490,18 @@ impl Replica {
     ) -> Result<ImportSummary, ReplicaError> {
         let checked = match ingest::check_batch(envelopes, network, roster, &self.store) {
             Ok(checked) => checked,
-            Err(IngestError::Fork {
-                author,
-                name,
-                seq,
-                existing,
-                conflicting,
-                evidence,
-            }) => {
+            Err(IngestError::Fork(fork)) => {
+                tracing::warn!(author = %fork.author, seq = fork.seq, refused = %fork.conflicting, "fork refused and kept as evidence");
                 self.store.record_evidence(
-                    &conflicting,
+                    &fork.conflicting,
                     &Evidence {
-                        envelope: evidence.encode(),
-                        conflicts_with: existing.0,
-                        seq,
+                        envelope: fork.evidence.encode(),
+                        conflicts_with: fork.existing.0,
+                        seq: fork.seq,
                         recorded_at_ms: now_ms(),
                     },
                 )?;
-                return Err(IngestError::Fork {
-                    author,
-                    name,
-                    seq,
-                    existing,
-                    conflicting,
-                    evidence,
-                }
-                .into());
+                return Err(IngestError::Fork(fork).into());
             }
             Err(e) => return Err(e.into()),
         };
@@ -515,11 +513,15 @@ impl Replica {
             return Ok(summary);
         }
         let changes: Vec<Change> = checked.accepted.iter().map(|a| a.change.clone()).collect();
-        let applied = self.doc.apply(changes).map_err(ReplicaError::from).and_then(|()| {
-            self.store
-                .commit(checked.accepted.iter().map(|a| (&a.envelope, a.seq)))?;
-            Ok(())
-        });
+        let applied = self
+            .doc
+            .apply(changes)
+            .map_err(ReplicaError::from)
+            .and_then(|()| {
+                self.store
+                    .commit(checked.accepted.iter().map(|a| (&a.envelope, a.seq)))?;
+                Ok(())
+            });
         if let Err(e) = applied {
             self.rebuild()?;
             return Err(e);
@@ -561,7 +563,10 @@ impl Replica {
                 Ok(e) => problems.push(Problem {
                     change: key_hash.to_string(),
                     author: e.author().node_id().to_string(),
-                    problem: format!("stored under the wrong hash (content hashes to {})", e.hash()),
+                    problem: format!(
+                        "stored under the wrong hash (content hashes to {})",
+                        e.hash()
+                    ),
                 }),
                 Err(err) => problems.push(Problem {
                     change: key_hash.to_string(),
@@ -603,7 +608,9 @@ impl Replica {
                 let author = refused.as_ref().map(Envelope::author).ok();
                 ForkReport {
                     author: author.map(|a| a.node_id().to_string()).unwrap_or_default(),
-                    name: author.map(|a| m.roster.display_name(&a)).unwrap_or_default(),
+                    name: author
+                        .map(|a| m.roster.display_name(&a))
+                        .unwrap_or_default(),
                     seq: ev.seq,
                     kept: ChangeHash(ev.conflicts_with).to_string(),
                     refused: refused.map(|e| e.hash().to_string()).unwrap_or_default(),
@@ -641,7 +648,10 @@ fn audit_one(
         return Err("actor id does not match the signing key".into());
     }
     if store.hash_at(&envelope.author(), change.seq()) != Some(envelope.hash()) {
-        return Err(format!("chain index does not list it as change {}", change.seq()));
+        return Err(format!(
+            "chain index does not list it as change {}",
+            change.seq()
+        ));
     }
     if let Some(missing) = change.deps().iter().find(|d| !store.has_change(d)) {
         return Err(format!("dependency {missing} is not stored"));

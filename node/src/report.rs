@@ -163,19 +163,28 @@ pub fn to_markdown(report: &Report) -> String {
     let _ = writeln!(out, "- Network id: `{}`", report.network_id);
     let members: Vec<&str> = report.members.iter().map(|m| m.name.as_str()).collect();
     let _ = writeln!(out, "- Members: {}", members.join(", "));
-    let heads: Vec<String> = report.heads.iter().map(|h| format!("`{}`", &h[..12.min(h.len())])).collect();
-    let _ = writeln!(out, "- Document heads: {}", if heads.is_empty() { "(empty)".into() } else { heads.join(", ") });
+    let heads: Vec<String> = report
+        .heads
+        .iter()
+        .map(|h| format!("`{}`", &h[..12.min(h.len())]))
+        .collect();
+    let _ = writeln!(
+        out,
+        "- Document heads: {}",
+        if heads.is_empty() {
+            "(empty)".into()
+        } else {
+            heads.join(", ")
+        }
+    );
     let _ = writeln!(
         out,
         "- Assessments: {} ({} open); notes: {} ({} at consensus, {} diverging, {} open)\n",
         t.assessments, t.open_assessments, t.notes, t.consensus, t.divergence, t.open_notes
     );
     let mut group = "";
-    for section in report.categories.iter().chain(
-        (!report.general.is_empty())
-            .then_some(&report.general)
-            .into_iter(),
-    ) {
+    let general = (!report.general.is_empty()).then_some(&report.general);
+    for section in report.categories.iter().chain(general) {
         if section.group != group && !section.group.is_empty() {
             group = &section.group;
             let _ = writeln!(out, "## {}\n", taxonomy::group_title(group));
@@ -218,6 +227,27 @@ pub fn to_markdown(report: &Report) -> String {
                 );
             }
             let _ = writeln!(out);
+            for a in section
+                .open_assessments
+                .iter()
+                .filter(|a| !a.conflicts.is_empty())
+            {
+                for c in &a.conflicts {
+                    let values: Vec<String> = c
+                        .values
+                        .iter()
+                        .map(|v| format!("{} by {}", v.value, v.author.name))
+                        .collect();
+                    let _ = writeln!(
+                        out,
+                        "> Concurrent edits of {} on {}: {}.",
+                        c.field,
+                        a.id,
+                        values.join("; ")
+                    );
+                }
+                let _ = writeln!(out);
+            }
         }
     }
     out
@@ -225,7 +255,11 @@ pub fn to_markdown(report: &Report) -> String {
 
 fn write_note(out: &mut String, note: &NoteView) {
     let round = note.round.as_deref().unwrap_or("no round");
-    let _ = writeln!(out, "- **{}** ({}, {}, {})", note.topic, note.id, note.kind, round);
+    let _ = writeln!(
+        out,
+        "- **{}** ({}, {}, {})",
+        note.topic, note.id, note.kind, round
+    );
     let _ = writeln!(out, "  {}", note.body.replace('\n', "\n  "));
     for p in &note.positions {
         let position = p.position.as_deref().unwrap_or("no position yet");
@@ -234,8 +268,16 @@ fn write_note(out: &mut String, note: &NoteView) {
         } else {
             format!(": {}", p.comment)
         };
-        let counted = if p.counts { "" } else { " (not a current member)" };
-        let _ = writeln!(out, "  - {}{}: **{}**{}", p.institution.name, counted, position, comment);
+        let counted = if p.counts {
+            ""
+        } else {
+            " (not a current member)"
+        };
+        let _ = writeln!(
+            out,
+            "  - {}{}: **{}**{}",
+            p.institution.name, counted, position, comment
+        );
     }
     let _ = writeln!(out);
 }

@@ -67,8 +67,8 @@ impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         match sled::Config::new().path(path).open() {
             Ok(db) => Ok(Self { db }),
-            Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock
-                || e.to_string().contains("lock") =>
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock") =>
             {
                 Err(StoreError::Locked(path.to_path_buf()))
             }
@@ -112,7 +112,11 @@ impl Store {
     }
 
     /// Records a refused fork and flushes.
-    pub fn record_evidence(&self, hash: &ChangeHash, evidence: &Evidence) -> Result<(), StoreError> {
+    pub fn record_evidence(
+        &self,
+        hash: &ChangeHash,
+        evidence: &Evidence,
+    ) -> Result<(), StoreError> {
         let mut key = vec![PREFIX_EVIDENCE];
         key.extend_from_slice(&hash.0);
         let value = postcard::to_stdvec(evidence)
@@ -167,8 +171,16 @@ impl Store {
         self.db.scan_prefix([PREFIX_SEQ]).map(|item| {
             let (key, value) = item?;
             let corrupt = || StoreError::Corrupt("chain index entry is malformed".into());
-            let author: [u8; 32] = key.get(1..33).ok_or_else(corrupt)?.try_into().map_err(|_| corrupt())?;
-            let seq: [u8; 8] = key.get(33..41).ok_or_else(corrupt)?.try_into().map_err(|_| corrupt())?;
+            let author: [u8; 32] = key
+                .get(1..33)
+                .ok_or_else(corrupt)?
+                .try_into()
+                .map_err(|_| corrupt())?;
+            let seq: [u8; 8] = key
+                .get(33..41)
+                .ok_or_else(corrupt)?
+                .try_into()
+                .map_err(|_| corrupt())?;
             let hash: [u8; 32] = value.as_ref().try_into().map_err(|_| corrupt())?;
             let author = PublicKey::from_bytes(author).map_err(|_| corrupt())?;
             Ok((author, u64::from_be_bytes(seq), ChangeHash(hash)))

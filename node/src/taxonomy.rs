@@ -24,8 +24,16 @@ pub const GROUPS: [(&str, &str); 3] = [
 
 /// (key, group, title) of every built-in category.
 const BUILTIN: [(&str, &str, &str); 12] = [
-    ("algorithmic-bias", "technological-safety", "Algorithmic bias"),
-    ("model-vulnerabilities", "technological-safety", "Model vulnerabilities"),
+    (
+        "algorithmic-bias",
+        "technological-safety",
+        "Algorithmic bias",
+    ),
+    (
+        "model-vulnerabilities",
+        "technological-safety",
+        "Model vulnerabilities",
+    ),
     (
         "rapid-iteration",
         "technological-safety",

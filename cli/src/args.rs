@@ -1,0 +1,262 @@
+//! The command line, as clap definitions. Parsing only: every command is
+//! carried out in `commands`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Concord: a federated, signed register of AI-risk assessments and consensus notes.
+#[derive(Debug, Parser)]
+#[command(name = "concord", version, about, long_about = None)]
+pub struct Cli {
+    /// The node's data directory [default: the platform's data dir, e.g. ~/.local/share/concord]
+    #[arg(long, global = true, env = "CONCORD_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Log filter for diagnostics on stderr, e.g. `info` or `concord_node=debug`
+    #[arg(
+        long,
+        global = true,
+        env = "CONCORD_LOG",
+        default_value = "warn",
+        value_name = "FILTER"
+    )]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create this institution's key and config
+    Init {
+        /// The institution's display name
+        #[arg(long)]
+        name: String,
+    },
+    /// Print this node's name, node id, public key and fingerprint
+    Id(JsonFlag),
+    /// Create, join or show the network
+    #[command(subcommand)]
+    Network(NetworkCommand),
+    /// Print the risk taxonomy, or extend it
+    Categories(CategoriesArgs),
+    /// Risk assessments
+    #[command(subcommand)]
+    Assess(AssessCommand),
+    /// Consensus notes and positions
+    #[command(subcommand)]
+    Note(NoteCommand),
+    /// Write a bundle of signed changes to a file, for another node to import
+    Export {
+        /// The bundle file to write
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Only changes not already known to a node at these heads (comma-separated hashes)
+        #[arg(long, value_name = "HEADS", value_delimiter = ',')]
+        since: Vec<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Verify a bundle and apply all of it or nothing
+    Import {
+        /// The bundle file to read
+        file: PathBuf,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Re-verify every stored change and report per author
+    Verify(JsonFlag),
+    /// Print the briefing: open assessments, consensus and divergence per category
+    Report {
+        #[arg(long, value_enum, default_value_t = ReportFormat::Markdown)]
+        format: ReportFormat,
+        /// Write to this file instead of stdout
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Run a local federation on embedded defaults and show it converge
+    Demo {
+        /// Keep the demo's data directories here instead of a temporary directory
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Print JSON (stable field names, see docs/json.md)
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ReportFormat {
+    Markdown,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NetworkCommand {
+    /// Create a network with this node as founding member and write its genesis file
+    Create {
+        /// The network's name
+        #[arg(long)]
+        name: String,
+        /// A founding member, as NODE_ID=NAME (repeatable; this node is added if absent)
+        #[arg(long = "member", value_name = "ID=NAME")]
+        members: Vec<String>,
+        /// A founding observer, as NODE_ID=NAME (repeatable)
+        #[arg(long = "observer", value_name = "ID=NAME")]
+        observers: Vec<String>,
+        /// Member signatures a roster change needs [default: a majority of members]
+        #[arg(long)]
+        quorum: Option<u32>,
+        /// Where to write the genesis file
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Verify a genesis file and join its network
+    Join {
+        /// The genesis file
+        file: PathBuf,
+    },
+    /// Show the network and its roster
+    Show(JsonFlag),
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct CategoriesArgs {
+    #[command(subcommand)]
+    pub command: Option<CategoriesCommand>,
+    #[command(flatten)]
+    pub json: JsonFlag,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CategoriesCommand {
+    /// Add a category to the shared taxonomy (signed and synced like any change)
+    Add {
+        /// Its key: 2-48 lowercase letters, digits and hyphens
+        key: String,
+        /// Its group: technological-safety, application-security or beneficial-use
+        #[arg(long)]
+        group: String,
+        /// Its title
+        #[arg(long)]
+        title: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AssessCommand {
+    /// Add a risk assessment; prints its id
+    Add {
+        /// Category key (see `concord categories`)
+        #[arg(long)]
+        category: String,
+        #[arg(long)]
+        title: String,
+        #[arg(long, default_value = "")]
+        summary: String,
+        /// 1 (rare) to 5 (almost certain)
+        #[arg(long)]
+        likelihood: Option<i64>,
+        /// 1 (minor) to 5 (catastrophic)
+        #[arg(long)]
+        severity: Option<i64>,
+        /// A mitigation (repeatable)
+        #[arg(long = "mitigation", value_name = "TEXT")]
+        mitigations: Vec<String>,
+        /// draft, open, accepted or retired
+        #[arg(long, default_value = "draft")]
+        status: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// List assessments
+    List {
+        #[arg(long)]
+        category: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Show one assessment, with its comments and any conflicting edits
+    Show {
+        id: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Change fields of an assessment
+    Update {
+        id: String,
+        #[arg(long)]
+        category: Option<String>,
+        #[arg(long)]
+        title: Option<String>,
+        #[arg(long)]
+        summary: Option<String>,
+        #[arg(long)]
+        likelihood: Option<i64>,
+        #[arg(long)]
+        severity: Option<i64>,
+        /// Replaces the list of mitigations (repeatable)
+        #[arg(long = "mitigation", value_name = "TEXT")]
+        mitigations: Vec<String>,
+        #[arg(long)]
+        status: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Comment on an assessment
+    Comment {
+        id: String,
+        text: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NoteCommand {
+    /// Add a consensus note; prints its id
+    Add {
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        body: String,
+        /// agenda, consensus, divergence or review
+        #[arg(long, default_value = "agenda")]
+        kind: String,
+        /// track-ii, intergovernmental or multilateral
+        #[arg(long)]
+        round: Option<String>,
+        /// An assessment the note concerns (repeatable)
+        #[arg(long = "assessment", value_name = "ID")]
+        assessments: Vec<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// List notes with their derived standing
+    List(JsonFlag),
+    /// Show one note with every institution's position
+    Show {
+        id: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Record this institution's position on a note
+    Position {
+        id: String,
+        /// agree, disagree, reservation or abstain
+        position: String,
+        #[arg(long, default_value = "")]
+        comment: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}

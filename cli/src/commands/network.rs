@@ -1,0 +1,137 @@
+//! `concord network create|join|show`.
+
+use std::fs;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use concord_node::config::DataDir;
+use concord_node::genesis::Genesis;
+use concord_node::replica::{parse_node_id, read_file};
+use concord_node::roster::{Role, RosterEntry};
+use serde::Serialize;
+
+use super::open;
+use crate::args::NetworkCommand;
+use crate::output;
+
+pub fn run(dir: &DataDir, cmd: NetworkCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        NetworkCommand::Create {
+            name,
+            members,
+            observers,
+            quorum,
+            out,
+        } => {
+            let mut replica = open(dir)?;
+            let mut roster = Vec::new();
+            for (specs, role) in [(&members, Role::Member), (&observers, Role::Observer)] {
+                for spec in specs {
+                    roster.push(roster_entry(spec, role)?);
+                }
+            }
+            if out.exists() {
+                bail!("{} already exists; choose another --out", out.display());
+            }
+            let genesis = replica.create_network(&name, roster, quorum)?;
+            fs::write(&out, genesis.encode())
+                .with_context(|| format!("cannot write the genesis to {}", out.display()))?;
+            output::text(&format!(
+                "Created network {:?}\nnetwork id: {}\nquorum:     {} of {} members\n\
+                 Genesis written to {}: give it to every institution on the roster,\n\
+                 who join with `concord network join {}`.",
+                genesis.name(),
+                genesis.network_id(),
+                genesis.body().quorum,
+                genesis.roster().members().count(),
+                out.display(),
+                out.display(),
+            ))?;
+        }
+        NetworkCommand::Join { file } => {
+            let bytes = read_file(&file)?;
+            let genesis = Genesis::decode(&bytes)
+                .with_context(|| format!("{} is not a valid genesis", file.display()))?;
+            let mut replica = open(dir)?;
+            replica.join(genesis.clone())?;
+            output::text(&format!(
+                "Joined network {:?} ({})",
+                genesis.name(),
+                genesis.network_id()
+            ))?;
+        }
+        NetworkCommand::Show(flag) => {
+            let replica = open(dir)?;
+            let genesis = replica
+                .genesis()
+                .ok_or(concord_node::ReplicaError::NoNetwork)?;
+            let view = NetworkView::of(genesis);
+            if flag.json {
+                output::json(&view)?;
+            } else {
+                let mut table = output::table(&["NAME", "ROLE", "NODE ID", "FINGERPRINT"]);
+                for e in &view.roster {
+                    table.add_row(vec![&e.name, &e.role, &e.node_id, &e.fingerprint]);
+                }
+                output::text(&format!(
+                    "network:    {}\nnetwork id: {}\ncreated:    {} by {}\nquorum:     {}\n\n{table}",
+                    view.name, view.network_id, view.created_at, view.created_by, view.quorum
+                ))?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn roster_entry(spec: &str, role: Role) -> anyhow::Result<RosterEntry> {
+    let Some((id, name)) = spec.split_once('=') else {
+        bail!("--{role} {spec:?} must be NODE_ID=NAME");
+    };
+    let node = parse_node_id(id)?;
+    Ok(RosterEntry {
+        key: node.public_key(),
+        name: name.trim().to_string(),
+        role,
+    })
+}
+
+/// `network show --json`.
+#[derive(Serialize)]
+struct NetworkView {
+    name: String,
+    network_id: String,
+    created_at: String,
+    created_by: String,
+    quorum: u32,
+    roster: Vec<EntryView>,
+}
+
+#[derive(Serialize)]
+struct EntryView {
+    name: String,
+    role: String,
+    node_id: String,
+    fingerprint: String,
+}
+
+impl NetworkView {
+    fn of(genesis: &Genesis) -> Self {
+        let roster = genesis.roster();
+        Self {
+            name: genesis.name().to_string(),
+            network_id: genesis.network_id().to_string(),
+            created_at: concord_node::model::format_time(genesis.body().created_at_ms),
+            created_by: roster.display_name(&genesis.body().creator),
+            quorum: genesis.body().quorum,
+            roster: roster
+                .entries()
+                .map(|e| EntryView {
+                    name: e.name.clone(),
+                    role: e.role.to_string(),
+                    node_id: e.key.node_id().to_string(),
+                    fingerprint: e.key.fingerprint(),
+                })
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! `concord note ...`: consensus notes and positions.
+
+use std::fmt::Write as _;
+use std::process::ExitCode;
+
+use concord_node::config::DataDir;
+use concord_node::doc::NewNote;
+use concord_node::model::{NoteKind, NoteView, Round, Stance};
+
+use super::open;
+use super::register::{Written, render_conflicts, written};
+use crate::args::NoteCommand;
+use crate::output;
+
+pub fn run(dir: &DataDir, cmd: NoteCommand) -> anyhow::Result<ExitCode> {
+    let mut replica = open(dir)?;
+    match cmd {
+        NoteCommand::Add {
+            topic,
+            body,
+            kind,
+            round,
+            assessments,
+            json,
+        } => {
+            let new = NewNote {
+                topic,
+                body,
+                kind: kind.parse::<NoteKind>()?,
+                round: round.map(|r| r.parse::<Round>()).transpose()?,
+                assessments,
+            };
+            let (id, change) = replica.add_note(new)?;
+            if json.json {
+                output::json(&Written {
+                    id,
+                    change: change.to_string(),
+                })?;
+            } else {
+                output::text(&id)?;
+            }
+        }
+        NoteCommand::List(flag) => {
+            let notes = replica.notes()?;
+            if flag.json {
+                output::json(&notes)?;
+            } else if notes.is_empty() {
+                output::text("No notes.")?;
+            } else {
+                let mut table =
+                    output::table(&["ID", "TOPIC", "KIND", "ROUND", "STANDING", "POSITIONS"]);
+                for n in &notes {
+                    table.add_row(vec![
+                        n.id.clone(),
+                        n.topic.clone(),
+                        n.kind.clone(),
+                        n.round.clone().unwrap_or_else(|| "-".into()),
+                        n.standing.to_string(),
+                        tally(n),
+                    ]);
+                }
+                output::text(&table.to_string())?;
+            }
+        }
+        NoteCommand::Show { id, json } => {
+            let note = replica.note(&id)?;
+            if json.json {
+                output::json(&note)?;
+            } else {
+                output::text(&render(&note))?;
+            }
+        }
+        NoteCommand::Position {
+            id,
+            position,
+            comment,
+            json,
+        } => {
+            let stance = position.parse::<Stance>()?;
+            let change = replica.set_position(&id, stance, &comment)?;
+            written(
+                json.json,
+                &id,
+                &change.to_string(),
+                &format!("Recorded {stance} on"),
+            )?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// "2 agree, 1 disagree, 1 pending" over the current members.
+fn tally(note: &NoteView) -> String {
+    let counted: Vec<_> = note.positions.iter().filter(|p| p.counts).collect();
+    let mut parts = Vec::new();
+    for stance in Stance::ALL {
+        let n = counted
+            .iter()
+            .filter(|p| p.position.as_deref() == Some(stance.as_str()))
+            .count();
+        if n > 0 {
+            parts.push(format!("{n} {stance}"));
+        }
+    }
+    let pending = counted.iter().filter(|p| p.position.is_none()).count();
+    if pending > 0 {
+        parts.push(format!("{pending} pending"));
+    }
+    parts.join(", ")
+}
+
+fn render(n: &NoteView) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{}  {}", n.id, n.topic);
+    let _ = writeln!(out, "standing:    {}", n.standing);
+    let _ = writeln!(out, "kind:        {}", n.kind);
+    let _ = writeln!(out, "round:       {}", n.round.as_deref().unwrap_or("-"));
+    if !n.assessments.is_empty() {
+        let _ = writeln!(out, "assessments: {}", n.assessments.join(", "));
+    }
+    let _ = writeln!(out, "author:      {} ({})", n.author.name, n.author.node_id);
+    let _ = writeln!(
+        out,
+        "created:     {}   updated: {}",
+        n.created_at, n.updated_at
+    );
+    let _ = writeln!(out, "\n{}\n\npositions:", n.body);
+    for p in &n.positions {
+        let position = p.position.as_deref().unwrap_or("(none yet)");
+        let note = if p.counts {
+            ""
+        } else {
+            "  [not a current member]"
+        };
+        let comment = if p.comment.is_empty() {
+            String::new()
+        } else {
+            format!("  {:?}", p.comment)
+        };
+        let _ = writeln!(
+            out,
+            "  {:<28} {:<12}{comment}{note}",
+            p.institution.name, position
+        );
+    }
+    render_conflicts(&mut out, &n.conflicts);
+    out
+}

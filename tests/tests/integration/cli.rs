@@ -1,0 +1,484 @@
+//! The commands an institution uses offline, run as a user would.
+
+use support::{Federation, Node, add_assessment, path_str};
+
+#[test]
+fn init_prints_a_node_id_and_id_reports_it() {
+    let node = Node::uninitialised("Tsinghua CISS");
+    let out = node.ok(&["init", "--name", "Tsinghua CISS"]);
+    let id = node.json(&["id"]);
+    let node_id = id["node_id"].as_str().expect("node_id");
+    assert!(node_id.starts_with("12D3KooW"), "{node_id}");
+    assert!(out.contains(node_id), "{out}");
+    assert!(
+        out.contains(id["fingerprint"].as_str().expect("fingerprint")),
+        "{out}"
+    );
+    assert_eq!(id["name"], "Tsinghua CISS");
+    assert_eq!(id["public_key"].as_str().expect("key").len(), 64);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(node.dir().join("identity.key"))
+            .expect("key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let config = std::fs::read_to_string(node.dir().join("concord.toml")).expect("config");
+    assert!(
+        config.contains("# ") && config.contains("name = \"Tsinghua CISS\""),
+        "{config}"
+    );
+}
+
+#[test]
+fn data_dir_comes_from_the_environment_when_no_flag_is_given() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(support::concord_bin())
+        .args(["init", "--name", "Env"])
+        .env("CONCORD_DATA_DIR", dir.path())
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("identity.key").exists());
+}
+
+#[test]
+fn network_create_join_and_show() {
+    let fed = Federation::new(&["A", "B", "C"], &["O"]);
+    for node in &fed.nodes {
+        let net = node.json(&["network", "show"]);
+        assert_eq!(net["name"], "Test network");
+        assert_eq!(net["quorum"], 2, "majority of three members");
+        let roster = net["roster"].as_array().expect("roster");
+        assert_eq!(roster.len(), 4);
+        let observer = roster.iter().find(|e| e["name"] == "O").expect("O");
+        assert_eq!(observer["role"], "observer");
+    }
+    let ids: Vec<_> = fed
+        .nodes
+        .iter()
+        .map(|n| n.json(&["network", "show"])["network_id"].clone())
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] == w[1]), "{ids:?}");
+    // A node that is not on the roster cannot join.
+    let stranger = Node::init("Stranger");
+    let stderr = stranger.fails(1, &["network", "join", path_str(&fed.genesis)]);
+    assert!(stderr.contains("is not on the roster"), "{stderr}");
+    // An impossible quorum is refused.
+    let d = Node::init("D");
+    let out = d.dir().join("g.concord");
+    let stderr = d.fails(
+        1,
+        &[
+            "network",
+            "create",
+            "--name",
+            "N",
+            "--quorum",
+            "3",
+            "--out",
+            path_str(&out),
+        ],
+    );
+    assert!(stderr.contains("quorum 3 is impossible"), "{stderr}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn categories_lists_the_taxonomy_and_accepts_extensions() {
+    let fed = Federation::new(&["A", "B"], &[]);
+    let a = &fed.nodes[0];
+    let cats = a.json(&["categories"]);
+    let keys: Vec<_> = cats
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|c| c["key"].as_str().expect("key").to_string())
+        .collect();
+    for key in [
+        "algorithmic-bias",
+        "malicious-use",
+        "climate-governance",
+        "technology-gap",
+    ] {
+        assert!(
+            keys.contains(&key.to_string()),
+            "{key} missing from {keys:?}"
+        );
+    }
+    let text = a.ok(&["categories"]);
+    assert!(
+        text.contains("Technological safety") && text.contains("Beneficial use"),
+        "{text}"
+    );
+    a.ok(&[
+        "categories",
+        "add",
+        "biosecurity",
+        "--group",
+        "application-security",
+        "--title",
+        "AI-enabled biological risks",
+    ]);
+    add_assessment(a, "biosecurity", "Protein design misuse");
+    // B learns the new category with the changes that use it.
+    fed.exchange_all();
+    let b_list = fed.nodes[1].json(&["assess", "list", "--category", "biosecurity"]);
+    assert_eq!(b_list.as_array().expect("list").len(), 1);
+    let stderr = a.fails(
+        1,
+        &[
+            "categories",
+            "add",
+            "algorithmic-bias",
+            "--group",
+            "beneficial-use",
+            "--title",
+            "x",
+        ],
+    );
+    assert!(stderr.contains("already exists"), "{stderr}");
+}
+
+#[test]
+fn assessments_can_be_added_listed_shown_updated_and_commented() {
+    let fed = Federation::new(&["A"], &[]);
+    let a = &fed.nodes[0];
+    let id = a.ok(&[
+        "assess",
+        "add",
+        "--category",
+        "reliability",
+        "--title",
+        "Opaque reasoning",
+        "--summary",
+        "Models cannot explain decisions.",
+        "--likelihood",
+        "4",
+        "--severity",
+        "3",
+        "--mitigation",
+        "Interpretability research",
+        "--mitigation",
+        "Audits",
+        "--status",
+        "open",
+    ]);
+    let id = id.trim();
+    assert!(id.starts_with("ra-"), "{id}");
+    let shown = a.json(&["assess", "show", id]);
+    assert_eq!(shown["title"], "Opaque reasoning");
+    assert_eq!(shown["risk"], 12);
+    assert_eq!(
+        shown["mitigations"],
+        serde_json::json!(["Interpretability research", "Audits"])
+    );
+    assert_eq!(shown["status"], "open");
+    assert_eq!(shown["author"]["name"], "A");
+    a.ok(&[
+        "assess",
+        "update",
+        id,
+        "--severity",
+        "5",
+        "--status",
+        "accepted",
+    ]);
+    a.ok(&["assess", "comment", id, "Agreed after round 2."]);
+    let shown = a.json(&["assess", "show", id]);
+    assert_eq!(shown["severity"], 5);
+    assert_eq!(shown["status"], "accepted");
+    assert_eq!(shown["comments"][0]["text"], "Agreed after round 2.");
+    assert_eq!(shown["comments"][0]["author"]["name"], "A");
+    let text = a.ok(&["assess", "show", id]);
+    assert!(
+        text.contains("Opaque reasoning") && text.contains("Agreed after round 2."),
+        "{text}"
+    );
+    add_assessment(a, "malicious-use", "Second");
+    assert_eq!(
+        a.json(&["assess", "list"]).as_array().expect("list").len(),
+        2
+    );
+    assert_eq!(
+        a.json(&["assess", "list", "--status", "accepted"])
+            .as_array()
+            .expect("list")
+            .len(),
+        1
+    );
+    assert_eq!(
+        a.json(&["assess", "list", "--category", "malicious-use"])
+            .as_array()
+            .expect("list")
+            .len(),
+        1
+    );
+    let table = a.ok(&["assess", "list"]);
+    assert!(
+        table.contains("Opaque reasoning") && table.contains("Second"),
+        "{table}"
+    );
+    let stderr = a.fails(1, &["assess", "update", id]);
+    assert!(stderr.contains("nothing to update"), "{stderr}");
+}
+
+#[test]
+fn notes_derive_their_standing_from_member_positions() {
+    let fed = Federation::new(&["A", "B"], &["O"]);
+    let (a, b, o) = (&fed.nodes[0], &fed.nodes[1], &fed.nodes[2]);
+    let assessment = add_assessment(a, "international-interaction", "Militarisation");
+    let note = a.json(&[
+        "note",
+        "add",
+        "--topic",
+        "Human control",
+        "--body",
+        "Keep humans in control.",
+        "--kind",
+        "consensus",
+        "--round",
+        "track-ii",
+        "--assessment",
+        &assessment,
+    ])["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    a.ok(&["note", "position", &note, "agree"]);
+    fed.exchange_all();
+    assert_eq!(
+        b.json(&["note", "show", &note])["standing"],
+        "open",
+        "B has not spoken"
+    );
+    b.ok(&[
+        "note",
+        "position",
+        &note,
+        "reservation",
+        "--comment",
+        "Needs verification.",
+    ]);
+    fed.exchange_all();
+    for node in [a, b, o] {
+        let shown = node.json(&["note", "show", &note]);
+        assert_eq!(shown["standing"], "consensus", "on {}", node.name);
+        let positions = shown["positions"].as_array().expect("positions");
+        assert_eq!(positions.len(), 2, "one per member: {shown}");
+        let of_b = positions
+            .iter()
+            .find(|p| p["institution"]["name"] == "B")
+            .expect("B");
+        assert_eq!(of_b["position"], "reservation");
+        assert_eq!(of_b["comment"], "Needs verification.");
+    }
+    b.ok(&["note", "position", &note, "disagree"]);
+    fed.exchange_all();
+    assert_eq!(o.json(&["note", "show", &note])["standing"], "divergence");
+    let list = a.json(&["note", "list"]);
+    assert_eq!(list[0]["standing"], "divergence");
+    let text = a.ok(&["note", "show", &note]);
+    assert!(
+        text.contains("divergence") && text.contains("disagree"),
+        "{text}"
+    );
+    let stderr = a.fails(1, &["note", "position", &note, "maybe"]);
+    assert!(stderr.contains("unknown position \"maybe\""), "{stderr}");
+}
+
+#[test]
+fn concurrent_edits_are_listed_with_their_authors() {
+    let fed = Federation::new(&["A", "B"], &[]);
+    let (a, b) = (&fed.nodes[0], &fed.nodes[1]);
+    let id = add_assessment(a, "algorithmic-bias", "Biased hiring models");
+    fed.exchange_all();
+    a.ok(&["assess", "update", &id, "--title", "Bias in hiring"]);
+    b.ok(&[
+        "assess",
+        "update",
+        &id,
+        "--title",
+        "Discrimination in hiring",
+    ]);
+    fed.exchange_all();
+    for node in [a, b] {
+        let shown = node.json(&["assess", "show", &id]);
+        let conflicts = shown["conflicts"].as_array().expect("conflicts");
+        assert_eq!(conflicts.len(), 1, "{shown}");
+        assert_eq!(conflicts[0]["field"], "title");
+        let mut values: Vec<_> = conflicts[0]["values"]
+            .as_array()
+            .expect("values")
+            .iter()
+            .map(|v| {
+                (
+                    v["value"].as_str().expect("value").to_string(),
+                    v["author"]["name"].as_str().expect("name").to_string(),
+                )
+            })
+            .collect();
+        values.sort();
+        assert_eq!(
+            values,
+            vec![
+                ("Bias in hiring".to_string(), "A".to_string()),
+                ("Discrimination in hiring".to_string(), "B".to_string())
+            ]
+        );
+        let text = node.ok(&["assess", "show", &id]);
+        assert!(
+            text.contains("concurrent edits") && text.contains("by A") && text.contains("by B"),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn export_since_heads_carries_only_newer_changes_and_import_is_idempotent() {
+    let fed = Federation::new(&["A", "B"], &[]);
+    let (a, b) = (&fed.nodes[0], &fed.nodes[1]);
+    add_assessment(a, "algorithmic-bias", "one");
+    let full = a.export("full.bundle");
+    assert_eq!(b.import(&full)["new"], 1);
+    assert_eq!(
+        b.import(&full),
+        serde_json::json!({"new": 0, "already_known": 1})
+    );
+    let heads = a.json(&["verify"])["heads"]
+        .as_array()
+        .expect("heads")
+        .iter()
+        .map(|h| h.as_str().expect("hash").to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    add_assessment(a, "algorithmic-bias", "two");
+    add_assessment(a, "algorithmic-bias", "three");
+    let out = a.dir().join("delta.bundle");
+    let exported = a.json(&["export", "--out", path_str(&out), "--since", &heads]);
+    assert_eq!(exported["changes"], 2);
+    assert_eq!(b.import(&out)["new"], 2);
+    assert_eq!(a.json(&["assess", "list"]), b.json(&["assess", "list"]));
+    let stderr = a.fails(1, &["export", "--out", path_str(&out), "--since", "zz"]);
+    assert!(stderr.contains("not a change hash"), "{stderr}");
+    let unknown = "ab".repeat(32);
+    let stderr = a.fails(1, &["export", "--out", path_str(&out), "--since", &unknown]);
+    assert!(stderr.contains("unknown head"), "{stderr}");
+}
+
+#[test]
+fn verify_reports_every_author() {
+    let fed = Federation::new(&["A", "B"], &[]);
+    add_assessment(&fed.nodes[0], "algorithmic-bias", "a1");
+    add_assessment(&fed.nodes[1], "algorithmic-bias", "b1");
+    add_assessment(&fed.nodes[1], "algorithmic-bias", "b2");
+    fed.exchange_all();
+    let audit = fed.nodes[0].json(&["verify"]);
+    assert_eq!(audit["ok"], true);
+    assert_eq!(audit["envelopes"], 3);
+    let authors = audit["authors"].as_array().expect("authors");
+    let of = |name: &str| {
+        authors
+            .iter()
+            .find(|a| a["name"] == name)
+            .expect("author")
+            .clone()
+    };
+    assert_eq!(of("A")["verified"], 1);
+    assert_eq!(of("B")["verified"], 2);
+    assert_eq!(of("B")["rejected"], 0);
+}
+
+#[test]
+fn report_prints_consensus_and_divergence() {
+    let fed = Federation::new(&["A", "B"], &[]);
+    let (a, b) = (&fed.nodes[0], &fed.nodes[1]);
+    let risk = add_assessment(a, "technology-gap", "Compute divide");
+    let agreed = a.json(&[
+        "note",
+        "add",
+        "--topic",
+        "Share benchmarks",
+        "--body",
+        "b",
+        "--assessment",
+        &risk,
+    ])["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let split = a.json(&[
+        "note",
+        "add",
+        "--topic",
+        "Chip export controls",
+        "--body",
+        "b",
+        "--assessment",
+        &risk,
+    ])["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    a.ok(&["note", "position", &agreed, "agree"]);
+    a.ok(&["note", "position", &split, "agree", "--comment", "Needed."]);
+    fed.exchange_all();
+    b.ok(&["note", "position", &agreed, "agree"]);
+    b.ok(&[
+        "note",
+        "position",
+        &split,
+        "disagree",
+        "--comment",
+        "Trade matter.",
+    ]);
+    fed.exchange_all();
+    let md = a.ok(&["report"]);
+    assert!(
+        md.contains("Consensus reached") && md.contains("Share benchmarks"),
+        "{md}"
+    );
+    assert!(
+        md.contains("Points of divergence") && md.contains("Chip export controls"),
+        "{md}"
+    );
+    assert!(md.contains("**disagree**: Trade matter."), "{md}");
+    assert!(md.contains("Compute divide"), "{md}");
+    let json: serde_json::Value =
+        serde_json::from_str(&a.ok(&["report", "--format", "json"])).expect("report JSON");
+    assert_eq!(json["totals"]["consensus"], 1);
+    assert_eq!(json["totals"]["divergence"], 1);
+    let section = &json["categories"][0];
+    assert_eq!(section["key"], "technology-gap");
+    assert_eq!(section["divergence"][0]["topic"], "Chip export controls");
+    // Both nodes print the same briefing from the same changes.
+    assert_eq!(md, b.ok(&["report"]));
+}
+
+#[test]
+fn commands_before_joining_a_network_say_what_to_do() {
+    let node = Node::init("Lonely");
+    let stderr = node.fails(
+        1,
+        &[
+            "assess",
+            "add",
+            "--category",
+            "algorithmic-bias",
+            "--title",
+            "T",
+        ],
+    );
+    assert!(stderr.contains("has not joined a network"), "{stderr}");
+    let stderr = node.fails(1, &["report"]);
+    assert!(stderr.contains("has not joined a network"), "{stderr}");
+    let fresh = Node::uninitialised("Nobody");
+    let stderr = fresh.fails(1, &["id"]);
+    assert!(stderr.contains("concord init"), "{stderr}");
+}

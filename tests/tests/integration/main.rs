@@ -1,0 +1,6 @@
+//! Concord's integration tests. Each test runs the real `concord` binary in
+//! fresh temporary data directories (see the `support` crate).
+
+mod bad_input;
+mod cli;
+mod convergence;
