@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Concord: a federated, signed register of AI-risk assessments and consensus notes.
 #[derive(Debug, Parser)]
-#[command(name = "concord", version, about, long_about = None)]
+#[command(name = "concord", version)]
 pub struct Cli {
     /// The node's data directory [default: the platform's data dir, e.g. ~/.local/share/concord]
     #[arg(long, global = true, env = "CONCORD_DATA_DIR", value_name = "DIR")]
@@ -17,7 +17,7 @@ pub struct Cli {
     #[arg(
         long,
         global = true,
-        env = "CONCORD_LOG",
+        env = "RUST_LOG",
         default_value = "warn",
         value_name = "FILTER"
     )]

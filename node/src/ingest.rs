@@ -290,3 +290,230 @@ pub fn verify_signatures(envelopes: &[Envelope], network: NetworkId) -> Result<(
         result
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::doc::{Document, NewAssessment};
+    use crate::identity::Identity;
+    use crate::model::Status;
+    use crate::roster::RosterEntry;
+
+    /// An in-memory [`Known`].
+    #[derive(Default)]
+    struct Mem {
+        hashes: HashSet<ChangeHash>,
+        chain: HashMap<(PublicKey, u64), ChangeHash>,
+    }
+
+    impl Known for Mem {
+        fn has_change(&self, hash: &ChangeHash) -> bool {
+            self.hashes.contains(hash)
+        }
+        fn hash_at(&self, author: &PublicKey, seq: u64) -> Option<ChangeHash> {
+            self.chain.get(&(*author, seq)).copied()
+        }
+    }
+
+    impl Mem {
+        fn store(&mut self, checked: &Checked) {
+            for a in &checked.accepted {
+                self.hashes.insert(a.envelope.hash());
+                self.chain
+                    .insert((a.envelope.author(), a.seq), a.envelope.hash());
+            }
+        }
+    }
+
+    const NET: NetworkId = NetworkId([9; 32]);
+
+    struct Fixture {
+        member: Identity,
+        other_member: Identity,
+        observer: Identity,
+        roster: Roster,
+    }
+
+    fn fixture() -> Fixture {
+        let member = Identity::from_secret([1; 32]);
+        let other_member = Identity::from_secret([2; 32]);
+        let observer = Identity::from_secret([3; 32]);
+        let entry = |id: &Identity, name: &str, role| RosterEntry {
+            key: id.public(),
+            name: name.into(),
+            role,
+        };
+        let roster = Roster::new(
+            [
+                entry(&member, "M", Role::Member),
+                entry(&other_member, "N", Role::Member),
+                entry(&observer, "O", Role::Observer),
+            ],
+            2,
+        );
+        Fixture {
+            member,
+            other_member,
+            observer,
+            roster,
+        }
+    }
+
+    /// `count` chained changes with `actor` as Automerge actor.
+    fn changes(actor: PublicKey, label: &str, count: usize) -> Vec<Vec<u8>> {
+        let mut doc = Document::new(actor);
+        (0..count)
+            .map(|i| {
+                let new = NewAssessment {
+                    category: "algorithmic-bias".into(),
+                    title: format!("{label}{i}"),
+                    summary: String::new(),
+                    likelihood: None,
+                    severity: None,
+                    mitigations: Vec::new(),
+                    status: Status::Draft,
+                };
+                doc.add_assessment(&format!("ra-{label}{i}"), &new, i as i64)
+                    .expect("change")
+                    .raw_bytes()
+                    .to_vec()
+            })
+            .collect()
+    }
+
+    fn sign(id: &Identity, change: Vec<u8>) -> Envelope {
+        Envelope::sign(id, NET, change).expect("sign")
+    }
+
+    #[test]
+    fn a_valid_chain_is_accepted_in_any_order_and_twice_is_harmless() {
+        let f = fixture();
+        let mut envs: Vec<_> = changes(f.member.public(), "a", 3)
+            .into_iter()
+            .map(|c| sign(&f.member, c))
+            .collect();
+        envs.reverse();
+        let mut mem = Mem::default();
+        let checked = check_batch(envs.clone(), NET, &f.roster, &mem).expect("valid");
+        assert_eq!(checked.accepted.len(), 3);
+        mem.store(&checked);
+        let again = check_batch(envs, NET, &f.roster, &mem).expect("valid");
+        assert_eq!((again.accepted.len(), again.already_known), (0, 3));
+    }
+
+    #[test]
+    fn wrong_network_fails_the_signature() {
+        let f = fixture();
+        let c = changes(f.member.public(), "a", 1).remove(0);
+        let env = Envelope::sign(&f.member, NetworkId([8; 32]), c).expect("sign");
+        let err = check_batch(vec![env], NET, &f.roster, &Mem::default()).expect_err("foreign");
+        assert!(matches!(err, IngestError::Signature { .. }), "{err}");
+    }
+
+    #[test]
+    fn flipped_signature_bit_is_refused() {
+        let f = fixture();
+        let c = changes(f.member.public(), "a", 1).remove(0);
+        let mut wire = sign(&f.member, c).encode();
+        wire[50] ^= 0x20;
+        let env = Envelope::decode(&wire).expect("decodes");
+        let err = check_batch(vec![env], NET, &f.roster, &Mem::default()).expect_err("forged");
+        assert!(err.to_string().contains("does not verify"), "{err}");
+    }
+
+    #[test]
+    fn observers_and_strangers_cannot_write() {
+        let f = fixture();
+        let c = changes(f.observer.public(), "o", 1).remove(0);
+        let err = check_batch(vec![sign(&f.observer, c)], NET, &f.roster, &Mem::default())
+            .expect_err("observer");
+        assert!(matches!(err, IngestError::Observer { .. }), "{err}");
+        let stranger = Identity::from_secret([7; 32]);
+        let c = changes(stranger.public(), "s", 1).remove(0);
+        let err = check_batch(vec![sign(&stranger, c)], NET, &f.roster, &Mem::default())
+            .expect_err("stranger");
+        assert!(matches!(err, IngestError::NotOnRoster { .. }), "{err}");
+    }
+
+    #[test]
+    fn actor_must_be_the_signer() {
+        let f = fixture();
+        let c = changes(f.other_member.public(), "x", 1).remove(0);
+        let err = check_batch(vec![sign(&f.member, c)], NET, &f.roster, &Mem::default())
+            .expect_err("mismatch");
+        assert!(matches!(err, IngestError::ActorMismatch { .. }), "{err}");
+    }
+
+    #[test]
+    fn forks_are_refused_against_the_store_and_within_a_batch() {
+        let f = fixture();
+        let left = sign(&f.member, changes(f.member.public(), "l", 1).remove(0));
+        let right = sign(&f.member, changes(f.member.public(), "r", 1).remove(0));
+        let mut mem = Mem::default();
+        let checked = check_batch(vec![left.clone()], NET, &f.roster, &mem).expect("first");
+        mem.store(&checked);
+        let err = check_batch(vec![right.clone()], NET, &f.roster, &mem).expect_err("fork");
+        match err {
+            IngestError::Fork(fork) => {
+                assert_eq!(
+                    (fork.existing, fork.conflicting),
+                    (left.hash(), right.hash())
+                );
+                assert_eq!(fork.evidence, right);
+            }
+            other => panic!("expected a fork, got {other}"),
+        }
+        let err = check_batch(vec![left, right], NET, &f.roster, &Mem::default())
+            .expect_err("fork in batch");
+        assert!(matches!(err, IngestError::Fork(_)), "{err}");
+    }
+
+    #[test]
+    fn missing_dependencies_and_predecessors_are_refused() {
+        let f = fixture();
+        let chain = changes(f.member.public(), "d", 2);
+        let second = sign(&f.member, chain[1].clone());
+        let err = check_batch(vec![second], NET, &f.roster, &Mem::default()).expect_err("dep");
+        assert!(
+            matches!(err, IngestError::MissingDependency { .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn garbage_that_is_signed_is_refused_without_panicking() {
+        let f = fixture();
+        // A well-formed chunk header around bytes Automerge cannot parse.
+        let body = vec![0xffu8; 40];
+        let mut hasher = sha2::Sha256::new();
+        use sha2::Digest as _;
+        hasher.update([1u8, body.len() as u8]);
+        hasher.update(&body);
+        let hash: [u8; 32] = hasher.finalize().into();
+        let mut chunk = vec![0x85, 0x6f, 0x4a, 0x83];
+        chunk.extend_from_slice(&hash[..4]);
+        chunk.push(1);
+        chunk.push(body.len() as u8);
+        chunk.extend_from_slice(&body);
+        let env = sign(&f.member, chunk);
+        let err = check_batch(vec![env], NET, &f.roster, &Mem::default()).expect_err("garbage");
+        assert!(matches!(err, IngestError::Unparseable { .. }), "{err}");
+    }
+
+    #[test]
+    fn large_batches_verify_in_parallel_and_still_catch_one_bad_signature() {
+        let f = fixture();
+        let chain = changes(f.member.public(), "p", PARALLEL_VERIFY_MIN + 10);
+        let mut envs: Vec<_> = chain.into_iter().map(|c| sign(&f.member, c)).collect();
+        assert!(verify_signatures(&envs, NET).is_ok());
+        let mut wire = envs[PARALLEL_VERIFY_MIN + 3].encode();
+        wire[60] ^= 1;
+        envs[PARALLEL_VERIFY_MIN + 3] = Envelope::decode(&wire).expect("decode");
+        let err = verify_signatures(&envs, NET).expect_err("bad one");
+        assert!(
+            matches!(err, IngestError::Signature { hash, .. } if hash == envs[PARALLEL_VERIFY_MIN + 3].hash())
+        );
+    }
+}

@@ -755,3 +755,216 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>, ReplicaError> {
         source,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::model::{Score, Status};
+
+    /// Three members in temporary directories, all joined to one network.
+    fn federation() -> (Vec<tempfile::TempDir>, Vec<Replica>) {
+        let dirs: Vec<_> = (0..3)
+            .map(|_| tempfile::tempdir().expect("tempdir"))
+            .collect();
+        let mut replicas: Vec<Replica> = dirs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let dir = DataDir::new(d.path());
+                Replica::init(&dir, &format!("Member {i}")).expect("init");
+                Replica::open(&dir).expect("open")
+            })
+            .collect();
+        let roster = replicas
+            .iter()
+            .enumerate()
+            .map(|(i, r)| RosterEntry {
+                key: r.identity().public(),
+                name: format!("Member {i}"),
+                role: Role::Member,
+            })
+            .collect();
+        let genesis = replicas[0]
+            .create_network("Prop", roster, None)
+            .expect("create");
+        for r in &mut replicas[1..] {
+            r.join(genesis.clone()).expect("join");
+        }
+        (dirs, replicas)
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Add {
+            node: usize,
+            severity: i64,
+        },
+        Rescore {
+            node: usize,
+            target: usize,
+            severity: i64,
+        },
+        Note {
+            node: usize,
+        },
+        Position {
+            node: usize,
+            target: usize,
+            stance: usize,
+        },
+        Send {
+            from: usize,
+            to: usize,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..3usize, 1..=5i64).prop_map(|(node, severity)| Op::Add { node, severity }),
+            (0..3usize, 0..8usize, 1..=5i64).prop_map(|(node, target, severity)| Op::Rescore {
+                node,
+                target,
+                severity
+            }),
+            (0..3usize).prop_map(|node| Op::Note { node }),
+            (0..3usize, 0..8usize, 0..4usize).prop_map(|(node, target, stance)| Op::Position {
+                node,
+                target,
+                stance
+            }),
+            (0..3usize, 0..3usize).prop_map(|(from, to)| Op::Send { from, to }),
+        ]
+    }
+
+    fn apply(replicas: &mut [Replica], op: &Op) {
+        match *op {
+            Op::Add { node, severity } => {
+                replicas[node]
+                    .add_assessment(NewAssessment {
+                        category: "reliability".into(),
+                        title: format!("by {node}"),
+                        summary: String::new(),
+                        likelihood: None,
+                        severity: Some(Score::new("severity", severity).expect("score")),
+                        mitigations: Vec::new(),
+                        status: Status::Open,
+                    })
+                    .expect("add");
+            }
+            Op::Rescore {
+                node,
+                target,
+                severity,
+            } => {
+                let ids: Vec<String> = replicas[node]
+                    .assessments(&AssessmentFilter::default())
+                    .expect("list")
+                    .into_iter()
+                    .map(|a| a.id)
+                    .collect();
+                if let Some(id) = ids.get(target % ids.len().max(1)) {
+                    let update = AssessmentUpdate {
+                        severity: Some(Score::new("severity", severity).expect("score")),
+                        ..AssessmentUpdate::default()
+                    };
+                    replicas[node]
+                        .update_assessment(id, update)
+                        .expect("update");
+                }
+            }
+            Op::Note { node } => {
+                replicas[node]
+                    .add_note(NewNote {
+                        topic: format!("topic {node}"),
+                        body: "body".into(),
+                        kind: model::NoteKind::Agenda,
+                        round: None,
+                        assessments: Vec::new(),
+                    })
+                    .expect("note");
+            }
+            Op::Position {
+                node,
+                target,
+                stance,
+            } => {
+                let ids: Vec<String> = replicas[node]
+                    .notes()
+                    .expect("notes")
+                    .into_iter()
+                    .map(|n| n.id)
+                    .collect();
+                if let Some(id) = ids.get(target % ids.len().max(1)) {
+                    replicas[node]
+                        .set_position(id, Stance::ALL[stance], "")
+                        .expect("position");
+                }
+            }
+            Op::Send { from, to } => {
+                if from != to {
+                    let (bundle, _) = replicas[from].export(&[]).expect("export");
+                    replicas[to].import(&bundle).expect("import");
+                }
+            }
+        }
+    }
+
+    fn state(r: &Replica) -> String {
+        let assessments = r.assessments(&AssessmentFilter::default()).expect("list");
+        let notes = r.notes().expect("notes");
+        serde_json::to_string(&(assessments, notes, r.document().heads())).expect("json")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        /// Whatever the writes and the order bundles travel in, once every
+        /// node has every other node's bundle, all print the same JSON.
+        #[test]
+        fn replicas_exchanging_bundles_in_any_order_converge(
+            ops in proptest::collection::vec(op(), 1..25),
+            final_order in Just([0usize, 1, 2]).prop_shuffle(),
+        ) {
+            let (_dirs, mut replicas) = federation();
+            for op in &ops {
+                apply(&mut replicas, op);
+            }
+            let bundles: Vec<Vec<u8>> = final_order
+                .iter()
+                .map(|&i| replicas[i].export(&[]).expect("export").0)
+                .collect();
+            for r in &mut replicas {
+                for b in &bundles {
+                    r.import(b).expect("import");
+                }
+            }
+            let first = state(&replicas[0]);
+            for r in &replicas[1..] {
+                prop_assert_eq!(&state(r), &first);
+            }
+        }
+    }
+
+    #[test]
+    fn a_reopened_replica_holds_what_it_acknowledged() {
+        let (dirs, mut replicas) = federation();
+        let (id, _) = replicas[0]
+            .add_assessment(NewAssessment {
+                category: "reliability".into(),
+                title: "durable".into(),
+                summary: String::new(),
+                likelihood: None,
+                severity: None,
+                mitigations: Vec::new(),
+                status: Status::Draft,
+            })
+            .expect("add");
+        let before = state(&replicas[0]);
+        drop(replicas);
+        let reopened = Replica::open(&DataDir::new(dirs[0].path())).expect("reopen");
+        assert_eq!(state(&reopened), before);
+        assert_eq!(reopened.assessment(&id).expect("there").title, "durable");
+    }
+}

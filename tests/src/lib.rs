@@ -87,7 +87,7 @@ impl Node {
             .arg(self.dir.path())
             .args(args)
             .env_remove("CONCORD_DATA_DIR")
-            .env_remove("CONCORD_LOG")
+            .env_remove("RUST_LOG")
             .output()
             .unwrap_or_else(|e| panic!("cannot run concord: {e}"))
             .into()
