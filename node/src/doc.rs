@@ -49,7 +49,7 @@ pub enum DocError {
     NoAssessment(String),
     #[error("no note with id {0:?}")]
     NoNote(String),
-    #[error("the edit changes nothing")]
+    #[error("nothing to change: the values given are already the current ones")]
     NothingToChange,
     #[error("unknown head {0}")]
     UnknownHead(String),
