@@ -76,12 +76,48 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
-    /// Run a local federation on embedded defaults and show it converge
-    Demo {
-        /// Keep the demo's data directories here instead of a temporary directory
-        #[arg(long, value_name = "DIR")]
-        dir: Option<PathBuf>,
-    },
+    /// Run the node: sync with peers and serve the local API until stopped
+    Run(RunArgs),
+    /// Show the node: id, network, addresses, changes, peers, last sync
+    Status(JsonFlag),
+    /// Show every roster entry: role, connection, addresses, what each side lacks
+    Peers(JsonFlag),
+    /// Run a live local federation on embedded defaults and show it converge
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// A libp2p address to listen on, e.g. /ip4/0.0.0.0/tcp/7411 (repeatable)
+    /// [default: the config's, else TCP and QUIC on port 7411]
+    #[arg(
+        long,
+        env = "CONCORD_LISTEN",
+        value_delimiter = ',',
+        value_name = "MULTIADDR"
+    )]
+    pub listen: Vec<String>,
+    /// A peer to dial at start, ending in /p2p/<node id> (repeatable)
+    #[arg(
+        long,
+        env = "CONCORD_BOOTSTRAP",
+        value_delimiter = ',',
+        value_name = "MULTIADDR"
+    )]
+    pub bootstrap: Vec<String>,
+    /// Discover peers on the local network with mDNS
+    #[arg(long, env = "CONCORD_MDNS")]
+    pub mdns: bool,
+    /// Address of the local API, loopback only [default: 127.0.0.1:0]
+    #[arg(long, env = "CONCORD_API", value_name = "ADDR")]
+    pub api: Option<std::net::SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Keep the demo's data directories here instead of a temporary directory
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

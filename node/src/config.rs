@@ -62,11 +62,33 @@ impl DataDir {
     }
 }
 
+/// Where `concord run` listens when neither flags, environment nor config
+/// say: TCP and QUIC on every interface, port 7411.
+pub const DEFAULT_LISTEN: [&str; 2] = ["/ip4/0.0.0.0/tcp/7411", "/ip4/0.0.0.0/udp/7411/quic-v1"];
+/// Where the local API listens by default: loopback, a port the OS picks
+/// (the CLI finds it in `api.json`).
+pub const DEFAULT_API: &str = "127.0.0.1:0";
+
 /// The validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     /// The institution's display name, as it appears in rosters and reports.
     pub name: String,
+    pub network: NetworkSettings,
+}
+
+/// The `[network]` table: how `concord run` joins the peer-to-peer network.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkSettings {
+    /// libp2p listen addresses; empty means [`DEFAULT_LISTEN`].
+    pub listen: Vec<String>,
+    /// Peers to dial at start, each ending in `/p2p/<node id>`.
+    pub bootstrap: Vec<String>,
+    /// Discover peers on the local network with mDNS.
+    pub mdns: bool,
+    /// Address of the local API (loopback only); empty means [`DEFAULT_API`].
+    pub api: Option<String>,
 }
 
 /// The file as written; every field is checked in [`Config::load`].
@@ -74,6 +96,8 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
     name: String,
+    #[serde(default)]
+    network: NetworkSettings,
 }
 
 impl Config {
@@ -84,6 +108,7 @@ impl Config {
         }
         Ok(Self {
             name: name.to_string(),
+            network: NetworkSettings::default(),
         })
     }
 
@@ -96,10 +121,12 @@ impl Config {
             path: path.to_path_buf(),
             message: e.message().to_string(),
         })?;
-        Self::new(&file.name).map_err(|e| ConfigError::Invalid {
+        let mut config = Self::new(&file.name).map_err(|e| ConfigError::Invalid {
             path: path.to_path_buf(),
             message: e.to_string(),
-        })
+        })?;
+        config.network = file.network;
+        Ok(config)
     }
 
     /// Writes a commented config file; refuses to replace an existing one.
@@ -117,7 +144,19 @@ impl Config {
              \n\
              # The institution's display name. Other nodes see the name recorded in the\n\
              # network's genesis; this one labels your own node in `concord id`.\n\
-             name = {name}\n"
+             name = {name}\n\
+             \n\
+             [network]\n\
+             # Where this node listens for peers (libp2p multiaddrs). Default: TCP and\n\
+             # QUIC on every interface, port 7411.\n\
+             # listen = [\"/ip4/0.0.0.0/tcp/7411\", \"/ip4/0.0.0.0/udp/7411/quic-v1\"]\n\
+             # Peers to dial at start, each ending in /p2p/<node id>. Addresses learned\n\
+             # later are remembered, so a restart reconnects without these.\n\
+             # bootstrap = [\"/ip4/192.0.2.10/tcp/7411/p2p/12D3KooW...\"]\n\
+             # Discover peers on the local network with mDNS.\n\
+             # mdns = false\n\
+             # The local API for the CLI; loopback only, port 0 = chosen by the OS.\n\
+             # api = \"127.0.0.1:0\"\n"
         );
         let mut file = fs::OpenOptions::new()
             .write(true)

@@ -158,6 +158,19 @@ impl Document {
             .collect())
     }
 
+    /// Every change as (hash, author, seq), in causal order: a change comes
+    /// after all of its dependencies.
+    pub fn change_log(&self) -> Vec<(ChangeHash, PublicKey, u64)> {
+        self.doc
+            .get_changes_meta(&[])
+            .iter()
+            .filter_map(|m| {
+                let actor: [u8; 32] = m.actor.to_bytes().try_into().ok()?;
+                Some((m.hash, PublicKey::from_checked(actor), m.seq))
+            })
+            .collect()
+    }
+
     /// Number of changes in the document.
     pub fn len(&self) -> usize {
         self.doc.get_changes_meta(&[]).len()

@@ -68,6 +68,11 @@ impl PublicKey {
         &self.0
     }
 
+    /// Wraps bytes that were already checked (an actor id of a stored change).
+    pub(crate) fn from_checked(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
     /// The dalek key, for verification. Infallible for keys built by
     /// [`PublicKey::from_bytes`]; a key decoded from the wire is checked there.
     pub fn verifying_key(&self) -> Result<VerifyingKey, IdentityError> {

@@ -19,6 +19,7 @@
 //! form of a key) imports libp2p; `identity`, `genesis`, `envelope`, `doc`,
 //! `ingest`, `model` and `report` do no IO and spawn nothing.
 
+pub mod api;
 pub mod bundle;
 pub mod config;
 pub mod doc;
@@ -27,10 +28,13 @@ pub mod genesis;
 pub mod identity;
 pub mod ingest;
 pub mod model;
+pub mod network;
+pub mod node;
 pub mod replica;
 pub mod report;
 pub mod roster;
 pub mod store;
+pub mod sync;
 pub mod taxonomy;
 
 pub use replica::{Replica, ReplicaError};

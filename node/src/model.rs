@@ -5,7 +5,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Errors in values a user typed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -76,7 +76,7 @@ impl Score {
 macro_rules! keyword_enum {
     ($(#[$doc:meta])* $name:ident, $what:literal, { $($variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$doc])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         pub enum $name {
             $(#[serde(rename = $text)] $variant),+
         }
@@ -207,14 +207,14 @@ pub fn standing(member_stances: impl IntoIterator<Item = Option<Stance>>) -> Sta
 }
 
 /// An institution, as views name it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Institution {
     pub node_id: String,
     pub name: String,
 }
 
 /// One of several concurrent values of a field, and who wrote it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ConflictValue {
     pub value: serde_json::Value,
     pub author: Institution,
@@ -223,14 +223,14 @@ pub struct ConflictValue {
 }
 
 /// A field that two institutions set concurrently.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Conflict {
     pub field: String,
     pub values: Vec<ConflictValue>,
 }
 
 /// A comment on an assessment.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CommentView {
     pub author: Institution,
     pub text: String,
@@ -238,7 +238,7 @@ pub struct CommentView {
 }
 
 /// A risk assessment as printed by `assess show --json`.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AssessmentView {
     pub id: String,
     pub category: String,
@@ -258,7 +258,7 @@ pub struct AssessmentView {
 }
 
 /// One institution's position on a note.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PositionView {
     pub institution: Institution,
     /// False for positions of institutions that are not current members; they
@@ -270,7 +270,7 @@ pub struct PositionView {
 }
 
 /// A consensus note as printed by `note show --json`.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NoteView {
     pub id: String,
     pub topic: String,

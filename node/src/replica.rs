@@ -12,7 +12,7 @@ use std::fs;
 use std::path::Path;
 
 use automerge::{Change, ChangeHash};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::bundle::{Bundle, BundleError, EnvelopeBytes};
 use crate::config::{Config, ConfigError, DataDir};
@@ -26,6 +26,7 @@ use crate::model::{
 };
 use crate::roster::{Role, Roster, RosterEntry};
 use crate::store::{Evidence, Store, StoreError};
+use crate::sync::Tips;
 use crate::taxonomy::{self, Category};
 
 /// Everything that can go wrong in a node's local operations.
@@ -83,10 +84,12 @@ pub enum ReplicaError {
     UnknownAssessment(String),
     #[error("no note with id {0:?}")]
     UnknownNote(String),
+    #[error("{0:?} is not a change hash (64 hex digits)")]
+    BadHash(String),
 }
 
 /// What `concord init` created.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IdentitySummary {
     pub name: String,
     pub node_id: String,
@@ -95,7 +98,7 @@ pub struct IdentitySummary {
 }
 
 /// The result of an import.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImportSummary {
     /// Changes that were new to this node and are now stored.
     pub new: usize,
@@ -126,6 +129,8 @@ pub struct Replica {
     store: Store,
     membership: Option<Membership>,
     doc: Document,
+    /// Highest stored sequence number per author (see `sync`).
+    tips: Tips,
 }
 
 impl Replica {
@@ -163,6 +168,12 @@ impl Replica {
             None => None,
         };
         let doc = load_document(&store, identity.public())?;
+        let mut tips = Tips::new();
+        for entry in store.chain_index() {
+            let (author, seq, _) = entry?;
+            let tip = tips.entry(author).or_insert(0);
+            *tip = (*tip).max(seq);
+        }
         Ok(Self {
             dir: dir.clone(),
             identity,
@@ -170,6 +181,7 @@ impl Replica {
             store,
             membership,
             doc,
+            tips,
         })
     }
 
@@ -303,8 +315,12 @@ impl Replica {
                 self.store.commit([(&envelope, change.seq())])?;
                 Ok(envelope.hash())
             });
-        if stored.is_err() {
-            self.rebuild()?;
+        match &stored {
+            Ok(hash) => {
+                tracing::debug!(change = %hash, seq = change.seq(), "local change stored");
+                self.tips.insert(self.identity.public(), change.seq());
+            }
+            Err(_) => self.rebuild()?,
         }
         stored
     }
@@ -478,16 +494,82 @@ impl Replica {
                 Envelope::decode(&e.0).map_err(|source| IngestError::Malformed { index, source })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        self.ingest(envelopes, network, &roster)
+        Ok(self.ingest(envelopes, network, &roster)?.0)
+    }
+
+    /// Verifies and applies envelopes received from a peer (all or nothing);
+    /// returns what was new, for relaying.
+    pub fn ingest_wire(
+        &mut self,
+        wire: &[EnvelopeBytes],
+    ) -> Result<(ImportSummary, Vec<EnvelopeBytes>), ReplicaError> {
+        let (network, roster) = {
+            let m = self.membership.as_ref().ok_or(ReplicaError::NoNetwork)?;
+            (m.genesis.network_id(), m.roster.clone())
+        };
+        let envelopes = wire
+            .iter()
+            .enumerate()
+            .map(|(index, e)| {
+                Envelope::decode(&e.0).map_err(|source| IngestError::Malformed { index, source })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let (summary, accepted) = self.ingest(envelopes, network, &roster)?;
+        Ok((
+            summary,
+            accepted.iter().map(|e| EnvelopeBytes(e.encode())).collect(),
+        ))
+    }
+
+    /// Highest stored sequence number per author.
+    pub fn tips(&self) -> &Tips {
+        &self.tips
+    }
+
+    /// The envelopes a node with `have` lacks, in causal order, stopping after
+    /// `max_bytes` (at least one envelope is sent). `true` when more remain.
+    pub fn changes_for(
+        &self,
+        have: &Tips,
+        max_bytes: usize,
+    ) -> Result<(Vec<EnvelopeBytes>, bool), ReplicaError> {
+        let behind = self
+            .tips
+            .iter()
+            .any(|(author, seq)| have.get(author).copied().unwrap_or(0) < *seq);
+        if !behind {
+            return Ok((Vec::new(), false));
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for (hash, author, seq) in self.doc.change_log() {
+            if seq <= have.get(&author).copied().unwrap_or(0) {
+                continue;
+            }
+            if bytes >= max_bytes && !out.is_empty() {
+                return Ok((out, true));
+            }
+            let envelope = self.store.envelope(&hash)?.ok_or_else(|| {
+                StoreError::Corrupt(format!("change {hash} is in the document but not stored"))
+            })?;
+            bytes += envelope.len();
+            out.push(EnvelopeBytes(envelope));
+        }
+        Ok((out, false))
+    }
+
+    /// Makes everything stored so far durable (used at shutdown).
+    pub fn flush(&self) -> Result<(), ReplicaError> {
+        Ok(self.store.flush()?)
     }
 
     /// The shared path for changes from outside (bundles now, peers later).
-    pub fn ingest(
+    fn ingest(
         &mut self,
         envelopes: Vec<Envelope>,
         network: NetworkId,
         roster: &Roster,
-    ) -> Result<ImportSummary, ReplicaError> {
+    ) -> Result<(ImportSummary, Vec<Envelope>), ReplicaError> {
         let checked = match ingest::check_batch(envelopes, network, roster, &self.store) {
             Ok(checked) => checked,
             Err(IngestError::Fork(fork)) => {
@@ -510,7 +592,7 @@ impl Replica {
             already_known: checked.already_known,
         };
         if checked.accepted.is_empty() {
-            return Ok(summary);
+            return Ok((summary, Vec::new()));
         }
         let changes: Vec<Change> = checked.accepted.iter().map(|a| a.change.clone()).collect();
         let applied = self
@@ -526,7 +608,19 @@ impl Replica {
             self.rebuild()?;
             return Err(e);
         }
-        Ok(summary)
+        for a in &checked.accepted {
+            let tip = self.tips.entry(a.envelope.author()).or_insert(0);
+            *tip = (*tip).max(a.seq);
+        }
+        tracing::debug!(
+            new = summary.new,
+            known = summary.already_known,
+            "changes ingested"
+        );
+        Ok((
+            summary,
+            checked.accepted.into_iter().map(|a| a.envelope).collect(),
+        ))
     }
 
     /// A bundle of the genesis and every change not in the causal past of
@@ -660,7 +754,7 @@ fn audit_one(
 }
 
 /// The result of `concord verify`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Audit {
     /// True when every stored envelope re-verified.
     pub ok: bool,
@@ -673,7 +767,7 @@ pub struct Audit {
     pub forks: Vec<ForkReport>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AuthorAudit {
     pub node_id: String,
     pub name: String,
@@ -683,14 +777,14 @@ pub struct AuthorAudit {
     pub rejected: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Problem {
     pub change: String,
     pub author: String,
     pub problem: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ForkReport {
     pub author: String,
     pub name: String,

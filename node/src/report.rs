@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::doc::Document;
 use crate::genesis::Genesis;
@@ -16,7 +16,7 @@ use crate::roster::Roster;
 use crate::taxonomy;
 
 /// The whole briefing, as `report --format json` prints it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub network: String,
     pub network_id: String,
@@ -30,7 +30,7 @@ pub struct Report {
     pub general: Section,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Totals {
     pub assessments: usize,
     pub open_assessments: usize,
@@ -40,7 +40,7 @@ pub struct Totals {
     pub open_notes: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Section {
     pub key: String,
     pub group: String,

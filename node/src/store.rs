@@ -24,6 +24,7 @@ const KEY_GENESIS: &[u8] = b"g";
 const PREFIX_ENVELOPE: u8 = b'e';
 const PREFIX_SEQ: u8 = b's';
 const PREFIX_EVIDENCE: u8 = b'x';
+const PREFIX_PEER: u8 = b'p';
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +137,40 @@ impl Store {
                     .map_err(|e| StoreError::Corrupt(format!("evidence record: {e}")))
             })
             .collect()
+    }
+
+    /// Remembers the addresses learned for a peer (replacing older ones).
+    pub fn set_peer_addresses(&self, peer: &PublicKey, addrs: &[String]) -> Result<(), StoreError> {
+        let mut key = vec![PREFIX_PEER];
+        key.extend_from_slice(peer.as_bytes());
+        let value = postcard::to_stdvec(addrs)
+            .map_err(|e| StoreError::Corrupt(format!("cannot encode addresses: {e}")))?;
+        self.db.insert(key, value)?;
+        Ok(())
+    }
+
+    /// Every peer's remembered addresses.
+    pub fn peer_addresses(&self) -> Result<Vec<(PublicKey, Vec<String>)>, StoreError> {
+        self.db
+            .scan_prefix([PREFIX_PEER])
+            .map(|item| {
+                let (key, value) = item?;
+                let bytes: [u8; 32] = key[1..]
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("peer key is not 33 bytes".into()))?;
+                let peer = PublicKey::from_bytes(bytes)
+                    .map_err(|_| StoreError::Corrupt("peer key is not a valid key".into()))?;
+                let addrs: Vec<String> = postcard::from_bytes(&value)
+                    .map_err(|e| StoreError::Corrupt(format!("peer addresses: {e}")))?;
+                Ok((peer, addrs))
+            })
+            .collect()
+    }
+
+    /// Makes everything written so far durable.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
     }
 
     pub fn envelope(&self, hash: &ChangeHash) -> Result<Option<Vec<u8>>, StoreError> {

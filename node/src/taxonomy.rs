@@ -3,10 +3,10 @@
 //! Operators extend it with categories kept in the shared document (see
 //! `Document::add_category`); the built-in ones cannot be redefined. No IO.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A risk category: a stable key, its group and a readable title.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Category {
     pub key: String,
     pub group: String,

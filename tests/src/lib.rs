@@ -20,11 +20,30 @@ pub fn concord_bin() -> &'static Path {
             return PathBuf::from(path);
         }
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-        let run = escargot::CargoBuild::new()
+        let mut build = escargot::CargoBuild::new()
             .manifest_path(manifest)
             .package("cli")
             .bin("concord")
-            .current_release()
+            .current_release();
+        // `cargo test` sets these for the test process; build scripts that
+        // watch them (ring's) would otherwise rebuild on every run.
+        for (key, _) in std::env::vars() {
+            if [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+                "CARGO_PRIMARY_",
+            ]
+            .iter()
+            .any(|p| key.starts_with(p))
+                || key == "CARGO_TARGET_TMPDIR"
+                || key == "CARGO_RUSTC_CURRENT_DIR"
+            {
+                build = build.env_remove(key);
+            }
+        }
+        let run = build
             .run()
             .unwrap_or_else(|e| panic!("cannot build the concord binary: {e}"));
         run.path().to_path_buf()

@@ -4,11 +4,13 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
-use concord_node::Replica;
+use concord_node::api::{Request, Response};
 use concord_node::replica::read_file;
 use serde::Serialize;
 
+use super::unexpected;
 use crate::output;
+use crate::session::Session;
 
 /// Exit code of `verify` when a stored change fails to re-verify.
 const EXIT_VERIFY_FAILED: u8 = 3;
@@ -21,55 +23,50 @@ struct Exported {
 }
 
 pub fn export(
-    replica: &Replica,
+    session: &mut Session,
     out: &Path,
-    since: &[String],
+    since: Vec<String>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let since = since
-        .iter()
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| {
-            s.trim()
-                .parse()
-                .with_context(|| format!("--since: {s:?} is not a change hash (64 hex digits)"))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let (bytes, changes) = replica.export(&since)?;
-    if out.exists() && out.is_dir() {
+    let since: Vec<String> = since.into_iter().filter(|s| !s.trim().is_empty()).collect();
+    let exported = match session.call(Request::Export { since })? {
+        Response::Exported(e) => e,
+        other => bail!(unexpected(&other)),
+    };
+    if out.is_dir() {
         bail!("{} is a directory", out.display());
     }
     // Write beside the target, then rename, so a failure never leaves half a bundle.
     let tmp = out.with_extension("partial");
-    std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::write(&tmp, &exported.bundle)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, out).with_context(|| format!("cannot write {}", out.display()))?;
-    let heads = replica
-        .document()
-        .heads()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
     let report = Exported {
         file: out.display().to_string(),
-        changes,
-        heads,
+        changes: exported.changes,
+        heads: exported.heads,
     };
     if json {
         output::json(&report)?;
     } else {
         output::text(&format!(
-            "Exported {changes} change(s) to {}",
+            "Exported {} change(s) to {}",
+            report.changes,
             out.display()
         ))?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn import(replica: &mut Replica, file: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let bytes = read_file(file)?;
-    let summary = replica
-        .import(&bytes)
-        .with_context(|| format!("cannot import {}", file.display()))?;
+pub fn import(session: &mut Session, file: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let bundle = read_file(file)?;
+    let summary = match session
+        .call(Request::Import { bundle })
+        .with_context(|| format!("cannot import {}", file.display()))?
+    {
+        Response::Imported(s) => s,
+        other => bail!(unexpected(&other)),
+    };
     if json {
         output::json(&summary)?;
     } else {
@@ -81,8 +78,11 @@ pub fn import(replica: &mut Replica, file: &Path, json: bool) -> anyhow::Result<
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn verify(replica: &Replica, json: bool) -> anyhow::Result<ExitCode> {
-    let audit = replica.audit()?;
+pub fn verify(session: &mut Session, json: bool) -> anyhow::Result<ExitCode> {
+    let audit = match session.call(Request::Verify)? {
+        Response::Audit(a) => a,
+        other => bail!(unexpected(&other)),
+    };
     if json {
         output::json(&audit)?;
     } else {

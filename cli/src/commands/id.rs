@@ -2,11 +2,14 @@
 
 use std::process::ExitCode;
 
+use anyhow::bail;
 use concord_node::Replica;
+use concord_node::api::{Request, Response};
 use concord_node::config::DataDir;
-use concord_node::replica::IdentitySummary;
 
+use super::unexpected;
 use crate::output;
+use crate::session::Session;
 
 pub fn init(dir: &DataDir, name: &str) -> anyhow::Result<ExitCode> {
     let summary = Replica::init(dir, name)?;
@@ -27,8 +30,11 @@ pub fn init(dir: &DataDir, name: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn show(replica: &Replica, json: bool) -> anyhow::Result<ExitCode> {
-    let summary: IdentitySummary = replica.summary();
+pub fn show(session: &mut Session, json: bool) -> anyhow::Result<ExitCode> {
+    let summary = match session.call(Request::Identity)? {
+        Response::Identity(s) => s,
+        other => bail!(unexpected(&other)),
+    };
     if json {
         output::json(&summary)?;
     } else {

@@ -1,4 +1,6 @@
-//! One module per command group; each uses the node crate's public API only.
+//! One module per command group. Every command that reads or writes the
+//! document builds an `api::Request` and runs it through a [`Session`], so it
+//! works the same whether the node is running or not.
 
 mod bundle;
 mod demo;
@@ -7,33 +9,43 @@ mod network;
 mod notes;
 mod register;
 mod report;
+mod run;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
-use concord_node::Replica;
+use anyhow::{Context as _, bail};
+use concord_node::api::{Request, Response};
 use concord_node::config::DataDir;
 
 use crate::args::{Cli, Command};
+use crate::session::Session;
 
 /// Runs one command.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let dir = data_dir(cli.data_dir)?;
     match cli.command {
         Command::Init { name } => id::init(&dir, &name),
-        Command::Id(flag) => id::show(&open(&dir)?, flag.json),
+        Command::Id(flag) => id::show(&mut Session::open(&dir)?, flag.json),
         Command::Network(cmd) => network::run(&dir, cmd),
         Command::Categories(args) => register::categories(&dir, args),
-        Command::Assess(cmd) => register::run(&dir, cmd),
-        Command::Note(cmd) => notes::run(&dir, cmd),
+        Command::Assess(cmd) => register::run(&mut Session::open(&dir)?, cmd),
+        Command::Note(cmd) => notes::run(&mut Session::open(&dir)?, cmd),
         Command::Export { out, since, json } => {
-            bundle::export(&open(&dir)?, &out, &since, json.json)
+            bundle::export(&mut Session::open(&dir)?, &out, since, json.json)
         }
-        Command::Import { file, json } => bundle::import(&mut open(&dir)?, &file, json.json),
-        Command::Verify(flag) => bundle::verify(&open(&dir)?, flag.json),
-        Command::Report { format, out } => report::run(&open(&dir)?, format, out.as_deref()),
-        Command::Demo { dir } => demo::run(dir.as_deref()),
+        Command::Import { file, json } => {
+            bundle::import(&mut Session::open(&dir)?, &file, json.json)
+        }
+        Command::Verify(flag) => bundle::verify(&mut Session::open(&dir)?, flag.json),
+        Command::Report { format, out } => {
+            report::run(&mut Session::open(&dir)?, format, out.as_deref())
+        }
+        Command::Run(args) => run::run(&dir, args),
+        Command::Status(flag) => status::status(&mut Session::open(&dir)?, flag.json),
+        Command::Peers(flag) => status::peers(&mut Session::open(&dir)?, flag.json),
+        Command::Demo(args) => demo::run(args.dir.as_deref()),
     }
 }
 
@@ -49,7 +61,16 @@ fn data_dir(flag: Option<PathBuf>) -> anyhow::Result<DataDir> {
     Ok(DataDir::new(dirs.data_dir()))
 }
 
-/// Opens the node in `dir`, saying which directory when that fails.
-fn open(dir: &DataDir) -> anyhow::Result<Replica> {
-    Replica::open(dir).with_context(|| format!("cannot open the node in {}", dir.root().display()))
+/// Names the response a command did not expect (a version mismatch between
+/// the CLI and a running node).
+fn unexpected(response: &Response) -> anyhow::Error {
+    anyhow::anyhow!("unexpected answer from the node: {response:?}")
+}
+
+/// Runs a request and insists on a `Written` answer.
+fn write(session: &mut Session, request: Request) -> anyhow::Result<concord_node::api::Written> {
+    match session.call(request)? {
+        Response::Written(w) => Ok(w),
+        other => bail!(unexpected(&other)),
+    }
 }

@@ -4,17 +4,19 @@ use std::fs;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
+use concord_node::api::{Request, Response};
 use concord_node::config::DataDir;
 use concord_node::genesis::Genesis;
 use concord_node::replica::{parse_node_id, read_file};
 use concord_node::roster::{Role, RosterEntry};
-use serde::Serialize;
 
-use super::open;
+use super::unexpected;
 use crate::args::NetworkCommand;
 use crate::output;
+use crate::session::Session;
 
 pub fn run(dir: &DataDir, cmd: NetworkCommand) -> anyhow::Result<ExitCode> {
+    let mut session = Session::open(dir)?;
     match cmd {
         NetworkCommand::Create {
             name,
@@ -23,7 +25,11 @@ pub fn run(dir: &DataDir, cmd: NetworkCommand) -> anyhow::Result<ExitCode> {
             quorum,
             out,
         } => {
-            let mut replica = open(dir)?;
+            let Some(replica) = session.local() else {
+                bail!(
+                    "the node is running with its network already set: stop it before creating a network"
+                );
+            };
             let mut roster = Vec::new();
             for (specs, role) in [(&members, Role::Member), (&observers, Role::Observer)] {
                 for spec in specs {
@@ -52,7 +58,11 @@ pub fn run(dir: &DataDir, cmd: NetworkCommand) -> anyhow::Result<ExitCode> {
             let bytes = read_file(&file)?;
             let genesis = Genesis::decode(&bytes)
                 .with_context(|| format!("{} is not a valid genesis", file.display()))?;
-            let mut replica = open(dir)?;
+            let Some(replica) = session.local() else {
+                bail!(
+                    "the node is running with its network already set: stop it before joining a network"
+                );
+            };
             replica.join(genesis.clone())?;
             output::text(&format!(
                 "Joined network {:?} ({})",
@@ -61,11 +71,10 @@ pub fn run(dir: &DataDir, cmd: NetworkCommand) -> anyhow::Result<ExitCode> {
             ))?;
         }
         NetworkCommand::Show(flag) => {
-            let replica = open(dir)?;
-            let genesis = replica
-                .genesis()
-                .ok_or(concord_node::ReplicaError::NoNetwork)?;
-            let view = NetworkView::of(genesis);
+            let view = match session.call(Request::NetworkShow)? {
+                Response::Network(view) => view,
+                other => bail!(unexpected(&other)),
+            };
             if flag.json {
                 output::json(&view)?;
             } else {
@@ -93,45 +102,4 @@ fn roster_entry(spec: &str, role: Role) -> anyhow::Result<RosterEntry> {
         name: name.trim().to_string(),
         role,
     })
-}
-
-/// `network show --json`.
-#[derive(Serialize)]
-struct NetworkView {
-    name: String,
-    network_id: String,
-    created_at: String,
-    created_by: String,
-    quorum: u32,
-    roster: Vec<EntryView>,
-}
-
-#[derive(Serialize)]
-struct EntryView {
-    name: String,
-    role: String,
-    node_id: String,
-    fingerprint: String,
-}
-
-impl NetworkView {
-    fn of(genesis: &Genesis) -> Self {
-        let roster = genesis.roster();
-        Self {
-            name: genesis.name().to_string(),
-            network_id: genesis.network_id().to_string(),
-            created_at: concord_node::model::format_time(genesis.body().created_at_ms),
-            created_by: roster.display_name(&genesis.body().creator),
-            quorum: genesis.body().quorum,
-            roster: roster
-                .entries()
-                .map(|e| EntryView {
-                    name: e.name.clone(),
-                    role: e.role.to_string(),
-                    node_id: e.key.node_id().to_string(),
-                    fingerprint: e.key.fingerprint(),
-                })
-                .collect(),
-        }
-    }
 }

@@ -3,17 +3,17 @@
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
-use concord_node::config::DataDir;
-use concord_node::doc::NewNote;
-use concord_node::model::{NoteKind, NoteView, Round, Stance};
+use anyhow::bail;
+use concord_node::api::{NoteInput, Request, Response};
+use concord_node::model::{NoteView, Stance};
 
-use super::open;
-use super::register::{Written, render_conflicts, written};
+use super::register::{render_conflicts, written};
+use super::{unexpected, write};
 use crate::args::NoteCommand;
 use crate::output;
+use crate::session::Session;
 
-pub fn run(dir: &DataDir, cmd: NoteCommand) -> anyhow::Result<ExitCode> {
-    let mut replica = open(dir)?;
+pub fn run(session: &mut Session, cmd: NoteCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         NoteCommand::Add {
             topic,
@@ -23,25 +23,27 @@ pub fn run(dir: &DataDir, cmd: NoteCommand) -> anyhow::Result<ExitCode> {
             assessments,
             json,
         } => {
-            let new = NewNote {
-                topic,
-                body,
-                kind: kind.parse::<NoteKind>()?,
-                round: round.map(|r| r.parse::<Round>()).transpose()?,
-                assessments,
-            };
-            let (id, change) = replica.add_note(new)?;
+            let w = write(
+                session,
+                Request::AddNote(NoteInput {
+                    topic,
+                    body,
+                    kind,
+                    round,
+                    assessments,
+                }),
+            )?;
             if json.json {
-                output::json(&Written {
-                    id,
-                    change: change.to_string(),
-                })?;
+                output::json(&w)?;
             } else {
-                output::text(&id)?;
+                output::text(&w.id)?;
             }
         }
         NoteCommand::List(flag) => {
-            let notes = replica.notes()?;
+            let notes = match session.call(Request::ListNotes)? {
+                Response::Notes(notes) => notes,
+                other => bail!(unexpected(&other)),
+            };
             if flag.json {
                 output::json(&notes)?;
             } else if notes.is_empty() {
@@ -63,7 +65,10 @@ pub fn run(dir: &DataDir, cmd: NoteCommand) -> anyhow::Result<ExitCode> {
             }
         }
         NoteCommand::Show { id, json } => {
-            let note = replica.note(&id)?;
+            let note = match session.call(Request::ShowNote { id })? {
+                Response::Note(note) => note,
+                other => bail!(unexpected(&other)),
+            };
             if json.json {
                 output::json(&note)?;
             } else {
@@ -76,14 +81,16 @@ pub fn run(dir: &DataDir, cmd: NoteCommand) -> anyhow::Result<ExitCode> {
             comment,
             json,
         } => {
-            let stance = position.parse::<Stance>()?;
-            let change = replica.set_position(&id, stance, &comment)?;
-            written(
-                json.json,
-                &id,
-                &change.to_string(),
-                &format!("Recorded {stance} on"),
+            let verb = format!("Recorded {position} on");
+            let w = write(
+                session,
+                Request::Position {
+                    id,
+                    position,
+                    comment,
+                },
             )?;
+            written(json.json, &w, &verb)?;
         }
     }
     Ok(ExitCode::SUCCESS)

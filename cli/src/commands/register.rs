@@ -3,33 +3,36 @@
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
+use anyhow::bail;
+use concord_node::api::{AssessmentInput, Request, Response, UpdateInput, Written};
 use concord_node::config::DataDir;
-use concord_node::doc::{AssessmentUpdate, NewAssessment};
-use concord_node::model::{AssessmentView, Conflict, Score, Status};
-use concord_node::replica::AssessmentFilter;
+use concord_node::model::{AssessmentView, Conflict};
 use concord_node::taxonomy;
-use serde::Serialize;
 
-use super::open;
+use super::{unexpected, write};
 use crate::args::{AssessCommand, CategoriesArgs, CategoriesCommand};
 use crate::output;
-
-/// What a write prints with `--json`.
-#[derive(Serialize)]
-pub struct Written {
-    pub id: String,
-    pub change: String,
-}
+use crate::session::Session;
 
 pub fn categories(dir: &DataDir, args: CategoriesArgs) -> anyhow::Result<ExitCode> {
     if let Some(CategoriesCommand::Add { key, group, title }) = args.command {
-        let change = open(dir)?.add_category(&key, &group, &title)?;
-        output::text(&format!("Added category {key} (change {change})"))?;
+        let w = write(
+            &mut Session::open(dir)?,
+            Request::AddCategory { key, group, title },
+        )?;
+        output::text(&format!(
+            "Added category {} (change {})",
+            w.id,
+            short(&w.change)
+        ))?;
         return Ok(ExitCode::SUCCESS);
     }
     // Without an initialised node only the built-in taxonomy exists.
     let categories = if dir.key_file().exists() {
-        open(dir)?.categories()
+        match Session::open(dir)?.call(Request::Categories)? {
+            Response::Categories(c) => c,
+            other => bail!(unexpected(&other)),
+        }
     } else {
         taxonomy::builtin()
     };
@@ -49,12 +52,7 @@ pub fn categories(dir: &DataDir, args: CategoriesArgs) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-fn score(field: &'static str, value: Option<i64>) -> anyhow::Result<Option<Score>> {
-    Ok(value.map(|v| Score::new(field, v)).transpose()?)
-}
-
-pub fn run(dir: &DataDir, cmd: AssessCommand) -> anyhow::Result<ExitCode> {
-    let mut replica = open(dir)?;
+pub fn run(session: &mut Session, cmd: AssessCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         AssessCommand::Add {
             category,
@@ -66,23 +64,22 @@ pub fn run(dir: &DataDir, cmd: AssessCommand) -> anyhow::Result<ExitCode> {
             status,
             json,
         } => {
-            let new = NewAssessment {
-                category,
-                title,
-                summary,
-                likelihood: score("likelihood", likelihood)?,
-                severity: score("severity", severity)?,
-                mitigations,
-                status: status.parse()?,
-            };
-            let (id, change) = replica.add_assessment(new)?;
+            let w = write(
+                session,
+                Request::AddAssessment(AssessmentInput {
+                    category,
+                    title,
+                    summary,
+                    likelihood,
+                    severity,
+                    mitigations,
+                    status,
+                }),
+            )?;
             if json.json {
-                output::json(&Written {
-                    id,
-                    change: change.to_string(),
-                })?;
+                output::json(&w)?;
             } else {
-                output::text(&id)?;
+                output::text(&w.id)?;
             }
         }
         AssessCommand::List {
@@ -90,11 +87,10 @@ pub fn run(dir: &DataDir, cmd: AssessCommand) -> anyhow::Result<ExitCode> {
             status,
             json,
         } => {
-            let filter = AssessmentFilter {
-                category,
-                status: status.map(|s| s.parse::<Status>()).transpose()?,
+            let list = match session.call(Request::ListAssessments { category, status })? {
+                Response::Assessments(list) => list,
+                other => bail!(unexpected(&other)),
             };
-            let list = replica.assessments(&filter)?;
             if json.json {
                 output::json(&list)?;
             } else if list.is_empty() {
@@ -117,13 +113,20 @@ pub fn run(dir: &DataDir, cmd: AssessCommand) -> anyhow::Result<ExitCode> {
                         a.author.name.clone(),
                     ]);
                 }
-                output::text(&format!(
-                    "{table}\n(!) = concurrent edits: see `assess show ID`"
-                ))?;
+                if list.iter().any(|a| !a.conflicts.is_empty()) {
+                    output::text(&format!(
+                        "{table}\n(!) = concurrent edits: see `assess show ID`"
+                    ))?;
+                } else {
+                    output::text(&table.to_string())?;
+                }
             }
         }
         AssessCommand::Show { id, json } => {
-            let a = replica.assessment(&id)?;
+            let a = match session.call(Request::ShowAssessment { id })? {
+                Response::Assessment(a) => a,
+                other => bail!(unexpected(&other)),
+            };
             if json.json {
                 output::json(&a)?;
             } else {
@@ -141,42 +144,47 @@ pub fn run(dir: &DataDir, cmd: AssessCommand) -> anyhow::Result<ExitCode> {
             status,
             json,
         } => {
-            let update = AssessmentUpdate {
+            let update = UpdateInput {
                 category,
                 title,
                 summary,
-                likelihood: score("likelihood", likelihood)?,
-                severity: score("severity", severity)?,
+                likelihood,
+                severity,
                 mitigations: (!mitigations.is_empty()).then_some(mitigations),
-                status: status.map(|s| s.parse()).transpose()?,
+                status,
             };
-            if update.is_empty() {
-                anyhow::bail!(
+            if update.category.is_none()
+                && update.title.is_none()
+                && update.summary.is_none()
+                && update.likelihood.is_none()
+                && update.severity.is_none()
+                && update.mitigations.is_none()
+                && update.status.is_none()
+            {
+                bail!(
                     "nothing to update: give at least one of --category, --title, --summary, --likelihood, --severity, --mitigation, --status"
                 );
             }
-            let change = replica.update_assessment(&id, update)?;
-            written(json.json, &id, &change.to_string(), "Updated")?;
+            let w = write(session, Request::UpdateAssessment { id, update })?;
+            written(json.json, &w, "Updated")?;
         }
         AssessCommand::Comment { id, text, json } => {
-            let change = replica.comment(&id, &text)?;
-            written(json.json, &id, &change.to_string(), "Commented on")?;
+            let w = write(session, Request::Comment { id, text })?;
+            written(json.json, &w, "Commented on")?;
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn written(json: bool, id: &str, change: &str, verb: &str) -> anyhow::Result<()> {
+fn short(change: &str) -> &str {
+    &change[..16.min(change.len())]
+}
+
+pub fn written(json: bool, w: &Written, verb: &str) -> anyhow::Result<()> {
     if json {
-        output::json(&Written {
-            id: id.to_string(),
-            change: change.to_string(),
-        })
+        output::json(w)
     } else {
-        output::text(&format!(
-            "{verb} {id} (change {})",
-            &change[..16.min(change.len())]
-        ))
+        output::text(&format!("{verb} {} (change {})", w.id, short(&w.change)))
     }
 }
 

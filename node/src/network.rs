@@ -1,0 +1,585 @@
+//! The libp2p layer: transports (TCP and QUIC, noise, yamux), identify, ping,
+//! mDNS, the roster allow-list, connection limits and the sync protocol's
+//! request-response framing.
+//!
+//! Shaped after rust-libp2p's file-sharing example: [`new`] returns a
+//! cloneable [`Client`], a bounded stream of [`Event`]s and the [`EventLoop`],
+//! the only owner of the `Swarm`. The client sends [`Command`]s carrying
+//! oneshot replies; the loop answers them and reports what the swarm sees. It
+//! never interprets documents or envelopes: that is the node's job. A peer off
+//! the allow-list has its connection denied as soon as the handshake names
+//! it, before any protocol stream opens.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+use libp2p::core::ConnectedPoint;
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    PeerId, StreamProtocol, Swarm, allow_block_list, connection_limits, identify, identity, mdns,
+    noise, ping, tcp, yamux,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::sync::{self, MAX_MESSAGE_LEN};
+
+/// Bound of the command and event channels.
+const CHANNEL_BOUND: usize = 256;
+/// Established connections in total, and to one peer (a simultaneous dial
+/// from both sides can briefly make two).
+const MAX_CONNECTIONS: u32 = 256;
+const MAX_CONNECTIONS_PER_PEER: u32 = 2;
+/// Connections still in their handshake.
+const MAX_PENDING: u32 = 64;
+/// Concurrent sync streams on one connection.
+const MAX_STREAMS: usize = 32;
+/// How long a sync request may take, large catch-up chunks included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Connections stay open while idle; the node closes them itself.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Errors setting up the network.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error("cannot build the libp2p transport: {0}")]
+    Transport(String),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: Multiaddr, reason: String },
+    #[error("the network task has stopped")]
+    Stopped,
+    #[error("request to {peer} failed: {reason}")]
+    Request { peer: PeerId, reason: String },
+}
+
+/// What the event loop is set up with.
+#[derive(Clone, Debug)]
+pub struct NetworkConfig {
+    pub listen: Vec<Multiaddr>,
+    pub mdns: bool,
+    /// Peers allowed to connect (the roster, less this node).
+    pub allowed: Vec<PeerId>,
+}
+
+/// What the swarm reports to the node.
+#[derive(Debug)]
+pub enum Event {
+    Listening {
+        addr: Multiaddr,
+    },
+    Connected {
+        peer: PeerId,
+        addr: Multiaddr,
+    },
+    /// The last connection to `peer` closed.
+    Disconnected {
+        peer: PeerId,
+    },
+    DialFailed {
+        peer: Option<PeerId>,
+        error: String,
+    },
+    /// Addresses a peer listens on, from identify or mDNS.
+    Addresses {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    },
+    /// A sync request that needs an answer through [`Client::respond`].
+    Request {
+        peer: PeerId,
+        request: sync::Request,
+        channel: ResponseChannel<sync::Response>,
+    },
+    /// A peer sent a message that did not decode or was over the size limit.
+    BadMessage {
+        peer: PeerId,
+        error: String,
+    },
+}
+
+/// What the client asks of the event loop.
+#[derive(Debug)]
+enum Command {
+    Dial {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    },
+    Request {
+        peer: PeerId,
+        request: sync::Request,
+        reply: oneshot::Sender<Result<sync::Response, NetworkError>>,
+    },
+    Respond {
+        channel: ResponseChannel<sync::Response>,
+        response: sync::Response,
+    },
+    Disconnect {
+        peer: PeerId,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// A cloneable handle to the event loop.
+#[derive(Clone, Debug)]
+pub struct Client {
+    commands: mpsc::Sender<Command>,
+}
+
+impl Client {
+    async fn send(&self, command: Command) -> Result<(), NetworkError> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| NetworkError::Stopped)
+    }
+
+    pub async fn dial(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), NetworkError> {
+        self.send(Command::Dial { peer, addrs }).await
+    }
+
+    /// Sends a request; the returned future resolves with the answer.
+    pub async fn request(
+        &self,
+        peer: PeerId,
+        request: sync::Request,
+    ) -> Result<sync::Response, NetworkError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Request {
+            peer,
+            request,
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| NetworkError::Stopped)?
+    }
+
+    pub async fn respond(
+        &self,
+        channel: ResponseChannel<sync::Response>,
+        response: sync::Response,
+    ) -> Result<(), NetworkError> {
+        self.send(Command::Respond { channel, response }).await
+    }
+
+    pub async fn disconnect(&self, peer: PeerId) -> Result<(), NetworkError> {
+        self.send(Command::Disconnect { peer }).await
+    }
+
+    /// Stops the event loop after closing its connections.
+    pub async fn shutdown(&self) -> Result<(), NetworkError> {
+        let (reply, done) = oneshot::channel();
+        self.send(Command::Shutdown { reply }).await?;
+        done.await.map_err(|_| NetworkError::Stopped)
+    }
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    // First, so a connection from a peer off the roster is refused before any
+    // other behaviour sees it.
+    allowed: allow_block_list::Behaviour<allow_block_list::AllowedPeers>,
+    limits: connection_limits::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    sync: request_response::Behaviour<SyncCodec>,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// Builds the swarm and starts listening.
+pub fn new(
+    keypair: identity::Keypair,
+    config: &NetworkConfig,
+) -> Result<(Client, mpsc::Receiver<Event>, EventLoop), NetworkError> {
+    let transport = |e: &dyn std::fmt::Display| NetworkError::Transport(e.to_string());
+    let mdns_enabled = config.mdns;
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| transport(&e))?
+        .with_quic()
+        .with_behaviour(|key| {
+            let mdns = if mdns_enabled {
+                Some(mdns::tokio::Behaviour::new(
+                    mdns::Config::default(),
+                    key.public().to_peer_id(),
+                )?)
+            } else {
+                None
+            };
+            Ok(Behaviour {
+                allowed: allow_block_list::Behaviour::default(),
+                limits: connection_limits::Behaviour::new(
+                    connection_limits::ConnectionLimits::default()
+                        .with_max_established(Some(MAX_CONNECTIONS))
+                        .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
+                        .with_max_pending_incoming(Some(MAX_PENDING))
+                        .with_max_pending_outgoing(Some(MAX_PENDING)),
+                ),
+                identify: identify::Behaviour::new(
+                    identify::Config::new("/concord/id/1".into(), key.public())
+                        .with_agent_version(format!("concord/{}", env!("CARGO_PKG_VERSION"))),
+                ),
+                ping: ping::Behaviour::default(),
+                sync: request_response::Behaviour::with_codec(
+                    SyncCodec,
+                    [(StreamProtocol::new(sync::PROTOCOL), ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(REQUEST_TIMEOUT)
+                        .with_max_concurrent_streams(MAX_STREAMS),
+                ),
+                mdns: mdns.into(),
+            })
+        })
+        .map_err(|e| transport(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
+        .build();
+    for peer in &config.allowed {
+        swarm.behaviour_mut().allowed.allow_peer(*peer);
+    }
+    for addr in &config.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| NetworkError::Listen {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+    }
+    let (commands, command_rx) = mpsc::channel(CHANNEL_BOUND);
+    let (events, event_rx) = mpsc::channel(CHANNEL_BOUND);
+    Ok((
+        Client { commands },
+        event_rx,
+        EventLoop {
+            swarm,
+            commands: command_rx,
+            events,
+            pending: HashMap::new(),
+        },
+    ))
+}
+
+/// The only owner of the swarm.
+pub struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+    pending: HashMap<OutboundRequestId, oneshot::Sender<Result<sync::Response, NetworkError>>>,
+}
+
+impl std::fmt::Debug for EventLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLoop")
+            .field("peer", self.swarm.local_peer_id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventLoop {
+    /// Runs until [`Client::shutdown`] or until every client is dropped.
+    pub async fn run(mut self) {
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.handle_swarm_event(event).await,
+                command = self.commands.recv() => match command {
+                    Some(Command::Shutdown { reply }) => {
+                        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+                        for peer in peers {
+                            let _ = self.swarm.disconnect_peer_id(peer);
+                        }
+                        let _ = reply.send(());
+                        return;
+                    }
+                    Some(command) => self.handle_command(command),
+                    None => return,
+                },
+            }
+        }
+    }
+
+    async fn emit(&mut self, event: Event) {
+        // The node may be busy ingesting; waiting here is the back-pressure.
+        let _ = self.events.send(event).await;
+    }
+
+    fn handle_command(&mut self, command: Command) {
+        match command {
+            Command::Dial { peer, addrs } => {
+                let opts = DialOpts::peer_id(peer).addresses(addrs).build();
+                if let Err(e) = self.swarm.dial(opts) {
+                    tracing::debug!(%peer, error = %e, "dial refused");
+                    let events = self.events.clone();
+                    let error = e.to_string();
+                    tokio::spawn(async move {
+                        let _ = events
+                            .send(Event::DialFailed {
+                                peer: Some(peer),
+                                error,
+                            })
+                            .await;
+                    });
+                }
+            }
+            Command::Request {
+                peer,
+                request,
+                reply,
+            } => {
+                let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
+                self.pending.insert(id, reply);
+            }
+            Command::Respond { channel, response } => {
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .sync
+                    .send_response(channel, response)
+                    .is_err()
+                {
+                    tracing::debug!("response dropped: the peer's stream is closed");
+                }
+            }
+            Command::Disconnect { peer } => {
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            Command::Shutdown { .. } => {}
+        }
+    }
+
+    async fn handle_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+                self.emit(Event::Listening { addr: address }).await;
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                let addr = match endpoint {
+                    ConnectedPoint::Dialer { address, .. } => address,
+                    ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr,
+                };
+                tracing::debug!(peer = %peer_id, %addr, "connected");
+                self.emit(Event::Connected {
+                    peer: peer_id,
+                    addr,
+                })
+                .await;
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                tracing::debug!(peer = %peer_id, "disconnected");
+                self.emit(Event::Disconnected { peer: peer_id }).await;
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                self.emit(Event::DialFailed {
+                    peer: peer_id,
+                    error: error.to_string(),
+                })
+                .await;
+            }
+            SwarmEvent::IncomingConnectionError { error, .. } => {
+                tracing::debug!(%error, "incoming connection refused");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                let addrs: Vec<Multiaddr> =
+                    info.listen_addrs.into_iter().filter(dialable).collect();
+                if !addrs.is_empty() {
+                    self.emit(Event::Addresses {
+                        peer: peer_id,
+                        addrs,
+                    })
+                    .await;
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
+                for (peer, addr) in found {
+                    by_peer.entry(peer).or_default().push(addr);
+                }
+                for (peer, addrs) in by_peer {
+                    self.emit(Event::Addresses { peer, addrs }).await;
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.handle_sync(event).await,
+            _ => {}
+        }
+    }
+
+    async fn handle_sync(&mut self, event: request_response::Event<sync::Request, sync::Response>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    self.emit(Event::Request {
+                        peer,
+                        request,
+                        channel,
+                    })
+                    .await;
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some(reply) = self.pending.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some(reply) = self.pending.remove(&request_id) {
+                    let _ = reply.send(Err(NetworkError::Request {
+                        peer,
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => match error {
+                request_response::InboundFailure::Io(e) => {
+                    self.emit(Event::BadMessage {
+                        peer,
+                        error: e.to_string(),
+                    })
+                    .await;
+                }
+                other => tracing::debug!(%peer, error = %other, "inbound sync request failed"),
+            },
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+}
+
+/// Addresses worth remembering: not unspecified (0.0.0.0 / ::).
+fn dialable(addr: &Multiaddr) -> bool {
+    !addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_unspecified(),
+        Protocol::Ip6(ip) => ip.is_unspecified(),
+        _ => false,
+    })
+}
+
+/// Addresses are libp2p multiaddrs; re-exported so callers need not depend on libp2p.
+pub use libp2p::Multiaddr;
+
+/// Splits `/…/p2p/<id>` into the peer id and the address before it.
+pub fn split_peer(addr: &Multiaddr) -> Option<(PeerId, Multiaddr)> {
+    let mut addr = addr.clone();
+    match addr.pop() {
+        Some(Protocol::P2p(peer)) => Some((peer, addr)),
+        _ => None,
+    }
+}
+
+/// Frames sync messages: a 4-byte big-endian length, then the postcard body.
+/// A length over [`MAX_MESSAGE_LEN`] is refused before anything is allocated.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SyncCodec;
+
+async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_MESSAGE_LEN {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("message of {len} bytes is over the limit of {MAX_MESSAGE_LEN}"),
+        ));
+    }
+    let mut body = vec![0u8; len];
+    io.read_exact(&mut body).await?;
+    Ok(body)
+}
+
+async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, body: &[u8]) -> std::io::Result<()> {
+    let len = u32::try_from(body.len())
+        .ok()
+        .filter(|n| *n as usize <= MAX_MESSAGE_LEN)
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "message over the size limit",
+            )
+        })?;
+    io.write_all(&len.to_be_bytes()).await?;
+    io.write_all(body).await?;
+    io.close().await
+}
+
+fn invalid(e: sync::SyncError) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
+}
+
+impl request_response::Codec for SyncCodec {
+    type Protocol = StreamProtocol;
+    type Request = sync::Request;
+    type Response = sync::Response;
+
+    async fn read_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> std::io::Result<sync::Request>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        sync::decode_request(&read_frame(io).await?).map_err(invalid)
+    }
+
+    async fn read_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> std::io::Result<sync::Response>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        sync::decode_response(&read_frame(io).await?).map_err(invalid)
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        request: sync::Request,
+    ) -> std::io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &sync::encode_request(&request)).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        response: sync::Response,
+    ) -> std::io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &sync::encode_response(&response)).await
+    }
+}

@@ -1,0 +1,789 @@
+//! The running node: the replica, the network event loop and the local API,
+//! tied together by one node loop.
+//!
+//! [`start`] opens the replica, starts the libp2p [`EventLoop`] and the API
+//! server, and spawns the node loop, which alone owns the [`Replica`]. The
+//! loop reconciles with every roster peer that connects (pulling what it
+//! lacks, in chunks), answers peers' pulls and pushes, pushes every new
+//! change to connected peers (which relay it onwards), executes API calls,
+//! and redials dropped peers with back-off. A peer that sends anything
+//! invalid is logged and disconnected; the loop carries on serving the rest.
+//!
+//! [`EventLoop`]: crate::network::EventLoop
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::stream::FuturesUnordered;
+use futures::{Future, StreamExt};
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::api::server::{ApiCall, ApiError, ApiFile};
+use crate::api::{self, PeerView, Request, Response, StatusView};
+use crate::bundle::EnvelopeBytes;
+use crate::config::DataDir;
+use crate::genesis::NetworkId;
+use crate::identity::PublicKey;
+use crate::ingest::IngestError;
+use crate::model::{format_time, now_ms};
+use crate::network::{self, Client, Event, NetworkConfig, NetworkError};
+use crate::replica::{Replica, ReplicaError};
+use crate::roster::Role;
+use crate::store::StoreError;
+use crate::sync::{self, RESPONSE_TARGET_LEN, Tips, lacking, tips_from_wire, tips_to_wire};
+
+/// Bound of the API call queue.
+const API_QUEUE: usize = 64;
+/// Requests in flight to one peer; past this, pushes wait for the next pull.
+const MAX_IN_FLIGHT_PER_PEER: usize = 16;
+/// First and longest wait before redialling a peer.
+const BACKOFF_START: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How often dropped peers are considered for a redial.
+const REDIAL_TICK: Duration = Duration::from_millis(250);
+/// How long `start` waits for the listeners to come up.
+const LISTEN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Errors starting or running a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Replica(#[from] ReplicaError),
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    #[error("another concord node is already running on {0}")]
+    AlreadyRunning(String),
+    #[error("this node has not joined a network: run `concord network join FILE` first")]
+    NoNetwork,
+    #[error("{0} is not a peer address: it must end in /p2p/<node id>")]
+    BadBootstrap(Multiaddr),
+    #[error("cannot serve the local API on {addr}")]
+    Api {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no listen address came up within {0:?}")]
+    ListenTimeout(Duration),
+}
+
+/// How a node runs.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub data_dir: DataDir,
+    /// libp2p listen addresses, e.g. `/ip4/0.0.0.0/tcp/7411`.
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial at start, each ending in `/p2p/<node id>`.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Discover peers on the LAN with mDNS.
+    pub mdns: bool,
+    /// Where the local API listens (always a loopback address).
+    pub api: SocketAddr,
+}
+
+/// A cloneable handle for API calls into a running node.
+#[derive(Clone, Debug)]
+pub struct NodeHandle {
+    calls: mpsc::Sender<ApiCall>,
+}
+
+impl NodeHandle {
+    /// Executes a request on the node, as the CLI does through HTTP.
+    pub async fn call(&self, request: Request) -> Result<Response, ApiError> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || ApiError {
+            error: "the node has stopped".into(),
+            causes: Vec::new(),
+        };
+        self.calls
+            .send(ApiCall { request, reply })
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+/// A node that is running.
+#[derive(Debug)]
+pub struct RunningNode {
+    handle: NodeHandle,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), NodeError>>,
+    pub node_id: PeerId,
+    pub listen: Vec<Multiaddr>,
+    pub api: SocketAddr,
+}
+
+impl RunningNode {
+    pub fn handle(&self) -> NodeHandle {
+        self.handle.clone()
+    }
+
+    /// Every listen address with `/p2p/<node id>` appended, for bootstrapping.
+    pub fn addresses(&self) -> Vec<Multiaddr> {
+        self.listen
+            .iter()
+            .map(|a| {
+                a.clone()
+                    .with(libp2p::multiaddr::Protocol::P2p(self.node_id))
+            })
+            .collect()
+    }
+
+    /// Stops the node: closes connections, flushes the store, removes the
+    /// API file. Returns the node loop's outcome.
+    pub async fn shutdown(mut self) -> Result<(), NodeError> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.task.await {
+            Ok(result) => result,
+            Err(e) => Err(NodeError::Replica(ReplicaError::Store(
+                StoreError::Corrupt(format!("the node task failed: {e}")),
+            ))),
+        }
+    }
+}
+
+/// Opens the node in `config.data_dir` and starts it.
+pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
+    let dir = config.data_dir.clone();
+    let replica = match tokio::task::block_in_place(|| Replica::open(&dir)) {
+        Err(ReplicaError::Store(StoreError::Locked(_))) => {
+            return Err(NodeError::AlreadyRunning(dir.root().display().to_string()));
+        }
+        other => other?,
+    };
+    let genesis = replica.genesis().ok_or(NodeError::NoNetwork)?.clone();
+    let roster = genesis.roster();
+    let me = replica.identity().public();
+    let my_peer = replica.identity().libp2p_keypair().public().to_peer_id();
+    let mut peers: HashMap<PeerId, PeerState> = HashMap::new();
+    for entry in roster.entries().filter(|e| e.key != me) {
+        if let Some(peer) = entry.key.node_id().peer_id() {
+            peers.insert(peer, PeerState::new(entry.key, entry.role));
+        }
+    }
+    for (key, addrs) in replica
+        .store()
+        .peer_addresses()
+        .map_err(ReplicaError::from)?
+    {
+        if let Some(state) = key.node_id().peer_id().and_then(|p| peers.get_mut(&p)) {
+            state
+                .addrs
+                .extend(addrs.iter().filter_map(|a| a.parse().ok()));
+        }
+    }
+    for addr in &config.bootstrap {
+        let (peer, addr) =
+            network::split_peer(addr).ok_or_else(|| NodeError::BadBootstrap(addr.clone()))?;
+        match peers.get_mut(&peer) {
+            Some(state) => {
+                state.addrs.insert(addr);
+            }
+            None => tracing::warn!(%peer, "bootstrap peer is not on the roster; ignoring it"),
+        }
+    }
+
+    let (client, mut events, event_loop) = network::new(
+        replica.identity().libp2p_keypair(),
+        &NetworkConfig {
+            listen: config.listen.clone(),
+            mdns: config.mdns,
+            allowed: peers.keys().copied().collect(),
+        },
+    )?;
+    let network_task = tokio::spawn(event_loop.run());
+
+    // Wait until every listener has an address, keeping other early events.
+    let mut listen = Vec::new();
+    let mut early = Vec::new();
+    let deadline = Instant::now() + LISTEN_DEADLINE;
+    while listen.len() < config.listen.len() {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(Event::Listening { addr })) => listen.push(addr),
+            Ok(Some(other)) => early.push(other),
+            Ok(None) | Err(_) => return Err(NodeError::ListenTimeout(LISTEN_DEADLINE)),
+        }
+    }
+
+    let listener = tokio::net::TcpListener::bind(config.api)
+        .await
+        .map_err(|source| NodeError::Api {
+            addr: config.api,
+            source,
+        })?;
+    let api_addr = listener.local_addr().map_err(|source| NodeError::Api {
+        addr: config.api,
+        source,
+    })?;
+    let token = api::server::new_token().map_err(|source| NodeError::Api {
+        addr: api_addr,
+        source,
+    })?;
+    ApiFile {
+        address: api_addr,
+        token: token.clone(),
+        pid: std::process::id(),
+    }
+    .write(dir.root())
+    .map_err(|source| NodeError::Api {
+        addr: api_addr,
+        source,
+    })?;
+    let (calls_tx, calls_rx) = mpsc::channel(API_QUEUE);
+    let (api_stop_tx, api_stop_rx) = oneshot::channel::<()>();
+    let api_task = tokio::spawn(api::server::serve(
+        listener,
+        token,
+        calls_tx.clone(),
+        async move {
+            let _ = api_stop_rx.await;
+        },
+    ));
+
+    let (shutdown_tx, shutdown_rx) = oneshot::channel();
+    let node_loop = NodeLoop {
+        replica,
+        client,
+        network: genesis.network_id(),
+        peers,
+        listen: listen.clone(),
+        api: api_addr,
+        last_sync: None,
+        inflight: FuturesUnordered::new(),
+    };
+    let data_dir = dir.clone();
+    let task = tokio::spawn(async move {
+        let result = node_loop
+            .run(events, early, calls_rx, shutdown_rx, network_task)
+            .await;
+        let _ = api_stop_tx.send(());
+        let _ = api_task.await;
+        ApiFile::remove(data_dir.root());
+        result
+    });
+    tracing::info!(node = %my_peer, api = %api_addr, "node started");
+    Ok(RunningNode {
+        handle: NodeHandle { calls: calls_tx },
+        shutdown: Some(shutdown_tx),
+        task,
+        node_id: my_peer,
+        listen,
+        api: api_addr,
+    })
+}
+
+/// What the node knows about one roster peer.
+#[derive(Debug)]
+struct PeerState {
+    key: PublicKey,
+    role: Role,
+    addrs: BTreeSet<Multiaddr>,
+    connected: bool,
+    dialing: bool,
+    next_dial: Instant,
+    backoff: Duration,
+    last_seen: Option<i64>,
+    /// Their chain tips as of the last exchange.
+    tips: Option<Tips>,
+    pulling: bool,
+    pull_again: bool,
+    in_flight: usize,
+}
+
+impl PeerState {
+    fn new(key: PublicKey, role: Role) -> Self {
+        Self {
+            key,
+            role,
+            addrs: BTreeSet::new(),
+            connected: false,
+            dialing: false,
+            next_dial: Instant::now(),
+            backoff: BACKOFF_START,
+            last_seen: None,
+            tips: None,
+            pulling: false,
+            pull_again: false,
+            in_flight: 0,
+        }
+    }
+
+    fn dropped(&mut self) {
+        self.connected = false;
+        self.dialing = false;
+        self.next_dial = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Why an outbound request was sent.
+#[derive(Clone, Copy, Debug)]
+enum Purpose {
+    Pull,
+    Push,
+}
+
+type Outcome = (PeerId, Purpose, Result<sync::Response, NetworkError>);
+
+struct NodeLoop {
+    replica: Replica,
+    client: Client,
+    network: NetworkId,
+    peers: HashMap<PeerId, PeerState>,
+    listen: Vec<Multiaddr>,
+    api: SocketAddr,
+    last_sync: Option<i64>,
+    inflight: FuturesUnordered<Pin<Box<dyn Future<Output = Outcome> + Send>>>,
+}
+
+impl NodeLoop {
+    async fn run(
+        mut self,
+        mut events: mpsc::Receiver<Event>,
+        early: Vec<Event>,
+        mut calls: mpsc::Receiver<ApiCall>,
+        mut shutdown: oneshot::Receiver<()>,
+        network_task: JoinHandle<()>,
+    ) -> Result<(), NodeError> {
+        for event in early {
+            self.handle_event(event).await;
+        }
+        let mut redial = tokio::time::interval(REDIAL_TICK);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                event = events.recv() => match event {
+                    Some(event) => self.handle_event(event).await,
+                    None => break,
+                },
+                Some(call) = calls.recv() => self.handle_call(call).await,
+                Some(outcome) = self.inflight.next(), if !self.inflight.is_empty() => {
+                    self.handle_outcome(outcome).await;
+                }
+                _ = redial.tick() => self.redial().await,
+            }
+        }
+        tracing::info!("shutting down");
+        let _ = self.client.shutdown().await;
+        let _ = network_task.await;
+        self.replica.flush()?;
+        Ok(())
+    }
+
+    async fn handle_event(&mut self, event: Event) {
+        match event {
+            Event::Listening { addr } => {
+                if !self.listen.contains(&addr) {
+                    self.listen.push(addr);
+                }
+            }
+            Event::Connected { peer, addr } => {
+                let Some(state) = self.peers.get_mut(&peer) else {
+                    // The allow-list refuses strangers; this is a safety net.
+                    let _ = self.client.disconnect(peer).await;
+                    return;
+                };
+                tracing::info!(%peer, %addr, "peer connected");
+                state.connected = true;
+                state.dialing = false;
+                state.backoff = BACKOFF_START;
+                state.last_seen = Some(now_ms());
+                self.start_pull(peer);
+            }
+            Event::Disconnected { peer } => {
+                if let Some(state) = self.peers.get_mut(&peer) {
+                    tracing::info!(%peer, "peer disconnected");
+                    state.dropped();
+                    state.pulling = false;
+                    state.tips = None;
+                }
+            }
+            Event::DialFailed { peer, error } => {
+                if let Some(state) = peer.and_then(|p| self.peers.get_mut(&p)) {
+                    tracing::debug!(peer = ?peer, %error, "dial failed");
+                    if !state.connected {
+                        state.dropped();
+                    }
+                }
+            }
+            Event::Addresses { peer, addrs } => self.learn_addresses(peer, addrs).await,
+            Event::Request {
+                peer,
+                request,
+                channel,
+            } => {
+                let response = self.handle_request(peer, request);
+                let refused = matches!(response, sync::Response::Refused { .. });
+                let _ = self.client.respond(channel, response).await;
+                if refused {
+                    let _ = self.client.disconnect(peer).await;
+                }
+            }
+            Event::BadMessage { peer, error } => {
+                tracing::warn!(%peer, %error, "peer sent an undecodable or oversized message; disconnecting");
+                let _ = self.client.disconnect(peer).await;
+            }
+        }
+    }
+
+    async fn learn_addresses(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let before = state.addrs.len();
+        state.addrs.extend(addrs);
+        if state.addrs.len() != before {
+            let text: Vec<String> = state.addrs.iter().map(ToString::to_string).collect();
+            if let Err(e) = self.replica.store().set_peer_addresses(&state.key, &text) {
+                tracing::warn!(%peer, error = %e, "cannot remember the peer's addresses");
+            }
+        }
+        if !state.connected && !state.dialing {
+            state.next_dial = Instant::now();
+        }
+    }
+
+    /// Answers a peer's request. A `Refused` answer closes the connection.
+    fn handle_request(&mut self, peer: PeerId, request: sync::Request) -> sync::Response {
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return refused("not on the roster");
+        };
+        state.last_seen = Some(now_ms());
+        match request {
+            sync::Request::Pull { network, have } => {
+                if network != self.network {
+                    tracing::warn!(%peer, "pull for another network; disconnecting");
+                    return refused("wrong network");
+                }
+                let theirs = tips_from_wire(&have);
+                let they_have_more = lacking(&theirs, self.replica.tips()) > 0;
+                state.tips = Some(theirs.clone());
+                let answer = tokio::task::block_in_place(|| {
+                    self.replica.changes_for(&theirs, RESPONSE_TARGET_LEN)
+                });
+                if they_have_more {
+                    self.start_pull(peer);
+                }
+                match answer {
+                    Ok((envelopes, more)) => sync::Response::Changes {
+                        envelopes,
+                        more,
+                        have: tips_to_wire(self.replica.tips()),
+                    },
+                    Err(e) => {
+                        tracing::error!(%peer, error = %e, "cannot read changes to send");
+                        refused("internal error")
+                    }
+                }
+            }
+            sync::Request::Push { network, envelopes } => {
+                if network != self.network {
+                    tracing::warn!(%peer, "push for another network; disconnecting");
+                    return refused("wrong network");
+                }
+                match self.ingest(peer, &envelopes) {
+                    Ingested::Accepted(accepted) => sync::Response::Ack {
+                        accepted: u32::try_from(accepted).unwrap_or(u32::MAX),
+                        have: tips_to_wire(self.replica.tips()),
+                    },
+                    Ingested::Incomplete => {
+                        self.start_pull(peer);
+                        sync::Response::Ack {
+                            accepted: 0,
+                            have: tips_to_wire(self.replica.tips()),
+                        }
+                    }
+                    Ingested::Refused(reason) => refused(&reason),
+                    Ingested::Kept(reason) => sync::Response::Ack {
+                        accepted: 0,
+                        have: {
+                            tracing::warn!(%peer, %reason, "push not applied");
+                            tips_to_wire(self.replica.tips())
+                        },
+                    },
+                }
+            }
+        }
+    }
+
+    /// Verifies and applies envelopes from `peer`, relays what was new, and
+    /// sorts failures into misbehaviour and mere gaps.
+    fn ingest(&mut self, peer: PeerId, envelopes: &[EnvelopeBytes]) -> Ingested {
+        if envelopes.is_empty() {
+            return Ingested::Accepted(0);
+        }
+        match tokio::task::block_in_place(|| self.replica.ingest_wire(envelopes)) {
+            Ok((summary, accepted)) => {
+                if summary.new > 0 {
+                    tracing::debug!(%peer, new = summary.new, "changes accepted");
+                    self.last_sync = Some(now_ms());
+                    self.relay(&accepted, Some(peer));
+                }
+                Ingested::Accepted(summary.new)
+            }
+            Err(ReplicaError::Ingest(
+                IngestError::MissingDependency { .. } | IngestError::MissingPredecessor { .. },
+            )) => Ingested::Incomplete,
+            Err(ReplicaError::Ingest(e @ IngestError::Fork(_))) => {
+                tracing::warn!(%peer, error = %e, "fork refused and kept as evidence");
+                Ingested::Kept(e.to_string())
+            }
+            Err(ReplicaError::Ingest(e)) => {
+                tracing::warn!(%peer, error = %e, "peer sent an invalid envelope; disconnecting");
+                Ingested::Refused(e.to_string())
+            }
+            Err(e) => {
+                tracing::error!(%peer, error = %e, "cannot apply the peer's changes");
+                Ingested::Kept(e.to_string())
+            }
+        }
+    }
+
+    /// Pushes envelopes to every connected peer except `except`.
+    fn relay(&mut self, envelopes: &[EnvelopeBytes], except: Option<PeerId>) {
+        if envelopes.is_empty() {
+            return;
+        }
+        let targets: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(p, s)| s.connected && Some(**p) != except)
+            .map(|(p, _)| *p)
+            .collect();
+        for chunk in chunks(envelopes, RESPONSE_TARGET_LEN) {
+            for peer in &targets {
+                let Some(state) = self.peers.get_mut(peer) else {
+                    continue;
+                };
+                if state.in_flight >= MAX_IN_FLIGHT_PER_PEER {
+                    // It will get these with its next pull.
+                    state.pull_again = true;
+                    continue;
+                }
+                state.in_flight += 1;
+                let request = sync::Request::Push {
+                    network: self.network,
+                    envelopes: chunk.to_vec(),
+                };
+                self.send(*peer, Purpose::Push, request);
+            }
+        }
+    }
+
+    fn send(&mut self, peer: PeerId, purpose: Purpose, request: sync::Request) {
+        let client = self.client.clone();
+        self.inflight.push(Box::pin(async move {
+            let result = client.request(peer, request).await;
+            (peer, purpose, result)
+        }));
+    }
+
+    /// Asks `peer` for what we lack, unless a pull is already under way.
+    fn start_pull(&mut self, peer: PeerId) {
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if !state.connected {
+            return;
+        }
+        if state.pulling {
+            state.pull_again = true;
+            return;
+        }
+        state.pulling = true;
+        state.pull_again = false;
+        state.in_flight += 1;
+        let request = sync::Request::Pull {
+            network: self.network,
+            have: tips_to_wire(self.replica.tips()),
+        };
+        self.send(peer, Purpose::Pull, request);
+    }
+
+    async fn handle_outcome(&mut self, (peer, purpose, result): Outcome) {
+        if let Some(state) = self.peers.get_mut(&peer) {
+            state.in_flight = state.in_flight.saturating_sub(1);
+            if matches!(purpose, Purpose::Pull) {
+                state.pulling = false;
+            }
+        }
+        let response = match result {
+            Ok(response) => response,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, ?purpose, "request failed");
+                return;
+            }
+        };
+        match response {
+            sync::Response::Changes {
+                envelopes,
+                more,
+                have,
+            } => {
+                if let Some(state) = self.peers.get_mut(&peer) {
+                    state.tips = Some(tips_from_wire(&have));
+                    state.last_seen = Some(now_ms());
+                }
+                let outcome = self.ingest(peer, &envelopes);
+                if let Ingested::Refused(_) = outcome {
+                    let _ = self.client.disconnect(peer).await;
+                    return;
+                }
+                let again = self.peers.get(&peer).is_some_and(|s| s.pull_again);
+                if more || again {
+                    self.start_pull(peer);
+                } else {
+                    self.last_sync = Some(now_ms());
+                    tracing::debug!(%peer, "in sync");
+                }
+            }
+            sync::Response::Ack { have, .. } => {
+                if let Some(state) = self.peers.get_mut(&peer) {
+                    state.tips = Some(tips_from_wire(&have));
+                    state.last_seen = Some(now_ms());
+                    if state.pull_again && !state.pulling {
+                        self.start_pull(peer);
+                    }
+                }
+            }
+            sync::Response::Refused { reason } => {
+                tracing::warn!(%peer, %reason, "peer refused our request");
+            }
+        }
+    }
+
+    async fn redial(&mut self) {
+        let now = Instant::now();
+        let due: Vec<(PeerId, Vec<Multiaddr>)> = self
+            .peers
+            .iter_mut()
+            .filter(|(_, s)| {
+                !s.connected && !s.dialing && !s.addrs.is_empty() && s.next_dial <= now
+            })
+            .map(|(p, s)| {
+                s.dialing = true;
+                (*p, s.addrs.iter().cloned().collect())
+            })
+            .collect();
+        for (peer, addrs) in due {
+            tracing::debug!(%peer, "dialling");
+            if self.client.dial(peer, addrs).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn handle_call(&mut self, call: ApiCall) {
+        let ApiCall { request, reply } = call;
+        let result = match request {
+            Request::Status => Ok(Response::Status(Box::new(self.status()))),
+            Request::Peers => Ok(Response::Peers(self.peer_views())),
+            request => {
+                let write = api::is_write(&request);
+                let before = self.replica.tips().clone();
+                let result =
+                    tokio::task::block_in_place(|| api::execute(&mut self.replica, request));
+                if write && result.is_ok() {
+                    match self.replica.changes_for(&before, usize::MAX) {
+                        Ok((new, _)) => self.relay(&new, None),
+                        Err(e) => tracing::error!(error = %e, "cannot read the new changes"),
+                    }
+                }
+                result.map_err(|e| ApiError::from_error(&e))
+            }
+        };
+        let _ = reply.send(result);
+    }
+
+    fn status(&self) -> StatusView {
+        let mut status = api::stopped_status(&self.replica);
+        status.running = true;
+        status.listen = self.listen.iter().map(ToString::to_string).collect();
+        status.api = Some(self.api.to_string());
+        status.connected = self
+            .peers
+            .values()
+            .filter(|s| s.connected)
+            .map(|s| self.name_of(&s.key))
+            .collect();
+        status.connected.sort();
+        status.last_sync = self.last_sync.map(format_time);
+        status
+    }
+
+    fn name_of(&self, key: &PublicKey) -> String {
+        self.replica
+            .roster()
+            .map(|r| r.display_name(key))
+            .unwrap_or_default()
+    }
+
+    fn peer_views(&self) -> Vec<PeerView> {
+        let ours = self.replica.tips();
+        let mut views = api::stopped_peers(&self.replica);
+        for view in &mut views {
+            let Some(state) = self
+                .peers
+                .iter()
+                .find(|(_, s)| s.key.node_id().to_string() == view.node_id)
+                .map(|(_, s)| s)
+            else {
+                continue;
+            };
+            view.connected = state.connected;
+            view.addresses = state.addrs.iter().map(ToString::to_string).collect();
+            view.last_seen = state.last_seen.map(format_time);
+            view.role = state.role.to_string();
+            if let Some(theirs) = &state.tips {
+                view.they_lack = Some(lacking(ours, theirs));
+                view.we_lack = Some(lacking(theirs, ours));
+            }
+        }
+        views
+    }
+}
+
+/// The result of ingesting a peer's envelopes.
+enum Ingested {
+    /// Verified and applied; this many were new.
+    Accepted(usize),
+    /// Valid so far, but dependencies are missing: pull from the sender.
+    Incomplete,
+    /// Invalid: the peer is disconnected.
+    Refused(String),
+    /// Not applied, but not the sender's fault (a fork relayed, a local error).
+    Kept(String),
+}
+
+fn refused(reason: &str) -> sync::Response {
+    sync::Response::Refused {
+        reason: reason.to_string(),
+    }
+}
+
+/// Splits envelopes into chunks of about `target` bytes (at least one each).
+fn chunks(envelopes: &[EnvelopeBytes], target: usize) -> Vec<&[EnvelopeBytes]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, e) in envelopes.iter().enumerate() {
+        if bytes >= target && i > start {
+            out.push(&envelopes[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += e.0.len();
+    }
+    if start < envelopes.len() {
+        out.push(&envelopes[start..]);
+    }
+    out
+}

@@ -1,0 +1,196 @@
+//! The sync protocol's messages and their encoding. No IO, no libp2p: the
+//! network layer frames these bytes on a libp2p request-response stream.
+//!
+//! A node's state is summarised by its **chain tips**: for every author, the
+//! highest sequence number it holds. Acceptance requires each author's chain
+//! to be stored without gaps, so the tips say exactly which changes a node
+//! has. Reconciling is then one `Pull` carrying the puller's tips, answered
+//! with the envelopes it lacks in causal order (in chunks, `more` saying
+//! whether to pull again); new changes are `Push`ed to connected peers and
+//! relayed onwards by every node that accepts them. The byte layout is
+//! specified in `docs/protocol.md`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::bundle::EnvelopeBytes;
+use crate::genesis::NetworkId;
+use crate::identity::PublicKey;
+
+/// The libp2p protocol id of the sync protocol, version 1.
+pub const PROTOCOL: &str = "/concord/sync/1";
+/// Largest message (request or response body) accepted, in bytes.
+pub const MAX_MESSAGE_LEN: usize = 8 * 1024 * 1024;
+/// A `Changes` response stops adding envelopes past this many bytes, so a
+/// catch-up of any size travels in bounded chunks.
+pub const RESPONSE_TARGET_LEN: usize = 2 * 1024 * 1024;
+
+/// Errors decoding a sync message.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("message of {0} bytes is over the limit of {MAX_MESSAGE_LEN}")]
+    TooLarge(usize),
+    #[error("message does not decode: {0}")]
+    Decode(String),
+}
+
+/// One author's highest stored sequence number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainTip {
+    pub author: PublicKey,
+    pub seq: u64,
+}
+
+/// A node's chain tips by author.
+pub type Tips = BTreeMap<PublicKey, u64>;
+
+/// Converts tips to their wire form, ordered by author.
+pub fn tips_to_wire(tips: &Tips) -> Vec<ChainTip> {
+    tips.iter()
+        .map(|(author, seq)| ChainTip {
+            author: *author,
+            seq: *seq,
+        })
+        .collect()
+}
+
+/// Converts wire tips to a map; a repeated author keeps its highest seq.
+pub fn tips_from_wire(wire: &[ChainTip]) -> Tips {
+    let mut tips = Tips::new();
+    for tip in wire {
+        let seq = tips.entry(tip.author).or_insert(0);
+        *seq = (*seq).max(tip.seq);
+    }
+    tips
+}
+
+/// How many changes `ours` holds that `theirs` lacks.
+pub fn lacking(ours: &Tips, theirs: &Tips) -> u64 {
+    ours.iter()
+        .map(|(author, seq)| seq.saturating_sub(theirs.get(author).copied().unwrap_or(0)))
+        .sum()
+}
+
+/// A request from one node to another.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// "Send me what I lack": the sender's network and chain tips.
+    Pull {
+        network: NetworkId,
+        have: Vec<ChainTip>,
+    },
+    /// New envelopes, sent as soon as they are committed or accepted.
+    Push {
+        network: NetworkId,
+        envelopes: Vec<EnvelopeBytes>,
+    },
+}
+
+/// The answer to a [`Request`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// Envelopes the puller lacks, in causal order; `more` when the chunk
+    /// stopped at the size target and the puller should pull again.
+    Changes {
+        envelopes: Vec<EnvelopeBytes>,
+        more: bool,
+        have: Vec<ChainTip>,
+    },
+    /// A push was received: how many envelopes were new, and the receiver's
+    /// tips afterwards.
+    Ack { accepted: u32, have: Vec<ChainTip> },
+    /// The request was refused (wrong network, invalid envelope); the
+    /// connection is closed after this.
+    Refused { reason: String },
+}
+
+/// Encodes a request body (the network layer adds the length prefix).
+pub fn encode_request(request: &Request) -> Vec<u8> {
+    // Serialising plain data into a Vec cannot fail.
+    postcard::to_stdvec(request).unwrap_or_default()
+}
+
+pub fn decode_request(bytes: &[u8]) -> Result<Request, SyncError> {
+    decode(bytes)
+}
+
+pub fn encode_response(response: &Response) -> Vec<u8> {
+    postcard::to_stdvec(response).unwrap_or_default()
+}
+
+pub fn decode_response(bytes: &[u8]) -> Result<Response, SyncError> {
+    decode(bytes)
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, SyncError> {
+    if bytes.len() > MAX_MESSAGE_LEN {
+        return Err(SyncError::TooLarge(bytes.len()));
+    }
+    match postcard::take_from_bytes(bytes) {
+        Ok((value, [])) => Ok(value),
+        Ok((_, rest)) => Err(SyncError::Decode(format!(
+            "{} unexpected bytes after the message",
+            rest.len()
+        ))),
+        Err(e) => Err(SyncError::Decode(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::identity::Identity;
+
+    fn key(n: u8) -> PublicKey {
+        Identity::from_secret([n; 32]).public()
+    }
+
+    #[test]
+    fn lacking_counts_per_author() {
+        let ours = Tips::from([(key(1), 5), (key(2), 3)]);
+        let theirs = Tips::from([(key(1), 2), (key(3), 9)]);
+        assert_eq!(lacking(&ours, &theirs), 3 + 3);
+        assert_eq!(lacking(&theirs, &ours), 9);
+        assert_eq!(lacking(&ours, &ours), 0);
+    }
+
+    proptest! {
+        #[test]
+        fn requests_and_responses_round_trip(
+            seqs in proptest::collection::vec((1u8..20, any::<u64>()), 0..10),
+            envs in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 0..10),
+            more: bool,
+            net in any::<[u8; 32]>(),
+        ) {
+            let have: Vec<ChainTip> = seqs.iter().map(|(k, s)| ChainTip { author: key(*k), seq: *s }).collect();
+            let envelopes: Vec<EnvelopeBytes> = envs.into_iter().map(EnvelopeBytes).collect();
+            for request in [
+                Request::Pull { network: NetworkId(net), have: have.clone() },
+                Request::Push { network: NetworkId(net), envelopes: envelopes.clone() },
+            ] {
+                let bytes = encode_request(&request);
+                prop_assert_eq!(decode_request(&bytes).expect("decode"), request);
+                for cut in 0..bytes.len() {
+                    prop_assert!(decode_request(&bytes[..cut]).is_err());
+                }
+            }
+            for response in [
+                Response::Changes { envelopes, more, have: have.clone() },
+                Response::Ack { accepted: 3, have },
+                Response::Refused { reason: "no".into() },
+            ] {
+                let bytes = encode_response(&response);
+                prop_assert_eq!(decode_response(&bytes).expect("decode"), response);
+            }
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = decode_request(&bytes);
+            let _ = decode_response(&bytes);
+        }
+    }
+}
