@@ -10,9 +10,12 @@
 //! the allow-list has its connection denied as soon as the handshake names
 //! it, before any protocol stream opens.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
+use futures::stream::FuturesUnordered;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::core::ConnectedPoint;
 use libp2p::multiaddr::Protocol;
@@ -42,6 +45,9 @@ const MAX_STREAMS: usize = 32;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Connections stay open while idle; the node closes them itself.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// After a refusal is sent, how long the peer has to read it before the
+/// connection closes (closing at once would drop the answer in flight).
+const REFUSAL_GRACE: Duration = Duration::from_millis(500);
 
 /// Errors setting up the network.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +79,9 @@ pub enum Event {
     },
     Connected {
         peer: PeerId,
-        addr: Multiaddr,
+        /// The address dialled, when this node dialled (a listen address of
+        /// the peer); `None` for an inbound connection.
+        dialed: Option<Multiaddr>,
     },
     /// The last connection to `peer` closed.
     Disconnected {
@@ -114,8 +122,11 @@ enum Command {
         reply: oneshot::Sender<Result<sync::Response, NetworkError>>,
     },
     Respond {
+        peer: PeerId,
         channel: ResponseChannel<sync::Response>,
         response: sync::Response,
+        /// Close the connection once the response is sent (a refusal).
+        then_disconnect: bool,
     },
     Disconnect {
         peer: PeerId,
@@ -159,12 +170,22 @@ impl Client {
         answer.await.map_err(|_| NetworkError::Stopped)?
     }
 
+    /// Answers a request; with `then_disconnect`, closes the connection to
+    /// `peer` once the answer has been sent.
     pub async fn respond(
         &self,
+        peer: PeerId,
         channel: ResponseChannel<sync::Response>,
         response: sync::Response,
+        then_disconnect: bool,
     ) -> Result<(), NetworkError> {
-        self.send(Command::Respond { channel, response }).await
+        self.send(Command::Respond {
+            peer,
+            channel,
+            response,
+            then_disconnect,
+        })
+        .await
     }
 
     pub async fn disconnect(&self, peer: PeerId) -> Result<(), NetworkError> {
@@ -264,6 +285,8 @@ pub fn new(
             commands: command_rx,
             events,
             pending: HashMap::new(),
+            close_after_response: HashSet::new(),
+            closing: FuturesUnordered::new(),
         },
     ))
 }
@@ -274,6 +297,10 @@ pub struct EventLoop {
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<Event>,
     pending: HashMap<OutboundRequestId, oneshot::Sender<Result<sync::Response, NetworkError>>>,
+    /// Peers whose connection closes once their pending answer is sent.
+    close_after_response: HashSet<PeerId>,
+    /// Disconnections waiting out [`REFUSAL_GRACE`].
+    closing: FuturesUnordered<Pin<Box<dyn Future<Output = PeerId> + Send>>>,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -290,6 +317,9 @@ impl EventLoop {
         loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.handle_swarm_event(event).await,
+                Some(peer) = self.closing.next(), if !self.closing.is_empty() => {
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
                 command = self.commands.recv() => match command {
                     Some(Command::Shutdown { reply }) => {
                         let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
@@ -334,18 +364,34 @@ impl EventLoop {
                 request,
                 reply,
             } => {
-                let id = self.swarm.behaviour_mut().sync.send_request(&peer, request);
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .sync
+                    .send_request(&peer, WireRequest::Valid(request));
                 self.pending.insert(id, reply);
             }
-            Command::Respond { channel, response } => {
-                if self
+            Command::Respond {
+                peer,
+                channel,
+                response,
+                then_disconnect,
+            } => {
+                let sent = self
                     .swarm
                     .behaviour_mut()
                     .sync
                     .send_response(channel, response)
-                    .is_err()
-                {
-                    tracing::debug!("response dropped: the peer's stream is closed");
+                    .is_ok();
+                if !sent {
+                    tracing::debug!(%peer, "response dropped: the peer's stream is closed");
+                }
+                if then_disconnect {
+                    if sent {
+                        self.close_after_response.insert(peer);
+                    } else {
+                        let _ = self.swarm.disconnect_peer_id(peer);
+                    }
                 }
             }
             Command::Disconnect { peer } => {
@@ -364,14 +410,14 @@ impl EventLoop {
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..
             } => {
-                let addr = match endpoint {
-                    ConnectedPoint::Dialer { address, .. } => address,
-                    ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr,
+                let dialed = match endpoint {
+                    ConnectedPoint::Dialer { address, .. } => Some(address),
+                    ConnectedPoint::Listener { .. } => None,
                 };
-                tracing::debug!(peer = %peer_id, %addr, "connected");
+                tracing::debug!(peer = %peer_id, ?dialed, "connected");
                 self.emit(Event::Connected {
                     peer: peer_id,
-                    addr,
+                    dialed,
                 })
                 .await;
             }
@@ -422,11 +468,13 @@ impl EventLoop {
         }
     }
 
-    async fn handle_sync(&mut self, event: request_response::Event<sync::Request, sync::Response>) {
+    async fn handle_sync(&mut self, event: request_response::Event<WireRequest, sync::Response>) {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
-                    request, channel, ..
+                    request: WireRequest::Valid(request),
+                    channel,
+                    ..
                 } => {
                     self.emit(Event::Request {
                         peer,
@@ -434,6 +482,14 @@ impl EventLoop {
                         channel,
                     })
                     .await;
+                }
+                request_response::Message::Request {
+                    request: WireRequest::Invalid(error),
+                    ..
+                } => {
+                    // Dropping the channel answers nothing; the node closes
+                    // the connection.
+                    self.emit(Event::BadMessage { peer, error }).await;
                 }
                 request_response::Message::Response {
                     request_id,
@@ -457,17 +513,20 @@ impl EventLoop {
                     }));
                 }
             }
-            request_response::Event::InboundFailure { peer, error, .. } => match error {
-                request_response::InboundFailure::Io(e) => {
-                    self.emit(Event::BadMessage {
-                        peer,
-                        error: e.to_string(),
-                    })
-                    .await;
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "inbound sync request failed");
+                if self.close_after_response.remove(&peer) {
+                    let _ = self.swarm.disconnect_peer_id(peer);
                 }
-                other => tracing::debug!(%peer, error = %other, "inbound sync request failed"),
-            },
-            request_response::Event::ResponseSent { .. } => {}
+            }
+            request_response::Event::ResponseSent { peer, .. } => {
+                if self.close_after_response.remove(&peer) {
+                    self.closing.push(Box::pin(async move {
+                        tokio::time::sleep(REFUSAL_GRACE).await;
+                        peer
+                    }));
+                }
+            }
         }
     }
 }
@@ -493,20 +552,34 @@ pub fn split_peer(addr: &Multiaddr) -> Option<(PeerId, Multiaddr)> {
     }
 }
 
+/// A request as read off the wire. A request that does not decode (or is
+/// over the size limit) still reaches the event loop, as `Invalid`, so the
+/// node learns who sent it and closes the connection: libp2p's
+/// request-response reports a failed read to nobody.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WireRequest {
+    Valid(sync::Request),
+    Invalid(String),
+}
+
 /// Frames sync messages: a 4-byte big-endian length, then the postcard body.
 /// A length over [`MAX_MESSAGE_LEN`] is refused before anything is allocated.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SyncCodec;
+
+fn too_large(len: usize) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("message of {len} bytes is over the limit of {MAX_MESSAGE_LEN}"),
+    )
+}
 
 async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
     if len > MAX_MESSAGE_LEN {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("message of {len} bytes is over the limit of {MAX_MESSAGE_LEN}"),
-        ));
+        return Err(too_large(len));
     }
     let mut body = vec![0u8; len];
     io.read_exact(&mut body).await?;
@@ -534,18 +607,27 @@ fn invalid(e: sync::SyncError) -> std::io::Error {
 
 impl request_response::Codec for SyncCodec {
     type Protocol = StreamProtocol;
-    type Request = sync::Request;
+    type Request = WireRequest;
     type Response = sync::Response;
 
     async fn read_request<T>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-    ) -> std::io::Result<sync::Request>
+    ) -> std::io::Result<WireRequest>
     where
         T: AsyncRead + Unpin + Send,
     {
-        sync::decode_request(&read_frame(io).await?).map_err(invalid)
+        match read_frame(io).await {
+            Ok(body) => Ok(match sync::decode_request(&body) {
+                Ok(request) => WireRequest::Valid(request),
+                Err(e) => WireRequest::Invalid(e.to_string()),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                Ok(WireRequest::Invalid(e.to_string()))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn read_response<T>(
@@ -563,12 +645,18 @@ impl request_response::Codec for SyncCodec {
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        request: sync::Request,
+        request: WireRequest,
     ) -> std::io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &sync::encode_request(&request)).await
+        match request {
+            WireRequest::Valid(request) => write_frame(io, &sync::encode_request(&request)).await,
+            WireRequest::Invalid(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "an invalid request is never sent",
+            )),
+        }
     }
 
     async fn write_response<T>(

@@ -46,6 +46,9 @@ const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How often dropped peers are considered for a redial.
 const REDIAL_TICK: Duration = Duration::from_millis(250);
+/// How long `start` waits for a command that holds the store to finish.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+const LOCK_POLL: Duration = Duration::from_millis(50);
 /// How long `start` waits for the listeners to come up.
 const LISTEN_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -56,7 +59,7 @@ pub enum NodeError {
     Replica(#[from] ReplicaError),
     #[error(transparent)]
     Network(#[from] NetworkError),
-    #[error("another concord node is already running on {0}")]
+    #[error("another concord node is already running on {0} (its store stayed locked)")]
     AlreadyRunning(String),
     #[error("this node has not joined a network: run `concord network join FILE` first")]
     NoNetwork,
@@ -153,11 +156,19 @@ impl RunningNode {
 /// Opens the node in `config.data_dir` and starts it.
 pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     let dir = config.data_dir.clone();
-    let replica = match tokio::task::block_in_place(|| Replica::open(&dir)) {
-        Err(ReplicaError::Store(StoreError::Locked(_))) => {
-            return Err(NodeError::AlreadyRunning(dir.root().display().to_string()));
+    // A CLI command may hold the store for a moment; a running node holds it
+    // for good. Wait out the first, report the second.
+    let deadline = Instant::now() + LOCK_WAIT;
+    let replica = loop {
+        match tokio::task::block_in_place(|| Replica::open(&dir)) {
+            Err(ReplicaError::Store(StoreError::Locked(_))) if Instant::now() < deadline => {
+                tokio::time::sleep(LOCK_POLL).await;
+            }
+            Err(ReplicaError::Store(StoreError::Locked(_))) => {
+                return Err(NodeError::AlreadyRunning(dir.root().display().to_string()));
+            }
+            other => break other?,
         }
-        other => other?,
     };
     let genesis = replica.genesis().ok_or(NodeError::NoNetwork)?.clone();
     let roster = genesis.roster();
@@ -286,6 +297,8 @@ struct PeerState {
     key: PublicKey,
     role: Role,
     addrs: BTreeSet<Multiaddr>,
+    /// The addresses last written to the store.
+    saved_addrs: BTreeSet<Multiaddr>,
     connected: bool,
     dialing: bool,
     next_dial: Instant,
@@ -304,6 +317,7 @@ impl PeerState {
             key,
             role,
             addrs: BTreeSet::new(),
+            saved_addrs: BTreeSet::new(),
             connected: false,
             dialing: false,
             next_dial: Instant::now(),
@@ -385,13 +399,26 @@ impl NodeLoop {
                     self.listen.push(addr);
                 }
             }
-            Event::Connected { peer, addr } => {
-                let Some(state) = self.peers.get_mut(&peer) else {
+            Event::Connected { peer, dialed } => {
+                if !self.peers.contains_key(&peer) {
                     // The allow-list refuses strangers; this is a safety net.
                     let _ = self.client.disconnect(peer).await;
                     return;
+                }
+                if let Some(addr) = dialed {
+                    let mut addr = addr;
+                    if matches!(
+                        addr.iter().last(),
+                        Some(libp2p::multiaddr::Protocol::P2p(_))
+                    ) {
+                        addr.pop();
+                    }
+                    self.learn_addresses(peer, vec![addr]).await;
+                }
+                let Some(state) = self.peers.get_mut(&peer) else {
+                    return;
                 };
-                tracing::info!(%peer, %addr, "peer connected");
+                tracing::info!(%peer, "peer connected");
                 state.connected = true;
                 state.dialing = false;
                 state.backoff = BACKOFF_START;
@@ -422,10 +449,7 @@ impl NodeLoop {
             } => {
                 let response = self.handle_request(peer, request);
                 let refused = matches!(response, sync::Response::Refused { .. });
-                let _ = self.client.respond(channel, response).await;
-                if refused {
-                    let _ = self.client.disconnect(peer).await;
-                }
+                let _ = self.client.respond(peer, channel, response, refused).await;
             }
             Event::BadMessage { peer, error } => {
                 tracing::warn!(%peer, %error, "peer sent an undecodable or oversized message; disconnecting");
@@ -438,12 +462,12 @@ impl NodeLoop {
         let Some(state) = self.peers.get_mut(&peer) else {
             return;
         };
-        let before = state.addrs.len();
         state.addrs.extend(addrs);
-        if state.addrs.len() != before {
+        if state.addrs != state.saved_addrs {
             let text: Vec<String> = state.addrs.iter().map(ToString::to_string).collect();
-            if let Err(e) = self.replica.store().set_peer_addresses(&state.key, &text) {
-                tracing::warn!(%peer, error = %e, "cannot remember the peer's addresses");
+            match self.replica.store().set_peer_addresses(&state.key, &text) {
+                Ok(()) => state.saved_addrs = state.addrs.clone(),
+                Err(e) => tracing::warn!(%peer, error = %e, "cannot remember the peer's addresses"),
             }
         }
         if !state.connected && !state.dialing {

@@ -329,3 +329,394 @@ pub mod forge {
         path
     }
 }
+
+/// Live nodes in this process, on 127.0.0.1 with OS-chosen ports, and
+/// waits on conditions with deadlines.
+pub mod live {
+    use std::future::Future;
+    use std::time::Duration;
+
+    use concord_node::api::{AssessmentInput, Request, Response, StatusView};
+    use concord_node::config::DataDir;
+    use concord_node::genesis::Genesis;
+    use concord_node::network::Multiaddr;
+    use concord_node::node::{self, NodeConfig, NodeHandle, RunningNode};
+    use concord_node::replica::Replica;
+    use concord_node::roster::{Role, RosterEntry};
+    use tempfile::TempDir;
+
+    /// How long any convergence may take before a test fails.
+    pub const DEADLINE: Duration = Duration::from_secs(30);
+
+    /// One node's data directory, and the node when it runs.
+    #[derive(Debug)]
+    pub struct LiveNode {
+        pub name: String,
+        pub dir: TempDir,
+        pub running: Option<RunningNode>,
+    }
+
+    impl LiveNode {
+        pub fn data_dir(&self) -> DataDir {
+            DataDir::new(self.dir.path())
+        }
+
+        /// Starts the node, dialling `bootstrap` (each ending in /p2p/<id>).
+        pub async fn start(&mut self, bootstrap: Vec<Multiaddr>) {
+            assert!(self.running.is_none(), "{} is already running", self.name);
+            let node = node::start(NodeConfig {
+                data_dir: self.data_dir(),
+                listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr")],
+                bootstrap,
+                mdns: false,
+                api: "127.0.0.1:0".parse().expect("addr"),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{} does not start: {e}", self.name));
+            self.running = Some(node);
+        }
+
+        pub async fn stop(&mut self) {
+            let node = self.running.take().expect("running");
+            node.shutdown()
+                .await
+                .unwrap_or_else(|e| panic!("{} does not stop cleanly: {e}", self.name));
+        }
+
+        pub fn handle(&self) -> NodeHandle {
+            self.running.as_ref().expect("running").handle()
+        }
+
+        /// Addresses to bootstrap from this node.
+        pub fn addresses(&self) -> Vec<Multiaddr> {
+            self.running.as_ref().expect("running").addresses()
+        }
+
+        pub async fn call(&self, request: Request) -> Response {
+            self.handle()
+                .call(request)
+                .await
+                .unwrap_or_else(|e| panic!("{}: {}", self.name, e.error))
+        }
+
+        pub async fn status(&self) -> StatusView {
+            match self.call(Request::Status).await {
+                Response::Status(s) => *s,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+
+        /// Adds an assessment through the node's API; returns its id.
+        pub async fn write(&self, title: &str) -> String {
+            match self
+                .call(Request::AddAssessment(AssessmentInput {
+                    category: "algorithmic-bias".into(),
+                    title: title.into(),
+                    status: "open".into(),
+                    ..AssessmentInput::default()
+                }))
+                .await
+            {
+                Response::Written(w) => w.id,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+
+        /// Everything a user sees, as JSON text (identical on converged nodes).
+        pub async fn state(&self) -> String {
+            let a = self
+                .call(Request::ListAssessments {
+                    category: None,
+                    status: None,
+                })
+                .await;
+            let n = self.call(Request::ListNotes).await;
+            let r = self.call(Request::Report).await;
+            serde_json::to_string(&(a, n, r)).expect("json")
+        }
+    }
+
+    /// Logs to the test output when `RUST_LOG` is set (e.g. `concord_node=debug`).
+    fn init_logs() {
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
+    }
+
+    /// Initialised, joined data directories for `members` then `observers`.
+    pub fn federation(members: &[&str], observers: &[&str]) -> (Vec<LiveNode>, Genesis) {
+        init_logs();
+        let mut nodes: Vec<LiveNode> = members
+            .iter()
+            .chain(observers)
+            .map(|name| {
+                let dir = tempfile::Builder::new()
+                    .prefix("concord-live-")
+                    .tempdir()
+                    .expect("tempdir");
+                Replica::init(&DataDir::new(dir.path()), name).expect("init");
+                LiveNode {
+                    name: name.to_string(),
+                    dir,
+                    running: None,
+                }
+            })
+            .collect();
+        let mut replicas: Vec<Replica> = nodes
+            .iter()
+            .map(|n| Replica::open(&n.data_dir()).expect("open"))
+            .collect();
+        let roster = replicas
+            .iter()
+            .zip(&nodes)
+            .enumerate()
+            .map(|(i, (r, n))| RosterEntry {
+                key: r.identity().public(),
+                name: n.name.clone(),
+                role: if i < members.len() {
+                    Role::Member
+                } else {
+                    Role::Observer
+                },
+            })
+            .collect();
+        let genesis = replicas[0]
+            .create_network("Live test", roster, None)
+            .expect("create");
+        for r in &mut replicas[1..] {
+            r.join(genesis.clone()).expect("join");
+        }
+        drop(replicas);
+        for n in &mut nodes {
+            n.running = None;
+        }
+        (nodes, genesis)
+    }
+
+    /// Waits until `condition` holds, polling, or panics after [`DEADLINE`].
+    pub async fn wait_until<F, Fut>(what: &str, mut condition: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            if condition().await {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("timed out after {DEADLINE:?} waiting until {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until every node holds `count` changes and the same heads.
+    pub async fn wait_converged(nodes: &[&LiveNode], count: usize) {
+        wait_until(
+            &format!("all nodes hold the same {count} changes"),
+            || async {
+                let mut heads = Vec::new();
+                for n in nodes {
+                    let s = n.status().await;
+                    if s.envelopes != count {
+                        return false;
+                    }
+                    heads.push(s.heads);
+                }
+                heads.windows(2).all(|w| w[0] == w[1])
+            },
+        )
+        .await;
+    }
+}
+
+/// A test-only peer that speaks the sync protocol (or sends raw bytes on
+/// it), for what a stranger or a misbehaving member might send.
+pub mod rogue {
+    use std::time::Duration;
+
+    use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+    use libp2p::request_response::{self, ProtocolSupport};
+    use libp2p::swarm::SwarmEvent;
+    use libp2p::{Multiaddr, StreamProtocol, Swarm, identity, noise, tcp, yamux};
+
+    use concord_node::network::{SyncCodec, WireRequest};
+    use concord_node::sync;
+
+    /// What came back.
+    #[derive(Debug)]
+    pub enum Outcome<R> {
+        /// The node answered.
+        Answered(R),
+        /// The request failed (connection refused or closed, timeout).
+        Failed(String),
+    }
+
+    /// The result of one rogue exchange.
+    #[derive(Debug)]
+    pub struct Exchange<R> {
+        pub outcome: Outcome<R>,
+        /// Whether the node closed the connection afterwards.
+        pub disconnected: bool,
+    }
+
+    fn swarm<C>(key: identity::Keypair, codec: C) -> Swarm<request_response::Behaviour<C>>
+    where
+        C: request_response::Codec<Protocol = StreamProtocol> + Clone + Send + 'static,
+    {
+        libp2p::SwarmBuilder::with_existing_identity(key)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default(),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .unwrap_or_else(|e| panic!("transport: {e}"))
+            .with_behaviour(|_| {
+                request_response::Behaviour::with_codec(
+                    codec,
+                    [(StreamProtocol::new(sync::PROTOCOL), ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(10)),
+                )
+            })
+            .unwrap_or_else(|e| panic!("behaviour: {e}"))
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build()
+    }
+
+    async fn exchange<C>(
+        key: identity::Keypair,
+        codec: C,
+        addr: Multiaddr,
+        request: C::Request,
+    ) -> Exchange<C::Response>
+    where
+        C: request_response::Codec<Protocol = StreamProtocol> + Clone + Send + 'static,
+    {
+        let mut swarm = swarm(key, codec);
+        let (peer, _) = concord_node::network::split_peer(&addr).expect("address ends in /p2p");
+        swarm.dial(addr).unwrap_or_else(|e| panic!("dial: {e}"));
+        swarm.behaviour_mut().send_request(&peer, request);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut outcome = None;
+        let mut disconnected = false;
+        while tokio::time::Instant::now() < deadline && !(outcome.is_some() && disconnected) {
+            let event = match tokio::time::timeout_at(deadline, swarm.select_next_some()).await {
+                Ok(event) => event,
+                Err(_) => break,
+            };
+            match event {
+                SwarmEvent::Behaviour(request_response::Event::Message {
+                    message: request_response::Message::Response { response, .. },
+                    ..
+                }) => outcome = Some(Outcome::Answered(response)),
+                SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                    error, ..
+                }) => {
+                    outcome.get_or_insert(Outcome::Failed(error.to_string()));
+                }
+                SwarmEvent::ConnectionClosed {
+                    num_established: 0, ..
+                }
+                | SwarmEvent::OutgoingConnectionError { .. } => disconnected = true,
+                _ => {}
+            }
+            // A node that keeps the connection open is not going to drop it:
+            // after an answer, give it a short while, then report.
+            if matches!(outcome, Some(Outcome::Answered(_))) && !disconnected {
+                match tokio::time::timeout(Duration::from_secs(3), swarm.select_next_some()).await {
+                    Ok(SwarmEvent::ConnectionClosed {
+                        num_established: 0, ..
+                    }) => disconnected = true,
+                    Ok(_) => continue,
+                    Err(_) => break,
+                }
+            }
+        }
+        Exchange {
+            outcome: outcome.unwrap_or(Outcome::Failed("no answer before the deadline".into())),
+            disconnected,
+        }
+    }
+
+    /// Sends one sync request as the holder of `key`.
+    pub async fn request(
+        key: identity::Keypair,
+        addr: Multiaddr,
+        request: sync::Request,
+    ) -> Exchange<sync::Response> {
+        exchange(key, SyncCodec, addr, WireRequest::Valid(request)).await
+    }
+
+    /// Sends `bytes` as-is on the sync protocol and reads whatever comes back.
+    pub async fn raw(key: identity::Keypair, addr: Multiaddr, bytes: Vec<u8>) -> Exchange<Vec<u8>> {
+        exchange(key, RawCodec, addr, bytes).await
+    }
+
+    /// Writes a request's bytes unframed; reads a response to its end.
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct RawCodec;
+
+    impl request_response::Codec for RawCodec {
+        type Protocol = StreamProtocol;
+        type Request = Vec<u8>;
+        type Response = Vec<u8>;
+
+        async fn read_request<T>(
+            &mut self,
+            _: &StreamProtocol,
+            io: &mut T,
+        ) -> std::io::Result<Vec<u8>>
+        where
+            T: AsyncRead + Unpin + Send,
+        {
+            let mut buf = Vec::new();
+            io.take(1 << 20).read_to_end(&mut buf).await?;
+            Ok(buf)
+        }
+
+        async fn read_response<T>(
+            &mut self,
+            _: &StreamProtocol,
+            io: &mut T,
+        ) -> std::io::Result<Vec<u8>>
+        where
+            T: AsyncRead + Unpin + Send,
+        {
+            let mut buf = Vec::new();
+            io.take(1 << 20).read_to_end(&mut buf).await?;
+            Ok(buf)
+        }
+
+        async fn write_request<T>(
+            &mut self,
+            _: &StreamProtocol,
+            io: &mut T,
+            req: Vec<u8>,
+        ) -> std::io::Result<()>
+        where
+            T: AsyncWrite + Unpin + Send,
+        {
+            io.write_all(&req).await?;
+            io.close().await
+        }
+
+        async fn write_response<T>(
+            &mut self,
+            _: &StreamProtocol,
+            io: &mut T,
+            res: Vec<u8>,
+        ) -> std::io::Result<()>
+        where
+            T: AsyncWrite + Unpin + Send,
+        {
+            io.write_all(&res).await?;
+            io.close().await
+        }
+    }
+}

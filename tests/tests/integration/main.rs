@@ -4,3 +4,5 @@
 mod bad_input;
 mod cli;
 mod convergence;
+mod daemon;
+mod sync;

@@ -1,0 +1,201 @@
+//! The CLI against running nodes: `concord run` as a real process, every
+//! command through its local API, and a clean stop on SIGTERM.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{Federation, Node, concord_bin, path_str};
+
+/// A `concord run` process, stopped with SIGTERM (or killed) when dropped.
+struct Daemon {
+    child: Child,
+}
+
+impl Daemon {
+    fn start(node: &Node, extra: &[&str]) -> Self {
+        let child = Command::new(concord_bin())
+            .arg("--data-dir")
+            .arg(node.dir())
+            .args(["run", "--listen", "/ip4/127.0.0.1/tcp/0"])
+            .args(extra)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn concord run");
+        let daemon = Self { child };
+        wait_for(&format!("{} to serve its API", node.name), || {
+            let run = node.run(&["status", "--json"]);
+            run.code == Some(0)
+                && serde_json::from_str::<Value>(&run.stdout).is_ok_and(|s| s["running"] == true)
+        });
+        daemon
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    fn stop(mut self) -> Option<i32> {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(sent.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the node did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_cli_works_against_a_running_node_and_sigterm_stops_it_cleanly() {
+    let fed = Federation::new(&["A", "B"], &[]);
+    let (a, b) = (&fed.nodes[0], &fed.nodes[1]);
+    let daemon_a = Daemon::start(a, &[]);
+    assert!(a.dir().join("api.json").exists());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(a.dir().join("api.json"))
+            .expect("api.json")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    // Writes and reads go through the API while the store is locked.
+    let id = support::add_assessment(a, "malicious-use", "Written through the API");
+    let list = a.json(&["assess", "list"]);
+    assert_eq!(list[0]["id"], id.as_str());
+    let note = a.json(&[
+        "note",
+        "add",
+        "--topic",
+        "t",
+        "--body",
+        "b",
+        "--assessment",
+        &id,
+    ])["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    a.ok(&["note", "position", &note, "agree"]);
+    let status = a.json(&["status"]);
+    assert_eq!(status["running"], true);
+    assert_eq!(status["envelopes"], 3);
+    let listen = status["listen"][0]
+        .as_str()
+        .expect("a listen address")
+        .to_string();
+    let peers = a.json(&["peers"]);
+    let entry_b = peers
+        .as_array()
+        .expect("peers")
+        .iter()
+        .find(|p| p["name"] == "B")
+        .expect("B")
+        .clone();
+    assert_eq!(entry_b["connected"], false);
+
+    // B starts, bootstraps from A and catches up; both see the connection.
+    let bootstrap = format!("{listen}/p2p/{}", a.node_id());
+    let daemon_b = Daemon::start(b, &["--bootstrap", &bootstrap]);
+    wait_for("B to catch up", || b.json(&["status"])["envelopes"] == 3);
+    wait_for("A to see B connected with nothing lacking", || {
+        let peers = a.json(&["peers"]);
+        peers.as_array().expect("peers").iter().any(|p| {
+            p["name"] == "B" && p["connected"] == true && p["they_lack"] == 0 && p["we_lack"] == 0
+        })
+    });
+    let shown = b.json(&["note", "show", &note]);
+    let of_a = shown["positions"]
+        .as_array()
+        .expect("positions")
+        .iter()
+        .find(|p| p["institution"]["name"] == "A")
+        .expect("A's position")
+        .clone();
+    assert_eq!(of_a["position"], "agree");
+    let text = a.ok(&["status"]);
+    assert!(text.contains("connected:  B"), "{text}");
+
+    // A clean stop: exit 0, API file gone, the store readable without it.
+    assert_eq!(daemon_a.stop(), Some(0));
+    assert!(!a.dir().join("api.json").exists());
+    let status = a.json(&["status"]);
+    assert_eq!(status["running"], false);
+    assert_eq!(status["envelopes"], 3);
+    assert_eq!(
+        a.json(&["assess", "show", &id])["title"],
+        "Written through the API"
+    );
+    let audit = a.json(&["verify"]);
+    assert_eq!(audit["ok"], true);
+    assert_eq!(daemon_b.stop(), Some(0));
+}
+
+#[test]
+fn run_refuses_bad_flags_and_a_second_instance() {
+    let fed = Federation::new(&["A"], &[]);
+    let a = &fed.nodes[0];
+    let stderr = a.fails(1, &["run", "--listen", "not-an-address"]);
+    assert!(stderr.contains("is not a libp2p multiaddr"), "{stderr}");
+    let stderr = a.fails(
+        1,
+        &[
+            "run",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--bootstrap",
+            "/ip4/127.0.0.1/tcp/1",
+        ],
+    );
+    assert!(stderr.contains("must end in /p2p/"), "{stderr}");
+    let stderr = a.fails(
+        1,
+        &[
+            "run",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--api",
+            "0.0.0.0:0",
+        ],
+    );
+    assert!(stderr.contains("loopback only"), "{stderr}");
+    let daemon = Daemon::start(a, &[]);
+    let stderr = a.fails(1, &["run", "--listen", "/ip4/127.0.0.1/tcp/0"]);
+    assert!(stderr.contains("already running"), "{stderr}");
+    // Network changes need the node stopped.
+    let stderr = a.fails(1, &["network", "join", path_str(&fed.genesis)]);
+    assert!(stderr.contains("stop it"), "{stderr}");
+    assert_eq!(daemon.stop(), Some(0));
+    let lonely = Node::init("Lonely");
+    let stderr = lonely.fails(1, &["run", "--listen", "/ip4/127.0.0.1/tcp/0"]);
+    assert!(stderr.contains("has not joined a network"), "{stderr}");
+}
