@@ -85,7 +85,7 @@ pub struct Remote {
 
 impl Remote {
     /// The node's API if `api.json` names one that answers with our token.
-    fn connect(dir: &DataDir) -> Option<Self> {
+    pub fn connect(dir: &DataDir) -> Option<Self> {
         let file = ApiFile::read(dir.root())?;
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -101,7 +101,7 @@ impl Remote {
         remote.call(&Request::Status).ok().map(|_| remote)
     }
 
-    fn call(&self, request: &Request) -> anyhow::Result<Response> {
+    pub fn call(&self, request: &Request) -> anyhow::Result<Response> {
         let mut answer = self
             .agent
             .post(&self.url)

@@ -184,6 +184,19 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/concord.example.toml");
+        let config = Config::load(&path).expect("the example config parses");
+        assert_eq!(
+            config.network.listen,
+            DEFAULT_LISTEN.map(String::from).to_vec()
+        );
+        assert_eq!(config.network.api.as_deref(), Some(DEFAULT_API));
+        assert!(!config.network.mdns);
+    }
+
+    #[test]
     fn unknown_fields_and_bad_names_are_named() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join(CONFIG_FILE);

@@ -1,24 +1,31 @@
-//! `concord demo`: the whole story on embedded defaults, offline.
+//! `concord demo`: a live federation on embedded defaults.
 //!
 //! Three member institutions and one observer are initialised in a temporary
-//! directory; one member creates the network and the others join; members
-//! write assessments, notes, positions and a pair of concurrent edits; they
-//! exchange signed bundles as files; an observer's forged write is refused;
-//! and at the end every node's report and heads are compared.
+//! directory; one member creates the network and the others join. All four
+//! start as real libp2p nodes on 127.0.0.1 (ports chosen by the OS). Members
+//! write assessments, notes, a pair of concurrent edits and their positions
+//! through their own node's local HTTP API; the observer's attempts to write
+//! are refused. The demo prints each node's convergence as it happens, then
+//! the briefing, and checks that all four nodes hold identical state.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
+use concord_node::api::{AssessmentInput, NoteInput, Request, Response, UpdateInput};
+use concord_node::bundle::{Bundle, EnvelopeBytes};
 use concord_node::config::DataDir;
-use concord_node::doc::{AssessmentUpdate, Document, NewAssessment, NewNote};
+use concord_node::doc::{Document, NewAssessment};
 use concord_node::envelope::Envelope;
-use concord_node::genesis::Genesis;
-use concord_node::model::{NoteKind, Round, Score, Stance, Status};
+use concord_node::model::Status;
+use concord_node::node::{self, NodeConfig, RunningNode};
+use concord_node::replica::Replica;
+use concord_node::report;
 use concord_node::roster::{Role, RosterEntry};
-use concord_node::{Replica, ReplicaError, report};
 
 use crate::output;
+use crate::session::Remote;
 
 /// The demo's institutions: (name, role). Fictional.
 const INSTITUTIONS: [(&str, Role); 4] = [
@@ -27,10 +34,31 @@ const INSTITUTIONS: [(&str, Role); 4] = [
     ("Singapore Dialogue Forum", Role::Member),
     ("UN Observer Mission", Role::Observer),
 ];
+/// How long the demo waits for the nodes to converge before giving up.
+const CONVERGE_DEADLINE: Duration = Duration::from_secs(30);
 
-struct Node {
+/// One demo node: its name, directory, the running node and its API client.
+struct DemoNode {
     name: &'static str,
-    replica: Replica,
+    dir: DataDir,
+    running: Option<RunningNode>,
+    api: Option<Remote>,
+}
+
+impl DemoNode {
+    fn call(&self, request: Request) -> anyhow::Result<Response> {
+        self.api
+            .as_ref()
+            .context("the node is not running")?
+            .call(&request)
+    }
+
+    fn written_id(&self, request: Request) -> anyhow::Result<String> {
+        match self.call(request)? {
+            Response::Written(w) => Ok(w.id),
+            other => bail!("unexpected answer {other:?}"),
+        }
+    }
 }
 
 pub fn run(dir: Option<&Path>) -> anyhow::Result<ExitCode> {
@@ -51,52 +79,109 @@ pub fn run(dir: Option<&Path>) -> anyhow::Result<ExitCode> {
             temp.path().to_path_buf()
         }
     };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     say(&format!("Concord demo in {}\n", root.display()))?;
 
-    // 1. Every institution creates its key.
+    let mut nodes = setup(&root)?;
+
+    // Every node starts on 127.0.0.1 and dials those started before it.
+    let mut bootstrap = Vec::new();
+    for node in &mut nodes {
+        let running = runtime.block_on(node::start(NodeConfig {
+            data_dir: node.dir.clone(),
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
+            bootstrap: bootstrap.clone(),
+            mdns: false,
+            api: "127.0.0.1:0".parse()?,
+        }))?;
+        bootstrap.extend(running.addresses());
+        say(&format!(
+            "  started {:<36} {}",
+            node.name,
+            running
+                .addresses()
+                .first()
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        ))?;
+        node.api = Remote::connect(&node.dir);
+        ensure!(
+            node.api.is_some(),
+            "{}'s local API does not answer",
+            node.name
+        );
+        node.running = Some(running);
+    }
+
+    let result = story(&root, &nodes);
+    for node in &mut nodes {
+        if let Some(running) = node.running.take() {
+            runtime.block_on(running.shutdown())?;
+        }
+    }
+    result?;
+    if dir.is_some() {
+        say(&format!(
+            "The nodes' data directories are kept in {}: try `concord --data-dir {} assess list`.",
+            root.display(),
+            root.join("node1").display()
+        ))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Initialises the four institutions and the network, offline.
+fn setup(root: &Path) -> anyhow::Result<Vec<DemoNode>> {
     let mut nodes = Vec::new();
+    let mut replicas = Vec::new();
     for (i, (name, role)) in INSTITUTIONS.iter().enumerate() {
         let dir = DataDir::new(root.join(format!("node{}", i + 1)));
         let summary = Replica::init(&dir, name)?;
         say(&format!(
-            "  {name:<36} {role:<8} {} [{}]",
-            summary.node_id, summary.fingerprint
+            "  {name:<36} {:<8} {} [{}]",
+            role.to_string(),
+            summary.node_id,
+            summary.fingerprint
         ))?;
-        nodes.push(Node {
+        replicas.push(Replica::open(&dir)?);
+        nodes.push(DemoNode {
             name,
-            replica: Replica::open(&dir)?,
+            dir,
+            running: None,
+            api: None,
         });
     }
-
-    // 2. The first member creates the network; the others join from the file.
-    let roster: Vec<RosterEntry> = nodes
+    let roster: Vec<RosterEntry> = replicas
         .iter()
         .zip(INSTITUTIONS)
-        .map(|(n, (name, role))| RosterEntry {
-            key: n.replica.identity().public(),
+        .map(|(r, (name, role))| RosterEntry {
+            key: r.identity().public(),
             name: name.to_string(),
             role,
         })
         .collect();
-    let genesis =
-        nodes[0]
-            .replica
-            .create_network("US-China-ASEAN Track II on AI risk", roster, None)?;
-    let genesis_file = root.join("genesis.concord");
-    std::fs::write(&genesis_file, genesis.encode())?;
-    for node in &mut nodes[1..] {
-        let bytes = std::fs::read(&genesis_file)?;
-        node.replica.join(Genesis::decode(&bytes)?)?;
+    let genesis = replicas[0].create_network("US-China-ASEAN Track II on AI risk", roster, None)?;
+    std::fs::write(root.join("genesis.concord"), genesis.encode())?;
+    for replica in &mut replicas[1..] {
+        replica.join(genesis.clone())?;
     }
     say(&format!(
-        "\nNetwork {:?} created, id {}…, quorum {}; all four joined.",
+        "\nNetwork {:?} created, id {}…, quorum {}; all four joined.\n",
         genesis.name(),
         genesis.network_id().short(),
         genesis.body().quorum
     ))?;
+    Ok(nodes)
+}
 
-    // 3. Each member writes its own assessments while offline.
-    let (militarisation, _) = nodes[0].replica.add_assessment(assessment(
+/// The writes, the refusals, and the checks, against running nodes.
+fn story(root: &Path, nodes: &[DemoNode]) -> anyhow::Result<()> {
+    let started = Instant::now();
+    say("\nEach member writes an assessment through its own node's API.")?;
+    let militarisation = nodes[0].written_id(assessment(
         "international-interaction",
         "Autonomy in nuclear command and control",
         "Integrating AI into early warning and launch decisions compresses decision time.",
@@ -106,164 +191,188 @@ pub fn run(dir: Option<&Path>) -> anyhow::Result<ExitCode> {
             "Keep a human decision on every nuclear launch",
             "Crisis hotline for AI incidents",
         ],
-    )?)?;
-    let (jailbreaks, _) = nodes[1].replica.add_assessment(assessment(
+    ))?;
+    let jailbreaks = nodes[1].written_id(assessment(
         "model-vulnerabilities",
         "Jailbreaks of frontier models",
         "Safety training can be bypassed by adversarial prompts.",
         4,
         3,
         &["Shared red-teaming benchmarks"],
-    )?)?;
-    let (gap, _) = nodes[2].replica.add_assessment(assessment(
+    ))?;
+    let gap = nodes[2].written_id(assessment(
         "technology-gap",
         "Compute divide between countries",
         "Access to compute concentrates capability in few countries.",
         4,
         3,
         &["Capacity-building programmes"],
-    )?)?;
-    say("Each member wrote an assessment offline.")?;
-    exchange(&root, &mut nodes, 1)?;
+    ))?;
+    wait_converged(nodes, 3, started)?;
 
-    // 4. Notes, positions and a concurrent edit of the same field.
-    let (nuclear_note, _) = nodes[0].replica.add_note(NewNote {
+    say("\nTwo notes, a comment, and two members re-scoring the same risk at once.")?;
+    let nuclear_note = nodes[0].written_id(Request::AddNote(NoteInput {
         topic: "Human control over nuclear launch decisions".into(),
         body: "Decisions to use nuclear weapons must remain under human control.".into(),
-        kind: NoteKind::Consensus,
-        round: Some(Round::TrackII),
-        assessments: vec![militarisation.clone()],
-    })?;
-    let (chips_note, _) = nodes[1].replica.add_note(NewNote {
+        kind: "consensus".into(),
+        round: Some("track-ii".into()),
+        assessments: vec![militarisation],
+    }))?;
+    let chips_note = nodes[1].written_id(Request::AddNote(NoteInput {
         topic: "Export controls on advanced chips".into(),
         body: "Whether export controls on AI chips belong on the agenda of AI risk talks.".into(),
-        kind: NoteKind::Divergence,
-        round: Some(Round::Intergovernmental),
-        assessments: vec![gap.clone()],
+        kind: "divergence".into(),
+        round: Some("intergovernmental".into()),
+        assessments: vec![gap],
+    }))?;
+    // Both edits are sent before either node has seen the other's.
+    let rescore = |severity| Request::UpdateAssessment {
+        id: jailbreaks.clone(),
+        update: UpdateInput {
+            severity: Some(severity),
+            ..UpdateInput::default()
+        },
+    };
+    std::thread::scope(|s| {
+        let a = s.spawn(|| nodes[0].call(rescore(4)));
+        let b = s.spawn(|| nodes[1].call(rescore(2)));
+        a.join()
+            .map_err(|_| anyhow::anyhow!("a writer panicked"))??;
+        b.join()
+            .map_err(|_| anyhow::anyhow!("a writer panicked"))??;
+        anyhow::Ok(())
     })?;
-    // Two members re-score the same risk without seeing each other's edit.
-    nodes[0].replica.update_assessment(
-        &jailbreaks,
-        AssessmentUpdate {
-            severity: Some(Score::new("severity", 4)?),
-            ..AssessmentUpdate::default()
-        },
-    )?;
-    nodes[1].replica.update_assessment(
-        &jailbreaks,
-        AssessmentUpdate {
-            severity: Some(Score::new("severity", 2)?),
-            ..AssessmentUpdate::default()
-        },
-    )?;
-    nodes[2]
-        .replica
-        .comment(&jailbreaks, "We see the same pattern in regional models.")?;
-    say("Members wrote two notes, a comment, and two concurrent edits of one severity.")?;
-    exchange(&root, &mut nodes, 2)?;
+    nodes[2].call(Request::Comment {
+        id: jailbreaks,
+        text: "We see the same pattern in regional models.".into(),
+    })?;
+    wait_converged(nodes, 8, started)?;
 
-    let positions: [(usize, &str, Stance, &str); 6] = [
-        (0, &nuclear_note, Stance::Agree, ""),
-        (1, &nuclear_note, Stance::Agree, ""),
+    say("\nEvery member records its position on both notes.")?;
+    let positions = [
+        (0, &nuclear_note, "agree", ""),
+        (1, &nuclear_note, "agree", ""),
         (
             2,
             &nuclear_note,
-            Stance::Reservation,
+            "reservation",
             "Verification mechanisms need work.",
         ),
         (
             0,
             &chips_note,
-            Stance::Disagree,
+            "disagree",
             "Export controls are a trade matter, not AI safety.",
         ),
         (
             1,
             &chips_note,
-            Stance::Agree,
+            "agree",
             "Compute is the main lever on frontier risk.",
         ),
-        (2, &chips_note, Stance::Abstain, ""),
+        (2, &chips_note, "abstain", ""),
     ];
-    for (node, note, stance, comment) in positions {
-        nodes[node].replica.set_position(note, stance, comment)?;
+    for (node, note, position, comment) in positions {
+        nodes[node].call(Request::Position {
+            id: note.clone(),
+            position: position.into(),
+            comment: comment.into(),
+        })?;
     }
-    say("Each member recorded its position on both notes.")?;
+    wait_converged(nodes, 14, started)?;
 
-    // 5. The observer tries to write: refused on its own node, and a change it
-    //    signs anyway is refused by every member that receives it.
-    let observer = nodes.len() - 1;
-    let refused = nodes[observer].replica.add_assessment(assessment(
+    // The observer cannot write: its own node refuses, and a change it signs
+    // anyway is refused by every member that receives it.
+    let observer = &nodes[3];
+    let refused = observer.call(assessment(
         "malicious-use",
         "Observer's attempt",
         "",
         1,
         1,
         &[],
-    )?);
-    ensure!(
-        matches!(refused, Err(ReplicaError::ObserverCannotWrite)),
-        "the observer's node accepted a write"
-    );
-    let forged = forged_observer_bundle(&nodes[observer].replica, &root)?;
-    for node in &mut nodes[..observer] {
-        let before = node.replica.store().len();
-        match node.replica.import(&std::fs::read(&forged)?) {
-            Err(ReplicaError::Ingest(e)) => {
-                ensure!(node.replica.store().len() == before, "store changed");
-                tracing::debug!(node = node.name, error = %e, "forged change refused");
-            }
+    ));
+    match refused {
+        Err(e) if e.to_string().contains("observers cannot write") => {
+            say(&format!("\nThe observer's node refused its write: {e}"))?;
+        }
+        other => bail!("the observer's node accepted a write: {other:?}"),
+    }
+    let forged = forged_observer_bundle(root, observer)?;
+    for node in &nodes[..3] {
+        match node.call(Request::Import {
+            bundle: forged.clone(),
+        }) {
+            Err(e) if e.to_string().contains("observers cannot write") => {}
             other => bail!("{} accepted an observer's change: {other:?}", node.name),
         }
     }
-    say(
-        "The observer's own node refused its write, and every member refused a change it signed anyway.",
-    )?;
-    exchange(&root, &mut nodes, 3)?;
+    say("Every member refused a change the observer signed anyway.")?;
 
-    // 6. Everyone holds the same set: compare heads, reports and audits.
-    let first = &nodes[0].replica;
-    let expected_heads = first.document().heads();
-    let expected_report = report_json(first)?;
-    for node in &nodes {
+    // Everyone holds the same state: compare what each node shows.
+    let expected = state(&nodes[0])?;
+    for node in nodes {
         ensure!(
-            node.replica.document().heads() == expected_heads,
-            "{} has different heads",
+            state(node)? == expected,
+            "{} shows a different state",
             node.name
         );
-        ensure!(
-            report_json(&node.replica)? == expected_report,
-            "{} prints a different report",
-            node.name
-        );
-        let audit = node.replica.audit()?;
-        ensure!(audit.ok, "{}: {:?}", node.name, audit.problems);
+        match node.call(Request::Verify)? {
+            Response::Audit(audit) => ensure!(audit.ok, "{}: {:?}", node.name, audit.problems),
+            other => bail!("unexpected answer {other:?}"),
+        }
     }
-    let changes = first.store().len();
-    let g = first.genesis().ok_or(ReplicaError::NoNetwork)?;
+    let report = match nodes[3].call(Request::Report)? {
+        Response::Report(r) => r,
+        other => bail!("unexpected answer {other:?}"),
+    };
+    say(&format!("\n{}", report::to_markdown(&report)))?;
     say(&format!(
-        "\n{}",
-        report::to_markdown(&report::build(first.document(), g, first.roster()?))
-    ))?;
-    say(&format!(
-        "Converged: all {} nodes hold the same {} signed changes (heads {}), every \
-         signature re-verified, and their reports are byte-identical.",
+        "Converged: all {} nodes hold the same 14 signed changes (heads {}), every \
+         signature re-verified on every node, and their reports and lists are identical. \
+         ({:.1} s)",
         nodes.len(),
-        changes,
-        expected_heads
+        report
+            .heads
             .iter()
-            .map(|h| h.to_string()[..12].to_string())
+            .map(|h| h[..12].to_string())
             .collect::<Vec<_>>()
-            .join(", ")
-    ))?;
-    if dir.is_some() {
-        say(&format!(
-            "The nodes' data directories are kept in {}: try `concord --data-dir {} assess list`.",
-            root.display(),
-            root.join("node1").display()
-        ))?;
+            .join(", "),
+        started.elapsed().as_secs_f64()
+    ))
+}
+
+/// Waits until every node holds `count` changes with the same heads,
+/// printing each node as it gets there.
+fn wait_converged(nodes: &[DemoNode], count: usize, started: Instant) -> anyhow::Result<()> {
+    let deadline = Instant::now() + CONVERGE_DEADLINE;
+    let mut done = vec![false; nodes.len()];
+    loop {
+        let mut heads = Vec::new();
+        for (i, node) in nodes.iter().enumerate() {
+            let status = match node.call(Request::Status)? {
+                Response::Status(s) => s,
+                other => bail!("unexpected answer {other:?}"),
+            };
+            if status.envelopes == count && !done[i] {
+                done[i] = true;
+                say(&format!(
+                    "  {:>6.0} ms  {:<36} holds all {count} changes",
+                    started.elapsed().as_secs_f64() * 1000.0,
+                    node.name
+                ))?;
+            }
+            heads.push(status.heads.clone());
+        }
+        if done.iter().all(|d| *d) && heads.windows(2).all(|w| w[0] == w[1]) {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the nodes did not converge within {CONVERGE_DEADLINE:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn say(text: &str) -> anyhow::Result<()> {
@@ -277,68 +386,54 @@ fn assessment(
     likelihood: i64,
     severity: i64,
     mitigations: &[&str],
-) -> anyhow::Result<NewAssessment> {
-    Ok(NewAssessment {
+) -> Request {
+    Request::AddAssessment(AssessmentInput {
         category: category.into(),
         title: title.into(),
         summary: summary.into(),
-        likelihood: Some(Score::new("likelihood", likelihood)?),
-        severity: Some(Score::new("severity", severity)?),
+        likelihood: Some(likelihood),
+        severity: Some(severity),
         mitigations: mitigations.iter().map(|m| m.to_string()).collect(),
-        status: Status::Open,
+        status: "open".into(),
     })
 }
 
-/// Every node exports a bundle file and every other node imports it.
-fn exchange(root: &Path, nodes: &mut [Node], round: usize) -> anyhow::Result<()> {
-    let mut files = Vec::new();
-    for (i, node) in nodes.iter().enumerate() {
-        let (bytes, _) = node.replica.export(&[])?;
-        let file = root.join(format!("round{round}-node{}.bundle", i + 1));
-        std::fs::write(&file, bytes)?;
-        files.push(file);
-    }
-    let mut new = 0;
-    for (i, node) in nodes.iter_mut().enumerate() {
-        for (j, file) in files.iter().enumerate() {
-            if i != j {
-                new += node.replica.import(&std::fs::read(file)?)?.new;
-            }
-        }
-    }
-    say(&format!(
-        "  bundle exchange {round}: {} files, {new} new change(s) verified and applied across the nodes",
-        files.len()
-    ))
-}
-
 /// A bundle holding a change the observer signed with its own key.
-fn forged_observer_bundle(observer: &Replica, root: &Path) -> anyhow::Result<PathBuf> {
-    let key = observer.identity();
-    let network = observer.network_id()?;
+fn forged_observer_bundle(root: &Path, observer: &DemoNode) -> anyhow::Result<Vec<u8>> {
+    // The key is read from the observer's own data dir, as an attacker
+    // holding it would.
+    let key = concord_node::identity::Identity::load(&observer.dir.key_file())?;
+    let genesis = std::fs::read(root.join("genesis.concord"))?;
+    let network = concord_node::genesis::Genesis::decode(&genesis)?.network_id();
     let mut doc = Document::new(key.public());
     let change = doc.add_assessment(
-        "ra-forged",
-        &assessment("malicious-use", "Observer's forged entry", "", 1, 1, &[])?,
+        "ra-forged000",
+        &NewAssessment {
+            category: "malicious-use".into(),
+            title: "Observer's forged entry".into(),
+            summary: String::new(),
+            likelihood: None,
+            severity: None,
+            mitigations: Vec::new(),
+            status: Status::Open,
+        },
         concord_node::model::now_ms(),
     )?;
-    let envelope = Envelope::sign(key, network, change.raw_bytes().to_vec())?;
-    let (mut bundle_bytes, _) = observer.export(&[])?;
-    let mut bundle = concord_node::bundle::Bundle::decode(&bundle_bytes)?;
-    bundle
-        .envelopes
-        .push(concord_node::bundle::EnvelopeBytes(envelope.encode()));
-    bundle_bytes = bundle.encode();
-    let file = root.join("forged-by-observer.bundle");
-    std::fs::write(&file, bundle_bytes)?;
-    Ok(file)
+    let envelope = Envelope::sign(&key, network, change.raw_bytes().to_vec())?;
+    Ok(Bundle {
+        genesis,
+        envelopes: vec![EnvelopeBytes(envelope.encode())],
+    }
+    .encode())
 }
 
-fn report_json(replica: &Replica) -> anyhow::Result<String> {
-    let genesis = replica.genesis().ok_or(ReplicaError::NoNetwork)?;
-    Ok(serde_json::to_string(&report::build(
-        replica.document(),
-        genesis,
-        replica.roster()?,
-    ))?)
+/// What a node shows: lists, report, as JSON text.
+fn state(node: &DemoNode) -> anyhow::Result<String> {
+    let assessments = node.call(Request::ListAssessments {
+        category: None,
+        status: None,
+    })?;
+    let notes = node.call(Request::ListNotes)?;
+    let report = node.call(Request::Report)?;
+    Ok(serde_json::to_string(&(assessments, notes, report))?)
 }

@@ -482,3 +482,42 @@ fn commands_before_joining_a_network_say_what_to_do() {
     let stderr = fresh.fails(1, &["id"]);
     assert!(stderr.contains("concord init"), "{stderr}");
 }
+
+#[test]
+fn the_demo_runs_a_live_federation_to_convergence() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kept = dir.path().join("demo");
+    let out = std::process::Command::new(support::concord_bin())
+        .args(["demo", "--dir", path_str(&kept)])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "holds all 14 changes",
+        "observers cannot write",
+        "Every member refused a change the observer signed anyway",
+        "Points of divergence",
+        "Converged: all 4 nodes",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+    // The kept data directories are real nodes, stopped and readable.
+    let run = std::process::Command::new(support::concord_bin())
+        .arg("--data-dir")
+        .arg(kept.join("node4"))
+        .args(["verify", "--json"])
+        .output()
+        .expect("verify");
+    let audit: serde_json::Value = serde_json::from_slice(&run.stdout).expect("json");
+    assert_eq!(audit["ok"], true);
+    assert_eq!(audit["envelopes"], 14);
+}
