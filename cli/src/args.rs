@@ -34,6 +34,8 @@ pub enum Command {
         /// The institution's display name
         #[arg(long)]
         name: String,
+        #[command(flatten)]
+        json: JsonFlag,
     },
     /// Print this node's name, node id, public key and fingerprint
     Id(JsonFlag),
@@ -152,11 +154,15 @@ pub enum NetworkCommand {
         /// Where to write the genesis file
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+        #[command(flatten)]
+        json: JsonFlag,
     },
     /// Verify a genesis file and join its network
     Join {
         /// The genesis file
         file: PathBuf,
+        #[command(flatten)]
+        json: JsonFlag,
     },
     /// Show the network and its roster
     Show(JsonFlag),

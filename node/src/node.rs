@@ -564,6 +564,12 @@ impl NodeLoop {
                 tracing::warn!(%peer, error = %e, "peer sent an invalid envelope; disconnecting");
                 Ingested::Refused(e.to_string())
             }
+            Err(ReplicaError::Doc(e)) => {
+                // Signed, but Automerge refused or panicked on it: drop the
+                // session; the document was rebuilt from the store.
+                tracing::warn!(%peer, error = %e, "peer's changes do not apply; disconnecting");
+                Ingested::Refused(e.to_string())
+            }
             Err(e) => {
                 tracing::error!(%peer, error = %e, "cannot apply the peer's changes");
                 Ingested::Kept(e.to_string())

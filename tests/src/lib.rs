@@ -141,6 +141,18 @@ impl Node {
         run.stderr
     }
 
+    /// Runs a command that must fail with exit code 1 and an error message
+    /// containing `expected`; returns the whole of stderr.
+    pub fn refuses(&self, args: &[&str], expected: &str) -> String {
+        let stderr = self.fails(1, args);
+        assert!(
+            stderr.contains(expected),
+            "`concord {}` should say {expected:?}; it said:\n{stderr}",
+            args.join(" ")
+        );
+        stderr
+    }
+
     /// Runs a command with `--json` appended and parses its output.
     pub fn json(&self, args: &[&str]) -> Value {
         let mut args = args.to_vec();
@@ -246,6 +258,23 @@ impl Federation {
 pub fn path_str(path: &Path) -> &str {
     path.to_str()
         .unwrap_or_else(|| panic!("test paths are UTF-8: {}", path.display()))
+}
+
+/// Adds a note on `assessment` through the CLI and returns its id.
+pub fn add_note(node: &Node, topic: &str, assessment: &str) -> String {
+    node.json(&[
+        "note",
+        "add",
+        "--topic",
+        topic,
+        "--body",
+        "b",
+        "--assessment",
+        assessment,
+    ])["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("note add --json has no id"))
+        .to_string()
 }
 
 /// Adds an assessment through the CLI and returns its id.
@@ -662,6 +691,20 @@ pub mod rogue {
     #[derive(Clone, Copy, Debug, Default)]
     pub struct RawCodec;
 
+    async fn read_all<T: AsyncRead + Unpin + Send>(io: &mut T) -> std::io::Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        io.take(1 << 20).read_to_end(&mut buf).await?;
+        Ok(buf)
+    }
+
+    async fn write_all<T: AsyncWrite + Unpin + Send>(
+        io: &mut T,
+        bytes: &[u8],
+    ) -> std::io::Result<()> {
+        io.write_all(bytes).await?;
+        io.close().await
+    }
+
     impl request_response::Codec for RawCodec {
         type Protocol = StreamProtocol;
         type Request = Vec<u8>;
@@ -675,9 +718,7 @@ pub mod rogue {
         where
             T: AsyncRead + Unpin + Send,
         {
-            let mut buf = Vec::new();
-            io.take(1 << 20).read_to_end(&mut buf).await?;
-            Ok(buf)
+            read_all(io).await
         }
 
         async fn read_response<T>(
@@ -688,9 +729,7 @@ pub mod rogue {
         where
             T: AsyncRead + Unpin + Send,
         {
-            let mut buf = Vec::new();
-            io.take(1 << 20).read_to_end(&mut buf).await?;
-            Ok(buf)
+            read_all(io).await
         }
 
         async fn write_request<T>(
@@ -702,8 +741,7 @@ pub mod rogue {
         where
             T: AsyncWrite + Unpin + Send,
         {
-            io.write_all(&req).await?;
-            io.close().await
+            write_all(io, &req).await
         }
 
         async fn write_response<T>(
@@ -715,8 +753,7 @@ pub mod rogue {
         where
             T: AsyncWrite + Unpin + Send,
         {
-            io.write_all(&res).await?;
-            io.close().await
+            write_all(io, &res).await
         }
     }
 }

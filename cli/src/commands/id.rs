@@ -11,8 +11,12 @@ use super::unexpected;
 use crate::output;
 use crate::session::Session;
 
-pub fn init(dir: &DataDir, name: &str) -> anyhow::Result<ExitCode> {
+pub fn init(dir: &DataDir, name: &str, json: bool) -> anyhow::Result<ExitCode> {
     let summary = Replica::init(dir, name)?;
+    if json {
+        output::json(&summary)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     output::text(&format!(
         "Created the identity of {name} in {dir}\n\
          node id:     {node_id}\n\

@@ -26,7 +26,7 @@ use crate::session::Session;
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let dir = data_dir(cli.data_dir)?;
     match cli.command {
-        Command::Init { name } => id::init(&dir, &name),
+        Command::Init { name, json } => id::init(&dir, &name, json.json),
         Command::Id(flag) => id::show(&mut Session::open(&dir)?, flag.json),
         Command::Network(cmd) => network::run(&dir, cmd),
         Command::Categories(args) => register::categories(&dir, args),

@@ -4,7 +4,7 @@ use std::fs;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
-use concord_node::api::{Request, Response};
+use concord_node::api::{NetworkView, Request, Response};
 use concord_node::config::DataDir;
 use concord_node::genesis::Genesis;
 use concord_node::replica::{parse_node_id, read_file};
@@ -24,6 +24,7 @@ pub fn run(dir: &DataDir, cmd: NetworkCommand) -> anyhow::Result<ExitCode> {
             observers,
             quorum,
             out,
+            json,
         } => {
             let Some(replica) = session.local() else {
                 bail!(
@@ -42,6 +43,10 @@ pub fn run(dir: &DataDir, cmd: NetworkCommand) -> anyhow::Result<ExitCode> {
             let genesis = replica.create_network(&name, roster, quorum)?;
             fs::write(&out, genesis.encode())
                 .with_context(|| format!("cannot write the genesis to {}", out.display()))?;
+            if json.json {
+                output::json(&NetworkView::of(&genesis))?;
+                return Ok(ExitCode::SUCCESS);
+            }
             output::text(&format!(
                 "Created network {:?}\nnetwork id: {}\nquorum:     {} of {} members\n\
                  Genesis written to {}: give it to every institution on the roster,\n\
@@ -54,7 +59,7 @@ pub fn run(dir: &DataDir, cmd: NetworkCommand) -> anyhow::Result<ExitCode> {
                 out.display(),
             ))?;
         }
-        NetworkCommand::Join { file } => {
+        NetworkCommand::Join { file, json } => {
             let bytes = read_file(&file)?;
             let genesis = Genesis::decode(&bytes)
                 .with_context(|| format!("{} is not a valid genesis", file.display()))?;
@@ -64,6 +69,10 @@ pub fn run(dir: &DataDir, cmd: NetworkCommand) -> anyhow::Result<ExitCode> {
                 );
             };
             replica.join(genesis.clone())?;
+            if json.json {
+                output::json(&NetworkView::of(&genesis))?;
+                return Ok(ExitCode::SUCCESS);
+            }
             output::text(&format!(
                 "Joined network {:?} ({})",
                 genesis.name(),
