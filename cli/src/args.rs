@@ -86,6 +86,18 @@ pub enum Command {
     Peers(JsonFlag),
     /// Run a live local federation on embedded defaults and show it converge
     Demo(DemoArgs),
+    /// Measure ingest, restart, sync, reconciliation and footprint against raw baselines
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// How many signed changes to generate (10000, 100000 and 1000000 are documented)
+    #[arg(long, default_value_t = 100_000)]
+    pub changes: usize,
+    /// Print the results as JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

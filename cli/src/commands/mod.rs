@@ -2,6 +2,7 @@
 //! document builds an `api::Request` and runs it through a [`Session`], so it
 //! works the same whether the node is running or not.
 
+mod bench;
 mod bundle;
 mod demo;
 mod id;
@@ -46,6 +47,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(flag) => status::status(&mut Session::open(&dir)?, flag.json),
         Command::Peers(flag) => status::peers(&mut Session::open(&dir)?, flag.json),
         Command::Demo(args) => demo::run(args.dir.as_deref()),
+        Command::Bench(args) => bench::run(args),
     }
 }
 

@@ -499,3 +499,43 @@ fn the_demo_runs_a_live_federation_to_convergence() {
     assert_eq!(audit["ok"], true);
     assert_eq!(audit["envelopes"], 14);
 }
+
+#[test]
+fn the_benchmark_harness_runs_a_1000_change_smoke_test() {
+    let out = std::process::Command::new(support::concord_bin())
+        .args(["bench", "--changes", "1000", "--json"])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run bench");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(results["changes"], 1000);
+    let rows = results["rows"].as_array().expect("rows");
+    let names: Vec<&str> = rows
+        .iter()
+        .map(|r| r["name"].as_str().expect("name"))
+        .collect();
+    for expected in [
+        "ingest",
+        "restart",
+        "initial sync",
+        "quiet reconciliation",
+        "footprint (disk)",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    for row in rows {
+        let (ours, baseline) = (
+            row["ours"].as_f64().expect("ours"),
+            row["baseline"].as_f64().expect("baseline"),
+        );
+        assert!(ours > 0.0 && baseline > 0.0, "{row}");
+    }
+}
