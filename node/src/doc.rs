@@ -125,6 +125,23 @@ impl Document {
         }
     }
 
+    /// A document saved by [`Document::save`] (this node's own snapshot).
+    /// Loaded under `catch_unwind`: a damaged file is an error, not a panic.
+    pub fn load(bytes: &[u8], actor: PublicKey) -> Result<Self, DocError> {
+        match catch_unwind(|| Automerge::load(bytes)) {
+            Ok(Ok(doc)) => Ok(Self {
+                doc: doc.with_actor(ActorId::from(actor.as_bytes().as_slice())),
+            }),
+            Ok(Err(e)) => Err(DocError::Automerge(e)),
+            Err(_) => Err(DocError::Panicked("loading a snapshot")),
+        }
+    }
+
+    /// The whole document in Automerge's compact form.
+    pub fn save(&self) -> Vec<u8> {
+        self.doc.save()
+    }
+
     /// Applies verified changes in one batch. On error the document may hold
     /// part of the batch: the caller rebuilds it from the store.
     pub fn apply(&mut self, changes: Vec<Change>) -> Result<(), DocError> {

@@ -68,7 +68,10 @@ impl PublicKey {
         &self.0
     }
 
-    /// Wraps bytes that were already checked (an actor id of a stored change).
+    /// Wraps bytes without decompressing the point: for keys read from the
+    /// store (checked when they were written) and for envelope authors, which
+    /// must then match a roster key before anything else is done with them.
+    /// Decompressing a point costs about as much as verifying a signature.
     pub(crate) fn from_checked(bytes: [u8; 32]) -> Self {
         Self(bytes)
     }

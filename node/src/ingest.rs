@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use automerge::{Change, ChangeHash};
 
 use crate::doc::{DocError, parse_change};
-use crate::envelope::{Envelope, EnvelopeError};
+use crate::envelope::{ChangeHeader, Envelope, EnvelopeError, change_header};
 use crate::genesis::NetworkId;
 use crate::identity::PublicKey;
 use crate::roster::{Role, Roster};
@@ -248,14 +248,75 @@ fn check_author(envelope: &Envelope, roster: &Roster) -> Result<(), IngestError>
 
 /// Batches below this size are verified on the calling thread.
 const PARALLEL_VERIFY_MIN: usize = 256;
+/// Batches of at least this many envelopes take the chain shortcut.
+const CHAIN_SHORTCUT_MIN: usize = 64;
 
-/// Verifies every signature, spreading large batches over the cores.
+/// Verifies a batch's signatures before Automerge sees any of its bytes.
 ///
-/// Each signature is checked on its own with `verify_strict`: randomised batch
-/// verification can accept a crafted signature that strict verification
-/// refuses, and then nodes would disagree about what is valid.
+/// A change's hash covers its dependencies' hashes, and each author's changes
+/// form one chain, so a valid signature by author A on a change also vouches
+/// for every change *by A* in its causal past. For a large batch this checks
+/// the signature of each author's highest change, follows the hash links
+/// (read by [`change_header`], not Automerge) from it through the batch, and
+/// verifies individually only the changes no such walk reached. Every
+/// signature is still stored, and `concord verify` re-checks each one.
 pub fn verify_signatures(envelopes: &[Envelope], network: NetworkId) -> Result<(), IngestError> {
-    let check = |chunk: &[Envelope]| -> Result<(), IngestError> {
+    if envelopes.len() < CHAIN_SHORTCUT_MIN {
+        return verify_each(&envelopes.iter().collect::<Vec<_>>(), network);
+    }
+    let headers: Vec<Option<ChangeHeader>> = envelopes
+        .iter()
+        .map(|e| change_header(e.change_bytes()).ok())
+        .collect();
+    let index: HashMap<ChangeHash, usize> = envelopes
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.hash(), i))
+        .collect();
+    // Each author's highest change whose actor is its signer.
+    let mut tops: HashMap<PublicKey, usize> = HashMap::new();
+    for (i, (e, h)) in envelopes.iter().zip(&headers).enumerate() {
+        let Some(h) = h.as_ref().filter(|h| h.actor == e.author().as_bytes()) else {
+            continue;
+        };
+        let top = tops.entry(e.author()).or_insert(i);
+        if headers[*top].as_ref().is_some_and(|t| t.seq < h.seq) {
+            *top = i;
+        }
+    }
+    let top_envelopes: Vec<&Envelope> = tops.values().map(|&i| &envelopes[i]).collect();
+    verify_each(&top_envelopes, network)?;
+    let mut vouched = vec![false; envelopes.len()];
+    let mut seen = vec![false; envelopes.len()];
+    for (author, &top) in &tops {
+        seen.iter_mut().for_each(|s| *s = false);
+        let mut stack = vec![top];
+        while let Some(i) = stack.pop() {
+            if std::mem::replace(&mut seen[i], true) {
+                continue;
+            }
+            let Some(h) = &headers[i] else { continue };
+            if envelopes[i].author() == *author && h.actor == author.as_bytes() {
+                vouched[i] = true;
+            }
+            stack.extend(h.deps.iter().filter_map(|d| index.get(d).copied()));
+        }
+    }
+    let rest: Vec<&Envelope> = envelopes
+        .iter()
+        .zip(&vouched)
+        .filter(|(_, v)| !**v)
+        .map(|(e, _)| e)
+        .collect();
+    verify_each(&rest, network)
+}
+
+/// Verifies every signature on its own with `verify_strict`, spreading large
+/// batches over the cores. Randomised batch verification is not used: it can
+/// accept a crafted signature that strict verification refuses, and then
+/// nodes would disagree about what is valid.
+fn verify_each(envelopes: &[&Envelope], network: NetworkId) -> Result<(), IngestError> {
+    let check = |chunk: &[&Envelope]| -> Result<(), IngestError> {
         for e in chunk {
             e.verify(network).map_err(|source| IngestError::Signature {
                 hash: e.hash(),
@@ -502,18 +563,48 @@ mod tests {
         assert!(matches!(err, IngestError::Unparseable { .. }), "{err}");
     }
 
-    #[test]
-    fn large_batches_verify_in_parallel_and_still_catch_one_bad_signature() {
-        let f = fixture();
-        let chain = changes(f.member.public(), "p", PARALLEL_VERIFY_MIN + 10);
-        let mut envs: Vec<_> = chain.into_iter().map(|c| sign(&f.member, c)).collect();
-        assert!(verify_signatures(&envs, NET).is_ok());
-        let mut wire = envs[PARALLEL_VERIFY_MIN + 3].encode();
+    fn tamper_signature(env: &Envelope) -> Envelope {
+        let mut wire = env.encode();
         wire[60] ^= 1;
-        envs[PARALLEL_VERIFY_MIN + 3] = Envelope::decode(&wire).expect("decode");
-        let err = verify_signatures(&envs, NET).expect_err("bad one");
+        Envelope::decode(&wire).expect("decode")
+    }
+
+    #[test]
+    fn every_signature_is_checked_in_parallel_when_no_chain_vouches() {
+        let f = fixture();
+        let envs: Vec<_> = (0..PARALLEL_VERIFY_MIN + 10)
+            .map(|i| {
+                sign(
+                    &f.member,
+                    changes(f.member.public(), &format!("x{i}-"), 1).remove(0),
+                )
+            })
+            .collect();
+        assert!(verify_signatures(&envs, NET).is_ok());
+        let mut bad = envs.clone();
+        bad[PARALLEL_VERIFY_MIN + 3] = tamper_signature(&envs[PARALLEL_VERIFY_MIN + 3]);
+        let err = verify_signatures(&bad, NET).expect_err("bad one");
         assert!(
-            matches!(err, IngestError::Signature { hash, .. } if hash == envs[PARALLEL_VERIFY_MIN + 3].hash())
+            matches!(err, IngestError::Signature { hash, .. } if hash == bad[PARALLEL_VERIFY_MIN + 3].hash())
         );
+    }
+
+    #[test]
+    fn a_chain_is_vouched_for_by_its_top_signature_only() {
+        let f = fixture();
+        let chain = changes(f.member.public(), "p", CHAIN_SHORTCUT_MIN + 10);
+        let envs: Vec<_> = chain.into_iter().map(|c| sign(&f.member, c)).collect();
+        assert!(verify_signatures(&envs, NET).is_ok());
+        // A forged top signature is always caught.
+        let mut bad = envs.clone();
+        let last = bad.len() - 1;
+        bad[last] = tamper_signature(&envs[last]);
+        assert!(verify_signatures(&bad, NET).is_err());
+        // The chain vouches for its own author only: a change by the other
+        // member with a bad signature still fails.
+        let mut mixed = envs.clone();
+        let other = changes(f.other_member.public(), "o", 1).remove(0);
+        mixed.push(tamper_signature(&sign(&f.other_member, other)));
+        assert!(verify_signatures(&mixed, NET).is_err());
     }
 }

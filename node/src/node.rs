@@ -388,6 +388,9 @@ impl NodeLoop {
         tracing::info!("shutting down");
         let _ = self.client.shutdown().await;
         let _ = network_task.await;
+        if let Err(e) = self.replica.save_snapshot() {
+            tracing::warn!(error = %e, "cannot save the document snapshot");
+        }
         self.replica.flush()?;
         Ok(())
     }
@@ -799,13 +802,14 @@ fn refused(reason: &str) -> sync::Response {
     }
 }
 
-/// Splits envelopes into chunks of about `target` bytes (at least one each).
+/// Splits envelopes into chunks of at most `target` bytes (a single larger
+/// envelope, up to the 4 MiB change limit, travels alone).
 fn chunks(envelopes: &[EnvelopeBytes], target: usize) -> Vec<&[EnvelopeBytes]> {
     let mut out = Vec::new();
     let mut start = 0;
     let mut bytes = 0;
     for (i, e) in envelopes.iter().enumerate() {
-        if bytes >= target && i > start {
+        if i > start && bytes + e.0.len() > target {
             out.push(&envelopes[start..i]);
             start = i;
             bytes = 0;
@@ -816,4 +820,29 @@ fn chunks(envelopes: &[EnvelopeBytes], target: usize) -> Vec<&[EnvelopeBytes]> {
         out.push(&envelopes[start..]);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_stay_under_the_target_unless_one_envelope_is_larger() {
+        let sizes = [3, 3, 3, 10, 1, 1, 5];
+        let envelopes: Vec<EnvelopeBytes> =
+            sizes.iter().map(|&n| EnvelopeBytes(vec![0; n])).collect();
+        let chunks = chunks(&envelopes, 6);
+        let lens: Vec<Vec<usize>> = chunks
+            .iter()
+            .map(|c| c.iter().map(|e| e.0.len()).collect())
+            .collect();
+        assert_eq!(
+            lens,
+            vec![vec![3, 3], vec![3], vec![10], vec![1, 1], vec![5]]
+        );
+        assert_eq!(
+            chunks.iter().map(|c| c.len()).sum::<usize>(),
+            envelopes.len()
+        );
+    }
 }

@@ -25,7 +25,7 @@ use crate::model::{
     self, AssessmentView, MAX_TEXT_LEN, MAX_TITLE_LEN, NoteView, Stance, ValueError, now_ms,
 };
 use crate::roster::{Role, Roster, RosterEntry};
-use crate::store::{Evidence, Store, StoreError};
+use crate::store::{Evidence, Snapshot, Store, StoreError};
 use crate::sync::Tips;
 use crate::taxonomy::{self, Category};
 
@@ -131,6 +131,9 @@ pub struct Replica {
     doc: Document,
     /// Highest stored sequence number per author (see `sync`).
     tips: Tips,
+    /// Every change as (hash, author, seq) in causal order, built on first
+    /// use and then appended to; answers pulls without asking Automerge.
+    log: Option<Vec<(ChangeHash, PublicKey, u64)>>,
 }
 
 impl Replica {
@@ -167,13 +170,7 @@ impl Replica {
             }
             None => None,
         };
-        let doc = load_document(&store, identity.public())?;
-        let mut tips = Tips::new();
-        for entry in store.chain_index() {
-            let (author, seq, _) = entry?;
-            let tip = tips.entry(author).or_insert(0);
-            *tip = (*tip).max(seq);
-        }
+        let (doc, tips) = load_document(&store, identity.public())?;
         Ok(Self {
             dir: dir.clone(),
             identity,
@@ -182,6 +179,7 @@ impl Replica {
             membership,
             doc,
             tips,
+            log: None,
         })
     }
 
@@ -319,6 +317,9 @@ impl Replica {
             Ok(hash) => {
                 tracing::debug!(change = %hash, seq = change.seq(), "local change stored");
                 self.tips.insert(self.identity.public(), change.seq());
+                if let Some(log) = &mut self.log {
+                    log.push((*hash, self.identity.public(), change.seq()));
+                }
             }
             Err(_) => self.rebuild()?,
         }
@@ -326,7 +327,20 @@ impl Replica {
     }
 
     fn rebuild(&mut self) -> Result<(), ReplicaError> {
-        self.doc = load_document(&self.store, self.identity.public())?;
+        let (doc, tips) = load_document(&self.store, self.identity.public())?;
+        self.doc = doc;
+        self.tips = tips;
+        self.log = None;
+        Ok(())
+    }
+
+    /// Saves the document and its chain tips, so the next start loads them
+    /// instead of replaying every envelope.
+    pub fn save_snapshot(&self) -> Result<(), ReplicaError> {
+        self.store.set_snapshot(&Snapshot {
+            tips: self.tips.iter().map(|(k, s)| (*k, *s)).collect(),
+            doc: self.doc.save(),
+        })?;
         Ok(())
     }
 
@@ -494,7 +508,13 @@ impl Replica {
                 Envelope::decode(&e.0).map_err(|source| IngestError::Malformed { index, source })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(self.ingest(envelopes, network, &roster)?.0)
+        let summary = self.ingest(envelopes, network, &roster)?.0;
+        // A large import is worth a snapshot; a running node saves one when
+        // it stops, which covers catch-ups over the network.
+        if summary.new >= SNAPSHOT_AFTER {
+            self.save_snapshot()?;
+        }
+        Ok(summary)
     }
 
     /// Verifies and applies envelopes received from a peer (all or nothing);
@@ -521,15 +541,21 @@ impl Replica {
         ))
     }
 
+    /// Number of stored changes: every author's chain is stored without
+    /// gaps, so this is the sum of the chain tips (no scan of the store).
+    pub fn change_count(&self) -> usize {
+        self.tips.values().map(|s| *s as usize).sum()
+    }
+
     /// Highest stored sequence number per author.
     pub fn tips(&self) -> &Tips {
         &self.tips
     }
 
-    /// The envelopes a node with `have` lacks, in causal order, stopping after
-    /// `max_bytes` (at least one envelope is sent). `true` when more remain.
+    /// The envelopes a node with `have` lacks, in causal order, at most
+    /// `max_bytes` of them (but always at least one). `true` when more remain.
     pub fn changes_for(
-        &self,
+        &mut self,
         have: &Tips,
         max_bytes: usize,
     ) -> Result<(Vec<EnvelopeBytes>, bool), ReplicaError> {
@@ -540,18 +566,20 @@ impl Replica {
         if !behind {
             return Ok((Vec::new(), false));
         }
+        let log = self.log.get_or_insert_with(|| self.doc.change_log());
         let mut out = Vec::new();
         let mut bytes = 0;
-        for (hash, author, seq) in self.doc.change_log() {
+        for &(hash, author, seq) in log.iter() {
             if seq <= have.get(&author).copied().unwrap_or(0) {
                 continue;
-            }
-            if bytes >= max_bytes && !out.is_empty() {
-                return Ok((out, true));
             }
             let envelope = self.store.envelope(&hash)?.ok_or_else(|| {
                 StoreError::Corrupt(format!("change {hash} is in the document but not stored"))
             })?;
+            // Stop before the limit, so a chunk never outgrows a message.
+            if !out.is_empty() && bytes + envelope.len() > max_bytes {
+                return Ok((out, true));
+            }
             bytes += envelope.len();
             out.push(EnvelopeBytes(envelope));
         }
@@ -612,6 +640,14 @@ impl Replica {
             let tip = self.tips.entry(a.envelope.author()).or_insert(0);
             *tip = (*tip).max(a.seq);
         }
+        if let Some(log) = &mut self.log {
+            log.extend(
+                causal_order(&checked.accepted)
+                    .into_iter()
+                    .map(|a| (a.envelope.hash(), a.envelope.author(), a.seq)),
+            );
+        }
+
         tracing::debug!(
             new = summary.new,
             known = summary.already_known,
@@ -803,21 +839,92 @@ fn summary(identity: &Identity, config: &Config) -> IdentitySummary {
     }
 }
 
-/// Rebuilds the document from every stored envelope in one batch. The store
-/// holds only envelopes that passed ingest, so they are not re-verified here.
-fn load_document(store: &Store, actor: PublicKey) -> Result<Document, ReplicaError> {
-    let mut changes = Vec::with_capacity(store.len());
+/// Rebuilds the document from the store: from the snapshot if there is one,
+/// plus every envelope past its tips, else from every envelope, in one batch
+/// either way. The store holds only envelopes that passed ingest, so they are
+/// not re-verified here. Returns the document and the chain tips.
+fn load_document(store: &Store, actor: PublicKey) -> Result<(Document, Tips), ReplicaError> {
+    let started = std::time::Instant::now();
+    let tips: Tips = store.tips()?;
+    let parse = |hash: &ChangeHash, bytes: &[u8]| -> Result<Change, ReplicaError> {
+        let envelope = Envelope::decode(bytes)
+            .map_err(|e| StoreError::Corrupt(format!("envelope {hash}: {e}")))?;
+        Ok(parse_change(envelope.change_bytes())
+            .map_err(|e| StoreError::Corrupt(format!("change {hash}: {e}")))?)
+    };
+    tracing::debug!(elapsed = ?started.elapsed(), "chain tips read");
+    if let Some(snapshot) = store.snapshot()? {
+        tracing::debug!(elapsed = ?started.elapsed(), bytes = snapshot.doc.len(), "snapshot read");
+        match Document::load(&snapshot.doc, actor) {
+            Ok(mut doc) => {
+                let saved: Tips = snapshot.tips.into_iter().collect();
+                let mut missing = Vec::new();
+                for (author, tip) in &tips {
+                    for seq in saved.get(author).copied().unwrap_or(0) + 1..=*tip {
+                        let hash = store.hash_at(author, seq).ok_or_else(|| {
+                            StoreError::Corrupt(format!("chain index lacks change {seq}"))
+                        })?;
+                        let bytes = store.envelope(&hash)?.ok_or_else(|| {
+                            StoreError::Corrupt(format!("change {hash} is indexed but not stored"))
+                        })?;
+                        missing.push(parse(&hash, &bytes)?);
+                    }
+                }
+                tracing::debug!(elapsed = ?started.elapsed(), missing = missing.len(), "snapshot loaded");
+                doc.apply(missing)?;
+                return Ok((doc, tips));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the snapshot does not load; rebuilding from the envelopes")
+            }
+        }
+    }
+    let mut changes = Vec::new();
     for item in store.envelopes() {
         let (hash, bytes) = item?;
-        let envelope = Envelope::decode(&bytes)
-            .map_err(|e| StoreError::Corrupt(format!("envelope {hash}: {e}")))?;
-        let change = parse_change(envelope.change_bytes())
-            .map_err(|e| StoreError::Corrupt(format!("change {hash}: {e}")))?;
-        changes.push(change);
+        changes.push(parse(&hash, &bytes)?);
     }
     let mut doc = Document::new(actor);
     doc.apply(changes)?;
-    Ok(doc)
+    Ok((doc, tips))
+}
+
+/// Importing at least this many changes at once refreshes the snapshot.
+const SNAPSHOT_AFTER: usize = 1000;
+
+/// The accepted changes sorted so every change follows its dependencies in
+/// the batch (Kahn's algorithm; batches from peers usually arrive sorted).
+fn causal_order(accepted: &[ingest::Accepted]) -> Vec<&ingest::Accepted> {
+    let index: std::collections::HashMap<ChangeHash, usize> = accepted
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (a.envelope.hash(), i))
+        .collect();
+    let mut waiting = vec![0usize; accepted.len()];
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); accepted.len()];
+    for (i, a) in accepted.iter().enumerate() {
+        for dep in a.change.deps() {
+            if let Some(&j) = index.get(dep) {
+                waiting[i] += 1;
+                dependents[j].push(i);
+            }
+        }
+    }
+    let mut ready: Vec<usize> = (0..accepted.len())
+        .filter(|&i| waiting[i] == 0)
+        .rev()
+        .collect();
+    let mut out = Vec::with_capacity(accepted.len());
+    while let Some(i) = ready.pop() {
+        out.push(&accepted[i]);
+        for &d in dependents[i].iter().rev() {
+            waiting[d] -= 1;
+            if waiting[d] == 0 {
+                ready.push(d);
+            }
+        }
+    }
+    out
 }
 
 /// A short random id with a type prefix, e.g. `ra-k3j9x2qd`.
@@ -1063,5 +1170,41 @@ mod tests {
         let reopened = Replica::open(&DataDir::new(dirs[0].path())).expect("reopen");
         assert_eq!(state(&reopened), before);
         assert_eq!(reopened.assessment(&id).expect("there").title, "durable");
+    }
+
+    #[test]
+    fn a_snapshot_plus_later_changes_restarts_to_the_same_state() {
+        let (dirs, mut replicas) = federation();
+        let mut r = replicas.remove(0);
+        let add = |r: &mut Replica, title: &str| {
+            r.add_assessment(NewAssessment {
+                category: "reliability".into(),
+                title: title.into(),
+                summary: String::new(),
+                likelihood: None,
+                severity: None,
+                mitigations: Vec::new(),
+                status: Status::Draft,
+            })
+            .expect("add")
+        };
+        add(&mut r, "before the snapshot");
+        r.save_snapshot().expect("snapshot");
+        add(&mut r, "after the snapshot");
+        let before = state(&r);
+        drop(r);
+        let dir = DataDir::new(dirs[0].path());
+        let reopened = Replica::open(&dir).expect("reopen");
+        assert_eq!(state(&reopened), before);
+        // A damaged snapshot is ignored: the envelopes are the truth.
+        reopened
+            .store()
+            .set_snapshot(&Snapshot {
+                tips: Vec::new(),
+                doc: vec![0x85, 0x6f, 0x4a, 0x83, 1, 2, 3],
+            })
+            .expect("damage");
+        drop(reopened);
+        assert_eq!(state(&Replica::open(&dir).expect("reopen")), before);
     }
 }

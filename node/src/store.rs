@@ -21,10 +21,12 @@ use crate::identity::PublicKey;
 use crate::ingest::Known;
 
 const KEY_GENESIS: &[u8] = b"g";
+const KEY_SNAPSHOT: &[u8] = b"d";
 const PREFIX_ENVELOPE: u8 = b'e';
 const PREFIX_SEQ: u8 = b's';
 const PREFIX_EVIDENCE: u8 = b'x';
 const PREFIX_PEER: u8 = b'p';
+const PREFIX_TIP: u8 = b't';
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +57,13 @@ pub struct Evidence {
     pub conflicts_with: [u8; 32],
     pub seq: u64,
     pub recorded_at_ms: i64,
+}
+
+/// A saved document and the chain tips of the changes it holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub tips: Vec<(PublicKey, u64)>,
+    pub doc: Vec<u8>,
 }
 
 /// The node's store.
@@ -99,13 +108,23 @@ impl Store {
     ) -> Result<usize, StoreError> {
         let mut writes = sled::Batch::default();
         let mut count = 0;
+        let mut tips: std::collections::BTreeMap<PublicKey, u64> = Default::default();
         for (envelope, seq) in batch {
             writes.insert(envelope_key(&envelope.hash()).as_slice(), envelope.encode());
             writes.insert(
                 seq_key(&envelope.author(), seq).as_slice(),
                 envelope.hash().0.as_slice(),
             );
+            let tip = tips.entry(envelope.author()).or_insert(0);
+            *tip = (*tip).max(seq);
             count += 1;
+        }
+        // Ingest only stores an author's changes after all earlier ones, so
+        // the batch's highest seq is the author's new tip.
+        for (author, seq) in tips {
+            let mut key = vec![PREFIX_TIP];
+            key.extend_from_slice(author.as_bytes());
+            writes.insert(key, seq.to_be_bytes().as_slice());
         }
         self.db.apply_batch(writes)?;
         self.db.flush()?;
@@ -137,6 +156,23 @@ impl Store {
                     .map_err(|e| StoreError::Corrupt(format!("evidence record: {e}")))
             })
             .collect()
+    }
+
+    /// Replaces the document snapshot and flushes.
+    pub fn set_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        let value = postcard::to_stdvec(snapshot)
+            .map_err(|e| StoreError::Corrupt(format!("cannot encode the snapshot: {e}")))?;
+        self.db.insert(KEY_SNAPSHOT, value)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The document snapshot, if one was saved and still decodes.
+    pub fn snapshot(&self) -> Result<Option<Snapshot>, StoreError> {
+        Ok(self
+            .db
+            .get(KEY_SNAPSHOT)?
+            .and_then(|v| postcard::from_bytes(&v).ok()))
     }
 
     /// Remembers the addresses learned for a peer (replacing older ones).
@@ -199,6 +235,23 @@ impl Store {
         self.len() == 0
     }
 
+    /// Every author's highest stored sequence number.
+    pub fn tips(&self) -> Result<std::collections::BTreeMap<PublicKey, u64>, StoreError> {
+        let mut tips = std::collections::BTreeMap::new();
+        for item in self.db.scan_prefix([PREFIX_TIP]) {
+            let (key, value) = item?;
+            let corrupt = || StoreError::Corrupt("tip entry is malformed".into());
+            let author: [u8; 32] = key
+                .get(1..33)
+                .ok_or_else(corrupt)?
+                .try_into()
+                .map_err(|_| corrupt())?;
+            let seq: [u8; 8] = value.as_ref().try_into().map_err(|_| corrupt())?;
+            tips.insert(PublicKey::from_checked(author), u64::from_be_bytes(seq));
+        }
+        Ok(tips)
+    }
+
     /// The chain index as (author, seq, hash), for audits.
     pub fn chain_index(
         &self,
@@ -217,7 +270,7 @@ impl Store {
                 .try_into()
                 .map_err(|_| corrupt())?;
             let hash: [u8; 32] = value.as_ref().try_into().map_err(|_| corrupt())?;
-            let author = PublicKey::from_bytes(author).map_err(|_| corrupt())?;
+            let author = PublicKey::from_checked(author);
             Ok((author, u64::from_be_bytes(seq), ChangeHash(hash)))
         })
     }

@@ -22,9 +22,10 @@ use crate::identity::PublicKey;
 pub const PROTOCOL: &str = "/concord/sync/1";
 /// Largest message (request or response body) accepted, in bytes.
 pub const MAX_MESSAGE_LEN: usize = 8 * 1024 * 1024;
-/// A `Changes` response stops adding envelopes past this many bytes, so a
-/// catch-up of any size travels in bounded chunks.
-pub const RESPONSE_TARGET_LEN: usize = 2 * 1024 * 1024;
+/// A `Changes` response holds at most this many bytes of envelopes (or one
+/// envelope, at most 4 MiB), so a catch-up of any size travels in chunks that
+/// stay under [`MAX_MESSAGE_LEN`].
+pub const RESPONSE_TARGET_LEN: usize = 6 * 1024 * 1024;
 
 /// Errors decoding a sync message.
 #[derive(Debug, thiserror::Error)]

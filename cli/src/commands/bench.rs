@@ -160,10 +160,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     });
 
     // 4. Quiet reconciliation: what two nodes holding the same changes send.
-    let holder = Replica::open(&ingest_dir)?;
+    let mut holder = Replica::open(&ingest_dir)?;
     let network = data.genesis.network_id();
     let same = holder.tips().clone();
-    let quiet = exchange_bytes(&holder, network, &same)?;
+    let quiet = exchange_bytes(&mut holder, network, &same)?;
     rows.push(Row {
         name: "quiet reconciliation",
         unit: "bytes",
@@ -179,7 +179,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         *seq -= (*seq / 100).max(1).min(*seq);
     }
     let (missing, missing_bytes) = holder.changes_for(&behind, usize::MAX)?;
-    let one_percent = exchange_bytes(&holder, network, &behind)?;
+    let one_percent = exchange_bytes(&mut holder, network, &behind)?;
     let payload: usize = missing.iter().map(|e| e.0.len()).sum();
     ensure!(!missing_bytes, "changes_for without a limit reported more");
     rows.push(Row {
@@ -458,7 +458,7 @@ fn initial_sync(full: &DataDir, fresh: &DataDir, count: usize) -> anyhow::Result
 /// other holds `theirs`: each side's Pulls and the Changes answering them,
 /// with their 4-byte length prefixes.
 fn exchange_bytes(
-    holder: &Replica,
+    holder: &mut Replica,
     network: concord_node::genesis::NetworkId,
     theirs: &Tips,
 ) -> anyhow::Result<usize> {

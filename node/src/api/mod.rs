@@ -368,7 +368,7 @@ pub fn stopped_status(replica: &Replica) -> StatusView {
         network_id: replica.genesis().map(|g| g.network_id().to_string()),
         listen: Vec::new(),
         api: None,
-        envelopes: replica.store().len(),
+        envelopes: replica.change_count(),
         heads: heads(replica),
         connected: Vec::new(),
         last_sync: None,
