@@ -543,16 +543,19 @@ impl Document {
             if author_of(&pos) != Some(node.public_key()) {
                 continue;
             }
+            // ...and only the values it wrote inside count: another member
+            // writing into this map changes nothing.
             let p = Reader::new(&self.doc, &pos);
-            let stance = p.string("position").and_then(|s| s.parse().ok());
-            out.insert(
-                node.public_key(),
-                (
-                    stance,
-                    p.string("comment").unwrap_or_default(),
-                    p.time("at").unwrap_or(0),
-                ),
-            );
+            let me = node.public_key();
+            let stance = p
+                .value_by("position", me)
+                .and_then(|v| v.as_str().and_then(|s| s.parse().ok()));
+            let comment = p
+                .value_by("comment", me)
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            let at = p.value_by("at", me).and_then(|v| v.as_i64()).unwrap_or(0);
+            out.insert(me, (stance, comment, at));
         }
         out
     }
@@ -622,6 +625,16 @@ impl<'a> Reader<'a> {
             Ok(Some((v, _))) => v.as_str().map(str::to_string),
             _ => None,
         }
+    }
+
+    /// The value of `key` written by `author`, ignoring anyone else's.
+    fn value_by(&self, key: &str, author: PublicKey) -> Option<serde_json::Value> {
+        let all = self.doc.get_all(self.obj, key).ok()?;
+        let (value, id) = all
+            .iter()
+            .rev()
+            .find(|(_, id)| author_of(id) == Some(author))?;
+        Some(to_json(self.doc, value, id))
     }
 
     fn time(&self, key: &str) -> Option<i64> {

@@ -26,7 +26,14 @@ pub trait Known {
     fn has_change(&self, hash: &ChangeHash) -> bool;
     /// The hash of `author`'s change number `seq`, if stored.
     fn hash_at(&self, author: &PublicKey, seq: u64) -> Option<ChangeHash>;
+    /// The dependencies of a stored change.
+    fn deps_of(&self, hash: &ChangeHash) -> Option<Vec<ChangeHash>>;
 }
+
+/// How many changes the walk looking for a change's predecessor may visit
+/// before it gives up and refuses the change. An honest change's predecessor
+/// is one of its dependencies or a few hops behind them.
+const PREDECESSOR_WALK_MAX: usize = 100_000;
 
 /// Why a batch was refused. Every variant names the change and its author.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +94,15 @@ pub enum IngestError {
         name: String,
         seq: u64,
     },
+    #[error(
+        "change {hash} is {name}'s change number {seq}, but it does not build on its change \
+         number {}: an author's changes must form one chain", seq - 1
+    )]
+    BrokenChain {
+        hash: ChangeHash,
+        name: String,
+        seq: u64,
+    },
 }
 
 /// Two different changes signed by one author with one sequence number.
@@ -117,6 +133,11 @@ pub struct Accepted {
 pub struct Checked {
     pub accepted: Vec<Accepted>,
     pub already_known: usize,
+    /// Indices into `accepted` whose own signature has not been checked yet:
+    /// their author's signature on a later change vouches for their content,
+    /// and the caller verifies them (see [`verify_rest`]) while it applies the
+    /// batch, before anything is stored.
+    pub unchecked: Vec<usize>,
 }
 
 /// Checks a batch of decoded envelopes. Refuses the whole batch on the first
@@ -138,7 +159,7 @@ pub fn check_batch(
         check_author(&envelope, roster)?;
         fresh.push(envelope);
     }
-    verify_signatures(&fresh, network)?;
+    let vouched = verify_signatures(&fresh, network)?;
 
     // Signatures hold: now Automerge may look at the bytes.
     let mut chain: HashMap<(PublicKey, u64), ChangeHash> = HashMap::new();
@@ -198,6 +219,10 @@ pub fn check_batch(
     }
 
     let batch: HashSet<ChangeHash> = parsed.iter().map(|a| a.envelope.hash()).collect();
+    let batch_deps: HashMap<ChangeHash, &[ChangeHash]> = parsed
+        .iter()
+        .map(|a| (a.envelope.hash(), a.change.deps()))
+        .collect();
     for accepted in &parsed {
         let author = accepted.envelope.author();
         let hash = accepted.envelope.hash();
@@ -215,19 +240,59 @@ pub fn check_batch(
             });
         }
         let seq = accepted.seq;
-        if seq > 1
-            && known.hash_at(&author, seq - 1).is_none()
-            && !chain.contains_key(&(author, seq - 1))
-        {
-            return Err(IngestError::MissingPredecessor {
-                hash,
-                name: name(),
-                seq,
-            });
+        if seq > 1 {
+            let Some(predecessor) = known
+                .hash_at(&author, seq - 1)
+                .or_else(|| chain.get(&(author, seq - 1)).copied())
+            else {
+                return Err(IngestError::MissingPredecessor {
+                    hash,
+                    name: name(),
+                    seq,
+                });
+            };
+            // Automerge applies an author's changes in sequence order, so the
+            // previous one must be in this change's causal past.
+            if !reaches(accepted.change.deps(), predecessor, &batch_deps, known) {
+                return Err(IngestError::BrokenChain {
+                    hash,
+                    name: name(),
+                    seq,
+                });
+            }
         }
     }
+    checked.unchecked = vouched;
     checked.accepted = parsed;
     Ok(checked)
+}
+
+/// Whether `target` is among `deps` or their causal past (through the batch
+/// and the store), within [`PREDECESSOR_WALK_MAX`] steps.
+fn reaches(
+    deps: &[ChangeHash],
+    target: ChangeHash,
+    batch: &HashMap<ChangeHash, &[ChangeHash]>,
+    known: &impl Known,
+) -> bool {
+    let mut stack: Vec<ChangeHash> = deps.to_vec();
+    let mut seen: HashSet<ChangeHash> = HashSet::new();
+    while let Some(hash) = stack.pop() {
+        if hash == target {
+            return true;
+        }
+        if !seen.insert(hash) || seen.len() > PREDECESSOR_WALK_MAX {
+            if seen.len() > PREDECESSOR_WALK_MAX {
+                return false;
+            }
+            continue;
+        }
+        match batch.get(&hash) {
+            Some(deps) => stack.extend_from_slice(deps),
+            None => stack.extend(known.deps_of(&hash).unwrap_or_default()),
+        }
+    }
+    false
 }
 
 fn check_author(envelope: &Envelope, roster: &Roster) -> Result<(), IngestError> {
@@ -258,11 +323,17 @@ const CHAIN_SHORTCUT_MIN: usize = 64;
 /// for every change *by A* in its causal past. For a large batch this checks
 /// the signature of each author's highest change, follows the hash links
 /// (read by [`change_header`], not Automerge) from it through the batch, and
-/// verifies individually only the changes no such walk reached. Every
-/// signature is still stored, and `concord verify` re-checks each one.
-pub fn verify_signatures(envelopes: &[Envelope], network: NetworkId) -> Result<(), IngestError> {
+/// verifies at once only the changes no such walk reached. It returns the
+/// indices of the vouched-for changes, whose own signatures the caller checks
+/// with [`verify_rest`] while Automerge applies the batch: every stored
+/// signature is verified, and the two costs overlap.
+pub fn verify_signatures(
+    envelopes: &[Envelope],
+    network: NetworkId,
+) -> Result<Vec<usize>, IngestError> {
     if envelopes.len() < CHAIN_SHORTCUT_MIN {
-        return verify_each(&envelopes.iter().collect::<Vec<_>>(), network);
+        verify_each(&envelopes.iter().collect::<Vec<_>>(), network)?;
+        return Ok(Vec::new());
     }
     let headers: Vec<Option<ChangeHeader>> = envelopes
         .iter()
@@ -307,6 +378,25 @@ pub fn verify_signatures(envelopes: &[Envelope], network: NetworkId) -> Result<(
         .zip(&vouched)
         .filter(|(_, v)| !**v)
         .map(|(e, _)| e)
+        .collect();
+    verify_each(&rest, network)?;
+    Ok(vouched
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| **v)
+        .map(|(i, _)| i)
+        .collect())
+}
+
+/// Verifies the signatures [`check_batch`] left for later (`unchecked`), each
+/// on its own. The content of those changes is already authenticated; this
+/// keeps every stored signature valid, so the audit trail holds and no node
+/// relays a bad signature.
+pub fn verify_rest(checked: &Checked, network: NetworkId) -> Result<(), IngestError> {
+    let rest: Vec<&Envelope> = checked
+        .unchecked
+        .iter()
+        .filter_map(|&i| checked.accepted.get(i).map(|a| &a.envelope))
         .collect();
     verify_each(&rest, network)
 }
@@ -367,6 +457,7 @@ mod tests {
     struct Mem {
         hashes: HashSet<ChangeHash>,
         chain: HashMap<(PublicKey, u64), ChangeHash>,
+        deps: HashMap<ChangeHash, Vec<ChangeHash>>,
     }
 
     impl Known for Mem {
@@ -375,6 +466,9 @@ mod tests {
         }
         fn hash_at(&self, author: &PublicKey, seq: u64) -> Option<ChangeHash> {
             self.chain.get(&(*author, seq)).copied()
+        }
+        fn deps_of(&self, hash: &ChangeHash) -> Option<Vec<ChangeHash>> {
+            self.deps.get(hash).cloned()
         }
     }
 
@@ -539,6 +633,28 @@ mod tests {
         let err = check_batch(vec![second], NET, &f.roster, &Mem::default()).expect_err("dep");
         assert!(
             matches!(err, IngestError::MissingDependency { .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_change_that_skips_its_predecessor_is_refused() {
+        let f = fixture();
+        let actor = f.member.public();
+        let mut mem = Mem::default();
+        let first = sign(&f.member, changes(actor, "a", 1).remove(0));
+        mem.store(&check_batch(vec![first], NET, &f.roster, &mem).expect("first"));
+        // Change number 2 by the same actor that does not depend on number 1,
+        // built by editing a genuine change 2's dependencies away.
+        let two = changes(actor, "b", 2);
+        let mut expanded = crate::doc::parse_change(&two[1]).expect("parse").decode();
+        expanded.deps.clear();
+        let orphan_change = automerge::Change::from(expanded);
+        assert_eq!(orphan_change.seq(), 2);
+        let orphan = sign(&f.member, orphan_change.raw_bytes().to_vec());
+        let err = check_batch(vec![orphan], NET, &f.roster, &mem).expect_err("broken chain");
+        assert!(
+            matches!(err, IngestError::BrokenChain { seq: 2, .. }),
             "{err}"
         );
     }

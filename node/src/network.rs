@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::sync::{self, MAX_MESSAGE_LEN};
 
-/// Bound of the command and event channels.
+/// Bound of the event channel.
 const CHANNEL_BOUND: usize = 256;
 /// Established connections in total, and to one peer (a simultaneous dial
 /// from both sides can briefly make two).
@@ -139,14 +139,13 @@ enum Command {
 /// A cloneable handle to the event loop.
 #[derive(Clone, Debug)]
 pub struct Client {
-    commands: mpsc::Sender<Command>,
+    commands: mpsc::UnboundedSender<Command>,
 }
 
 impl Client {
     async fn send(&self, command: Command) -> Result<(), NetworkError> {
         self.commands
             .send(command)
-            .await
             .map_err(|_| NetworkError::Stopped)
     }
 
@@ -275,7 +274,10 @@ pub fn new(
                 reason: e.to_string(),
             })?;
     }
-    let (commands, command_rx) = mpsc::channel(CHANNEL_BOUND);
+    // Commands are unbounded so the node loop never blocks on the event loop
+    // while the event loop blocks on the node loop; their number is bounded
+    // by the node's in-flight limits per peer and libp2p's stream limits.
+    let (commands, command_rx) = mpsc::unbounded_channel();
     let (events, event_rx) = mpsc::channel(CHANNEL_BOUND);
     Ok((
         Client { commands },
@@ -294,7 +296,7 @@ pub fn new(
 /// The only owner of the swarm.
 pub struct EventLoop {
     swarm: Swarm<Behaviour>,
-    commands: mpsc::Receiver<Command>,
+    commands: mpsc::UnboundedReceiver<Command>,
     events: mpsc::Sender<Event>,
     pending: HashMap<OutboundRequestId, oneshot::Sender<Result<sync::Response, NetworkError>>>,
     /// Peers whose connection closes once their pending answer is sent.
@@ -581,8 +583,15 @@ async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> std::io::Result<
     if len > MAX_MESSAGE_LEN {
         return Err(too_large(len));
     }
-    let mut body = vec![0u8; len];
-    io.read_exact(&mut body).await?;
+    // Grow with the bytes that actually arrive, not with the announced length.
+    let mut body = Vec::new();
+    io.take(len as u64).read_to_end(&mut body).await?;
+    if body.len() != len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("message announced {len} bytes, {} arrived", body.len()),
+        ));
+    }
     Ok(body)
 }
 

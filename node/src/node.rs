@@ -44,6 +44,8 @@ const MAX_IN_FLIGHT_PER_PEER: usize = 16;
 /// First and longest wait before redialling a peer.
 const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How often a connected peer is pulled from even when nothing was pushed.
+const RECONCILE_EVERY: Duration = Duration::from_secs(30);
 /// How often dropped peers are considered for a redial.
 const REDIAL_TICK: Duration = Duration::from_millis(250);
 /// How long `start` waits for a command that holds the store to finish.
@@ -309,6 +311,8 @@ struct PeerState {
     pulling: bool,
     pull_again: bool,
     in_flight: usize,
+    /// When this node last pulled from the peer.
+    last_pull: Instant,
 }
 
 impl PeerState {
@@ -327,6 +331,7 @@ impl PeerState {
             pulling: false,
             pull_again: false,
             in_flight: 0,
+            last_pull: Instant::now(),
         }
     }
 
@@ -634,6 +639,7 @@ impl NodeLoop {
         state.pulling = true;
         state.pull_again = false;
         state.in_flight += 1;
+        state.last_pull = Instant::now();
         let request = sync::Request::Pull {
             network: self.network,
             have: tips_to_wire(self.replica.tips()),
@@ -652,6 +658,10 @@ impl NodeLoop {
             Ok(response) => response,
             Err(e) => {
                 tracing::debug!(%peer, error = %e, ?purpose, "request failed");
+                if matches!(purpose, Purpose::Push) {
+                    // The peer may lack what we pushed: reconcile instead.
+                    self.start_pull(peer);
+                }
                 return;
             }
         };
@@ -666,9 +676,18 @@ impl NodeLoop {
                     state.last_seen = Some(now_ms());
                 }
                 let outcome = self.ingest(peer, &envelopes);
-                if let Ingested::Refused(_) = outcome {
-                    let _ = self.client.disconnect(peer).await;
-                    return;
+                match outcome {
+                    Ingested::Refused(_) => {
+                        let _ = self.client.disconnect(peer).await;
+                        return;
+                    }
+                    Ingested::Incomplete | Ingested::Kept(_) => {
+                        // Pulling again with the same tips would bring the
+                        // same chunk: wait for the next exchange instead.
+                        tracing::warn!(%peer, "catch-up chunk not applied; not pulling it again");
+                        return;
+                    }
+                    Ingested::Accepted(_) => {}
                 }
                 let again = self.peers.get(&peer).is_some_and(|s| s.pull_again);
                 if more || again {
@@ -695,6 +714,17 @@ impl NodeLoop {
 
     async fn redial(&mut self) {
         let now = Instant::now();
+        // Reconcile with connected peers now and then, so a lost push is
+        // made good even on a quiet network (a few hundred bytes each).
+        let stale: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, s)| s.connected && !s.pulling && now - s.last_pull >= RECONCILE_EVERY)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in stale {
+            self.start_pull(peer);
+        }
         let due: Vec<(PeerId, Vec<Multiaddr>)> = self
             .peers
             .iter_mut()

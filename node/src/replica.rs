@@ -623,10 +623,23 @@ impl Replica {
             return Ok((summary, Vec::new()));
         }
         let changes: Vec<Change> = checked.accepted.iter().map(|a| a.change.clone()).collect();
-        let applied = self
-            .doc
-            .apply(changes)
+        // Apply while the remaining signatures are verified on other cores;
+        // store only once both have succeeded.
+        let doc = &mut self.doc;
+        let (applied, verified) = std::thread::scope(|scope| {
+            let verifier = scope.spawn(|| ingest::verify_rest(&checked, network));
+            let applied = doc.apply(changes);
+            let verified = verifier.join().unwrap_or_else(|_| {
+                Err(IngestError::Malformed {
+                    index: 0,
+                    source: EnvelopeError::BadChunk("signature check panicked"),
+                })
+            });
+            (applied, verified)
+        });
+        let applied = verified
             .map_err(ReplicaError::from)
+            .and(applied.map_err(ReplicaError::from))
             .and_then(|()| {
                 self.store
                     .commit(checked.accepted.iter().map(|a| (&a.envelope, a.seq)))?;

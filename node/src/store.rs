@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use automerge::ChangeHash;
 use serde::{Deserialize, Serialize};
 
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, change_header};
 use crate::identity::PublicKey;
 use crate::ingest::Known;
 
@@ -281,6 +281,12 @@ impl Known for Store {
         // A read error counts as "not known": the batch is then checked again
         // against what it carries, and the write that follows surfaces the error.
         self.db.contains_key(envelope_key(hash)).unwrap_or(false)
+    }
+
+    fn deps_of(&self, hash: &ChangeHash) -> Option<Vec<ChangeHash>> {
+        let bytes = self.db.get(envelope_key(hash)).ok()??;
+        let envelope = Envelope::decode(&bytes).ok()?;
+        Some(change_header(envelope.change_bytes()).ok()?.deps)
     }
 
     fn hash_at(&self, author: &PublicKey, seq: u64) -> Option<ChangeHash> {
