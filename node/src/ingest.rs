@@ -26,8 +26,8 @@ pub trait Known {
     fn has_change(&self, hash: &ChangeHash) -> bool;
     /// The hash of `author`'s change number `seq`, if stored.
     fn hash_at(&self, author: &PublicKey, seq: u64) -> Option<ChangeHash>;
-    /// The dependencies of a stored change.
-    fn deps_of(&self, hash: &ChangeHash) -> Option<Vec<ChangeHash>>;
+    /// The dependencies, actor and seq of a stored change.
+    fn header_of(&self, hash: &ChangeHash) -> Option<ChangeHeader>;
 }
 
 /// How many changes the walk looking for a change's predecessor may visit
@@ -219,9 +219,14 @@ pub fn check_batch(
     }
 
     let batch: HashSet<ChangeHash> = parsed.iter().map(|a| a.envelope.hash()).collect();
-    let batch_deps: HashMap<ChangeHash, &[ChangeHash]> = parsed
+    let batch_deps: HashMap<ChangeHash, (&[ChangeHash], &[u8], u64)> = parsed
         .iter()
-        .map(|a| (a.envelope.hash(), a.change.deps()))
+        .map(|a| {
+            (
+                a.envelope.hash(),
+                (a.change.deps(), a.change.actor_id().to_bytes(), a.seq),
+            )
+        })
         .collect();
     for accepted in &parsed {
         let author = accepted.envelope.author();
@@ -253,7 +258,14 @@ pub fn check_batch(
             };
             // Automerge applies an author's changes in sequence order, so the
             // previous one must be in this change's causal past.
-            if !reaches(accepted.change.deps(), predecessor, &batch_deps, known) {
+            if !reaches(
+                accepted.change.deps(),
+                predecessor,
+                &author,
+                seq,
+                &batch_deps,
+                known,
+            ) {
                 return Err(IngestError::BrokenChain {
                     hash,
                     name: name(),
@@ -267,30 +279,42 @@ pub fn check_batch(
     Ok(checked)
 }
 
-/// Whether `target` is among `deps` or their causal past (through the batch
-/// and the store), within [`PREDECESSOR_WALK_MAX`] steps.
+/// Whether the author's change number `seq - 1`, `target`, is among `deps`
+/// or their causal past (through the batch and the store). Breadth first, so
+/// an honest change, whose predecessor is a dependency or a few hops behind
+/// one, is settled at once; the author's own older changes are not walked
+/// past, since the predecessor cannot lie behind them.
 fn reaches(
     deps: &[ChangeHash],
     target: ChangeHash,
-    batch: &HashMap<ChangeHash, &[ChangeHash]>,
+    author: &PublicKey,
+    seq: u64,
+    batch: &HashMap<ChangeHash, (&[ChangeHash], &[u8], u64)>,
     known: &impl Known,
 ) -> bool {
-    let mut stack: Vec<ChangeHash> = deps.to_vec();
+    let mut queue: std::collections::VecDeque<ChangeHash> = deps.iter().copied().collect();
     let mut seen: HashSet<ChangeHash> = HashSet::new();
-    while let Some(hash) = stack.pop() {
+    while let Some(hash) = queue.pop_front() {
         if hash == target {
             return true;
         }
-        if !seen.insert(hash) || seen.len() > PREDECESSOR_WALK_MAX {
-            if seen.len() > PREDECESSOR_WALK_MAX {
-                return false;
-            }
+        if !seen.insert(hash) {
             continue;
         }
-        match batch.get(&hash) {
-            Some(deps) => stack.extend_from_slice(deps),
-            None => stack.extend(known.deps_of(&hash).unwrap_or_default()),
+        if seen.len() > PREDECESSOR_WALK_MAX {
+            return false;
         }
+        let (deps, actor, their_seq) = match batch.get(&hash) {
+            Some((deps, actor, s)) => (deps.to_vec(), actor.to_vec(), *s),
+            None => match known.header_of(&hash) {
+                Some(h) => (h.deps, h.actor, h.seq),
+                None => continue,
+            },
+        };
+        if actor == author.as_bytes() && their_seq < seq {
+            continue;
+        }
+        queue.extend(deps);
     }
     false
 }
@@ -457,7 +481,7 @@ mod tests {
     struct Mem {
         hashes: HashSet<ChangeHash>,
         chain: HashMap<(PublicKey, u64), ChangeHash>,
-        deps: HashMap<ChangeHash, Vec<ChangeHash>>,
+        deps: HashMap<ChangeHash, ChangeHeader>,
     }
 
     impl Known for Mem {
@@ -467,7 +491,7 @@ mod tests {
         fn hash_at(&self, author: &PublicKey, seq: u64) -> Option<ChangeHash> {
             self.chain.get(&(*author, seq)).copied()
         }
-        fn deps_of(&self, hash: &ChangeHash) -> Option<Vec<ChangeHash>> {
+        fn header_of(&self, hash: &ChangeHash) -> Option<ChangeHeader> {
             self.deps.get(hash).cloned()
         }
     }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use automerge::ChangeHash;
 use serde::{Deserialize, Serialize};
 
-use crate::envelope::{Envelope, change_header};
+use crate::envelope::{ChangeHeader, Envelope, change_header};
 use crate::identity::PublicKey;
 use crate::ingest::Known;
 
@@ -283,10 +283,10 @@ impl Known for Store {
         self.db.contains_key(envelope_key(hash)).unwrap_or(false)
     }
 
-    fn deps_of(&self, hash: &ChangeHash) -> Option<Vec<ChangeHash>> {
+    fn header_of(&self, hash: &ChangeHash) -> Option<ChangeHeader> {
         let bytes = self.db.get(envelope_key(hash)).ok()??;
         let envelope = Envelope::decode(&bytes).ok()?;
-        Some(change_header(envelope.change_bytes()).ok()?.deps)
+        change_header(envelope.change_bytes()).ok()
     }
 
     fn hash_at(&self, author: &PublicKey, seq: u64) -> Option<ChangeHash> {
