@@ -188,15 +188,6 @@ impl Document {
             .collect()
     }
 
-    /// Number of changes in the document.
-    pub fn len(&self) -> usize {
-        self.doc.get_changes_meta(&[]).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.doc.get_heads().is_empty()
-    }
-
     fn commit<F>(&mut self, now_ms: i64, message: &str, f: F) -> Result<Change, DocError>
     where
         F: FnOnce(&mut Transaction<'_>) -> Result<(), AutomergeError>,

@@ -28,7 +28,7 @@ use crate::api::{self, PeerView, Request, Response, StatusView};
 use crate::bundle::EnvelopeBytes;
 use crate::config::DataDir;
 use crate::genesis::NetworkId;
-use crate::identity::PublicKey;
+use crate::identity::{NodeId, PublicKey};
 use crate::ingest::IngestError;
 use crate::model::{format_time, now_ms};
 use crate::network::{self, Client, Event, NetworkConfig, NetworkError};
@@ -793,11 +793,12 @@ impl NodeLoop {
         let ours = self.replica.tips();
         let mut views = api::stopped_peers(&self.replica);
         for view in &mut views {
-            let Some(state) = self
-                .peers
-                .iter()
-                .find(|(_, s)| s.key.node_id().to_string() == view.node_id)
-                .map(|(_, s)| s)
+            let Some(state) = view
+                .node_id
+                .parse::<NodeId>()
+                .ok()
+                .and_then(|n| n.peer_id())
+                .and_then(|p| self.peers.get(&p))
             else {
                 continue;
             };

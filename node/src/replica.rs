@@ -488,10 +488,7 @@ impl Replica {
     /// Verifies a bundle and applies all of it or nothing. A fork is refused
     /// and recorded as evidence.
     pub fn import(&mut self, bytes: &[u8]) -> Result<ImportSummary, ReplicaError> {
-        let (network, roster) = {
-            let m = self.membership.as_ref().ok_or(ReplicaError::NoNetwork)?;
-            (m.genesis.network_id(), m.roster.clone())
-        };
+        let network = self.network_id()?;
         let bundle = Bundle::decode(bytes)?;
         let theirs = Genesis::decode(&bundle.genesis)?;
         if theirs.network_id() != network {
@@ -500,15 +497,7 @@ impl Replica {
                 theirs: theirs.network_id().to_string(),
             });
         }
-        let envelopes = bundle
-            .envelopes
-            .iter()
-            .enumerate()
-            .map(|(index, e)| {
-                Envelope::decode(&e.0).map_err(|source| IngestError::Malformed { index, source })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let summary = self.ingest(envelopes, network, &roster)?.0;
+        let (summary, _) = self.ingest_wire(&bundle.envelopes)?;
         // A large import is worth a snapshot; a running node saves one when
         // it stops, which covers catch-ups over the network.
         if summary.new >= SNAPSHOT_AFTER {

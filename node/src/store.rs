@@ -226,15 +226,6 @@ impl Store {
         })
     }
 
-    /// Number of stored envelopes.
-    pub fn len(&self) -> usize {
-        self.db.scan_prefix([PREFIX_ENVELOPE]).keys().count()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Every author's highest stored sequence number.
     pub fn tips(&self) -> Result<std::collections::BTreeMap<PublicKey, u64>, StoreError> {
         let mut tips = std::collections::BTreeMap::new();
@@ -250,29 +241,6 @@ impl Store {
             tips.insert(PublicKey::from_checked(author), u64::from_be_bytes(seq));
         }
         Ok(tips)
-    }
-
-    /// The chain index as (author, seq, hash), for audits.
-    pub fn chain_index(
-        &self,
-    ) -> impl Iterator<Item = Result<(PublicKey, u64, ChangeHash), StoreError>> + '_ {
-        self.db.scan_prefix([PREFIX_SEQ]).map(|item| {
-            let (key, value) = item?;
-            let corrupt = || StoreError::Corrupt("chain index entry is malformed".into());
-            let author: [u8; 32] = key
-                .get(1..33)
-                .ok_or_else(corrupt)?
-                .try_into()
-                .map_err(|_| corrupt())?;
-            let seq: [u8; 8] = key
-                .get(33..41)
-                .ok_or_else(corrupt)?
-                .try_into()
-                .map_err(|_| corrupt())?;
-            let hash: [u8; 32] = value.as_ref().try_into().map_err(|_| corrupt())?;
-            let author = PublicKey::from_checked(author);
-            Ok((author, u64::from_be_bytes(seq), ChangeHash(hash)))
-        })
     }
 }
 
