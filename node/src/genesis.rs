@@ -237,6 +237,7 @@ impl Genesis {
     /// The roster as founded.
     pub fn roster(&self) -> Roster {
         Roster::new(self.body.roster.iter().cloned(), self.body.quorum)
+            .founded_at(self.body.created_at_ms)
     }
 }
 

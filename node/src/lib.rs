@@ -25,6 +25,7 @@ pub mod config;
 pub mod doc;
 pub mod envelope;
 pub mod genesis;
+pub mod governance;
 pub mod identity;
 pub mod ingest;
 pub mod model;

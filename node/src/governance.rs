@@ -1,0 +1,1114 @@
+//! Roster changes agreed by a quorum: the signed records (proposals,
+//! approvals, key successions) and the one deterministic rule that folds any
+//! set of them, with the genesis, into the roster in force.
+//!
+//! Records travel beside the envelopes (in sync messages and bundles) and are
+//! checked on their own: each is signed by the key it names. The rule, in
+//! [`resolve`], depends only on the *set* of records, never on the order they
+//! arrived in, so every node holding the same records computes the same
+//! roster, the same verdict on every proposal and the same write spans.
+//!
+//! The rule: start from the genesis roster. Repeatedly, among the records not
+//! yet settled whose `after` record (the roster change the signer had last
+//! seen) has taken effect, take them in order of record id and settle the
+//! first that can be settled:
+//! - a proposal whose operation no longer fits the roster (adding a key that
+//!   is on it, removing one that is not, leaving fewer members than the
+//!   quorum...) is **void**, for good, with the reason;
+//! - a proposal signed (proposer included) by at least `quorum` distinct
+//!   current members **takes effect**;
+//! - a succession signed by a current key and a fresh key takes effect, or is
+//!   void when either key no longer fits;
+//! - a record whose `after` is void is void.
+//!
+//! It stops when no record can be settled; what is left is pending. No IO.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::genesis::{Genesis, MAX_NAME_LEN, NetworkId, serde_bytes_compat};
+use crate::identity::{Identity, PublicKey};
+use crate::roster::{Departure, Role, Roster, RosterEntry};
+
+/// Version byte of the record layout.
+pub const RECORD_VERSION: u8 = 1;
+/// Domain-separation tag of a record signature and of its id.
+const RECORD_SIGNING_TAG: &[u8] = b"concord-roster-v1\0";
+/// Largest encoded record accepted.
+pub const MAX_RECORD_LEN: usize = 64 * 1024;
+/// Most document heads a record may name.
+pub const MAX_HEADS: usize = 256;
+
+/// Errors decoding or verifying a record, or building one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("roster record of {0} bytes is over the limit of {MAX_RECORD_LEN}")]
+    TooLarge(usize),
+    #[error("unsupported roster record version {0} (this build reads version {RECORD_VERSION})")]
+    Version(u8),
+    #[error("roster record is truncated or malformed: {0}")]
+    Decode(String),
+    #[error("roster record {id} does not carry the signatures it needs: {why}")]
+    BadSignature { id: String, why: &'static str },
+    #[error("roster record {id} belongs to network {theirs}, not {ours}")]
+    OtherNetwork {
+        id: String,
+        theirs: String,
+        ours: String,
+    },
+    #[error("invalid roster record: {0}")]
+    Invalid(String),
+}
+
+/// The id of a record: SHA-256 over the tag and the body bytes.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RecordId(pub [u8; 32]);
+
+impl RecordId {
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// The first 12 hex digits: what the CLI prints and accepts as a prefix.
+    pub fn short(&self) -> String {
+        hex::encode(&self.0[..6])
+    }
+}
+
+impl fmt::Display for RecordId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for RecordId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RecordId({})", self.short())
+    }
+}
+
+/// A roster operation put to the members.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Admit a new key as a member or observer.
+    Add {
+        key: PublicKey,
+        name: String,
+        role: Role,
+    },
+    /// Take a key off the roster.
+    Remove { key: PublicKey },
+    /// Make a member an observer or the reverse.
+    SetRole { key: PublicKey, role: Role },
+    /// Change how many member signatures a roster change needs.
+    SetQuorum { quorum: u32 },
+}
+
+impl Op {
+    /// The key the operation is about, if any.
+    pub fn target(&self) -> Option<PublicKey> {
+        match self {
+            Op::Add { key, .. } | Op::Remove { key } | Op::SetRole { key, .. } => Some(*key),
+            Op::SetQuorum { .. } => None,
+        }
+    }
+
+    /// A one-line description, with names looked up in `roster`.
+    pub fn describe(&self, roster: &Roster) -> String {
+        match self {
+            Op::Add { key, name, role } => {
+                format!("add {name} ({}) as {role}", key.node_id())
+            }
+            Op::Remove { key } => format!("remove {}", roster.display_name(key)),
+            Op::SetRole { key, role } => {
+                format!("make {} an {role}", roster.display_name(key))
+            }
+            Op::SetQuorum { quorum } => format!("set the quorum to {quorum}"),
+        }
+    }
+}
+
+/// What a signer had seen of the document when it signed: the heads, and the
+/// highest change number of the key the record is about (its target, or the
+/// old key of a succession; 0 when there is none).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seen {
+    pub heads: Vec<[u8; 32]>,
+    pub target_tip: u64,
+}
+
+/// The signed body of a record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Body {
+    /// A proposal; the proposer's signature counts as its first approval.
+    Propose {
+        network: NetworkId,
+        proposer: PublicKey,
+        after: Option<RecordId>,
+        op: Op,
+        seen: Seen,
+        at_ms: i64,
+    },
+    /// An approval of a proposal.
+    Approve {
+        network: NetworkId,
+        approver: PublicKey,
+        proposal: RecordId,
+        seen: Seen,
+        at_ms: i64,
+    },
+    /// A key rotation: `new` takes `old`'s place; signed by both.
+    Succeed {
+        network: NetworkId,
+        old: PublicKey,
+        new: PublicKey,
+        after: Option<RecordId>,
+        seen: Seen,
+        at_ms: i64,
+    },
+}
+
+impl Body {
+    pub fn network(&self) -> NetworkId {
+        match self {
+            Body::Propose { network, .. }
+            | Body::Approve { network, .. }
+            | Body::Succeed { network, .. } => *network,
+        }
+    }
+
+    /// The keys that must sign, in signature order.
+    pub fn signers(&self) -> Vec<PublicKey> {
+        match self {
+            Body::Propose { proposer, .. } => vec![*proposer],
+            Body::Approve { approver, .. } => vec![*approver],
+            Body::Succeed { old, new, .. } => vec![*old, *new],
+        }
+    }
+
+    pub fn at_ms(&self) -> i64 {
+        match self {
+            Body::Propose { at_ms, .. }
+            | Body::Approve { at_ms, .. }
+            | Body::Succeed { at_ms, .. } => *at_ms,
+        }
+    }
+
+    fn seen(&self) -> &Seen {
+        match self {
+            Body::Propose { seen, .. }
+            | Body::Approve { seen, .. }
+            | Body::Succeed { seen, .. } => seen,
+        }
+    }
+
+    fn after(&self) -> Option<RecordId> {
+        match self {
+            Body::Propose { after, .. } | Body::Succeed { after, .. } => *after,
+            Body::Approve { .. } => None,
+        }
+    }
+}
+
+/// A verified record: its body, exact bytes, signatures and id.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Record {
+    body: Body,
+    bytes: Vec<u8>,
+    signatures: Vec<[u8; 64]>,
+    id: RecordId,
+}
+
+impl fmt::Debug for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Record")
+            .field("id", &self.id)
+            .field("body", &self.body)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The encoded layout after the version byte.
+#[derive(Serialize, Deserialize)]
+struct RecordWire {
+    #[serde(with = "serde_bytes_compat")]
+    body: Vec<u8>,
+    signatures: Vec<Sig>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Sig(#[serde(with = "serde_bytes_compat")] Vec<u8>);
+
+impl Record {
+    /// Signs `body` with `signers`, which must be exactly the keys it names,
+    /// in order.
+    pub fn sign(body: Body, signers: &[&Identity]) -> Result<Self, RecordError> {
+        validate(&body)?;
+        let bytes = postcard::to_stdvec(&body).map_err(|e| RecordError::Decode(e.to_string()))?;
+        let id = id_of(&bytes);
+        let keys: Vec<PublicKey> = signers.iter().map(|s| s.public()).collect();
+        if keys != body.signers() {
+            return Err(RecordError::BadSignature {
+                id: id.short(),
+                why: "signed by other keys than the record names",
+            });
+        }
+        let message = signing_message(&bytes);
+        let signatures = signers.iter().map(|s| s.sign(&message)).collect();
+        Ok(Self {
+            body,
+            bytes,
+            signatures,
+            id,
+        })
+    }
+
+    /// Decodes a record and verifies its signatures (not its network).
+    pub fn decode(wire: &[u8]) -> Result<Self, RecordError> {
+        if wire.len() > MAX_RECORD_LEN {
+            return Err(RecordError::TooLarge(wire.len()));
+        }
+        let (&version, rest) = wire
+            .split_first()
+            .ok_or_else(|| RecordError::Decode("empty".into()))?;
+        if version != RECORD_VERSION {
+            return Err(RecordError::Version(version));
+        }
+        let wire: RecordWire = match postcard::take_from_bytes(rest) {
+            Ok((wire, [])) => wire,
+            Ok((_, extra)) => {
+                return Err(RecordError::Decode(format!(
+                    "{} unexpected bytes at the end",
+                    extra.len()
+                )));
+            }
+            Err(e) => return Err(RecordError::Decode(e.to_string())),
+        };
+        let body: Body = match postcard::take_from_bytes(&wire.body) {
+            Ok((body, [])) => body,
+            Ok(_) => return Err(RecordError::Decode("trailing bytes in the body".into())),
+            Err(e) => return Err(RecordError::Decode(e.to_string())),
+        };
+        validate(&body)?;
+        let id = id_of(&wire.body);
+        let signers = body.signers();
+        if wire.signatures.len() != signers.len() {
+            return Err(RecordError::BadSignature {
+                id: id.short(),
+                why: "wrong number of signatures",
+            });
+        }
+        let message = signing_message(&wire.body);
+        let mut signatures = Vec::with_capacity(signers.len());
+        for (key, sig) in signers.iter().zip(&wire.signatures) {
+            let sig: [u8; 64] =
+                sig.0
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| RecordError::BadSignature {
+                        id: id.short(),
+                        why: "a signature is not 64 bytes",
+                    })?;
+            if !key.verify(&message, &sig) {
+                return Err(RecordError::BadSignature {
+                    id: id.short(),
+                    why: "a signature does not verify",
+                });
+            }
+            signatures.push(sig);
+        }
+        Ok(Self {
+            body,
+            bytes: wire.body,
+            signatures,
+            id,
+        })
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let wire = RecordWire {
+            body: self.bytes.clone(),
+            signatures: self.signatures.iter().map(|s| Sig(s.to_vec())).collect(),
+        };
+        let mut out = vec![RECORD_VERSION];
+        out.extend(postcard::to_stdvec(&wire).unwrap_or_default());
+        out
+    }
+
+    pub fn id(&self) -> RecordId {
+        self.id
+    }
+
+    pub fn body(&self) -> &Body {
+        &self.body
+    }
+
+    /// Checks the record names `network`.
+    pub fn check_network(&self, network: NetworkId) -> Result<(), RecordError> {
+        if self.body.network() == network {
+            Ok(())
+        } else {
+            Err(RecordError::OtherNetwork {
+                id: self.id.short(),
+                theirs: self.body.network().short(),
+                ours: network.short(),
+            })
+        }
+    }
+}
+
+fn signing_message(body: &[u8]) -> Vec<u8> {
+    let mut message = Vec::with_capacity(RECORD_SIGNING_TAG.len() + body.len());
+    message.extend_from_slice(RECORD_SIGNING_TAG);
+    message.extend_from_slice(body);
+    message
+}
+
+fn id_of(body: &[u8]) -> RecordId {
+    let mut hasher = Sha256::new();
+    hasher.update(RECORD_SIGNING_TAG);
+    hasher.update(body);
+    RecordId(hasher.finalize().into())
+}
+
+fn validate(body: &Body) -> Result<(), RecordError> {
+    let invalid = |m: &str| Err(RecordError::Invalid(m.to_string()));
+    if body.seen().heads.len() > MAX_HEADS {
+        return invalid("too many document heads");
+    }
+    match body {
+        Body::Propose {
+            op: Op::Add { name, .. },
+            ..
+        } if name.trim().is_empty()
+            || name.len() > MAX_NAME_LEN
+            || name.chars().any(char::is_control) =>
+        {
+            invalid("the new entry's name must be 1 to 200 bytes of text")
+        }
+        Body::Propose {
+            op: Op::SetQuorum { quorum: 0 },
+            ..
+        } => invalid("the quorum must be at least 1"),
+        Body::Succeed { old, new, .. } if old == new => {
+            invalid("a succession must name two different keys")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A digest of a set of records (SHA-256 over the sorted ids): two nodes
+/// with the same digest hold the same records.
+pub fn digest<'a>(ids: impl IntoIterator<Item = &'a RecordId>) -> [u8; 32] {
+    let ids: BTreeSet<&RecordId> = ids.into_iter().collect();
+    let mut hasher = Sha256::new();
+    for id in ids {
+        hasher.update(id.0);
+    }
+    hasher.finalize().into()
+}
+
+/// Where a proposal or succession stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum Standing {
+    /// Waiting for signatures (or for the change it builds on).
+    Pending { needs: u32 },
+    /// In force since the given step of the roster history.
+    Applied { step: u32, at_ms: i64 },
+    /// Can no longer take effect.
+    Void { reason: String },
+}
+
+/// One proposal or succession, and the verdict on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Motion {
+    pub id: RecordId,
+    pub kind: MotionKind,
+    /// Who signed it (proposer and approvers, or old and new key), by key.
+    pub signers: BTreeSet<PublicKey>,
+    pub standing: Standing,
+    pub at_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MotionKind {
+    Proposal { proposer: PublicKey, op: Op },
+    Succession { old: PublicKey, new: PublicKey },
+}
+
+/// The outcome of [`resolve`]: the roster in force and every motion's fate.
+#[derive(Clone, Debug)]
+pub struct Governance {
+    pub roster: Roster,
+    /// Motions by id.
+    pub motions: BTreeMap<RecordId, Motion>,
+    /// Ids of the motions that took effect, in order.
+    pub history: Vec<RecordId>,
+}
+
+impl Governance {
+    /// The id of the last roster change in force (what a new record's
+    /// `after` names).
+    pub fn head(&self) -> Option<RecordId> {
+        self.history.last().copied()
+    }
+}
+
+/// Folds the genesis and a set of records into the roster in force. Records
+/// of another network are ignored; duplicates count once.
+pub fn resolve<'a>(genesis: &Genesis, records: impl IntoIterator<Item = &'a Record>) -> Governance {
+    let network = genesis.network_id();
+    let mut roster = genesis.roster();
+    let mut bodies: BTreeMap<RecordId, &Body> = BTreeMap::new();
+    let mut approvals: BTreeMap<RecordId, BTreeMap<PublicKey, (&Seen, i64)>> = BTreeMap::new();
+    for record in records {
+        if record.body.network() != network {
+            continue;
+        }
+        match &record.body {
+            Body::Approve {
+                approver,
+                proposal,
+                seen,
+                at_ms,
+                ..
+            } => {
+                // Two approvals by one key (signed twice): the earlier counts.
+                let slot = approvals.entry(*proposal).or_default();
+                let earlier = slot.get(approver).is_some_and(|(_, t)| *t <= *at_ms);
+                if !earlier {
+                    slot.insert(*approver, (seen, *at_ms));
+                }
+            }
+            body => {
+                bodies.insert(record.id, body);
+            }
+        }
+    }
+    let mut motions: BTreeMap<RecordId, Motion> = bodies
+        .iter()
+        .map(|(id, body)| {
+            let (kind, signers) = match body {
+                Body::Propose { proposer, op, .. } => {
+                    let mut signers: BTreeSet<PublicKey> = approvals
+                        .get(id)
+                        .map(|a| a.keys().copied().collect())
+                        .unwrap_or_default();
+                    signers.insert(*proposer);
+                    (
+                        MotionKind::Proposal {
+                            proposer: *proposer,
+                            op: op.clone(),
+                        },
+                        signers,
+                    )
+                }
+                Body::Succeed { old, new, .. } => (
+                    MotionKind::Succession {
+                        old: *old,
+                        new: *new,
+                    },
+                    [*old, *new].into_iter().collect(),
+                ),
+                Body::Approve { .. } => unreachable!("approvals are kept apart"),
+            };
+            let motion = Motion {
+                id: *id,
+                kind,
+                signers,
+                standing: Standing::Pending { needs: 0 },
+                at_ms: body.at_ms(),
+            };
+            (*id, motion)
+        })
+        .collect();
+    let mut history: Vec<RecordId> = Vec::new();
+    let mut settled: BTreeSet<RecordId> = BTreeSet::new();
+
+    'fold: loop {
+        for (id, body) in &bodies {
+            if settled.contains(id) {
+                continue;
+            }
+            if let Some(after) = body.after().filter(|a| !history.contains(a)) {
+                // Settled but not in the history: void, and so is this.
+                if settled.contains(&after) {
+                    settle_void(
+                        &mut motions,
+                        &mut settled,
+                        *id,
+                        "it builds on a roster change that never took effect",
+                    );
+                    continue 'fold;
+                }
+                continue;
+            }
+            let verdict = match body {
+                Body::Propose {
+                    proposer,
+                    op,
+                    seen,
+                    at_ms,
+                    ..
+                } => judge_proposal(&roster, *proposer, op, seen, *at_ms, approvals.get(id)),
+                Body::Succeed {
+                    old,
+                    new,
+                    seen,
+                    at_ms,
+                    ..
+                } => judge_succession(&roster, *old, *new, seen.target_tip, *at_ms),
+                Body::Approve { .. } => continue,
+            };
+            match verdict {
+                Verdict::Wait => continue,
+                Verdict::Void(reason) => {
+                    settle_void(&mut motions, &mut settled, *id, &reason);
+                    continue 'fold;
+                }
+                Verdict::Apply(change) => {
+                    let at_ms = change.at_ms;
+                    change.apply(&mut roster);
+                    history.push(*id);
+                    settled.insert(*id);
+                    if let Some(m) = motions.get_mut(id) {
+                        m.standing = Standing::Applied {
+                            step: history.len() as u32,
+                            at_ms,
+                        };
+                    }
+                    continue 'fold;
+                }
+            }
+        }
+        break;
+    }
+    // What pending proposals still need, under the final roster.
+    for motion in motions.values_mut() {
+        if let (Standing::Pending { needs }, MotionKind::Proposal { .. }) =
+            (&mut motion.standing, &motion.kind)
+        {
+            let have = motion
+                .signers
+                .iter()
+                .filter(|k| roster.is_member(k))
+                .count() as u32;
+            *needs = roster.quorum().saturating_sub(have);
+        }
+    }
+    // Records whose `after` is unknown here stay pending; a record whose
+    // `after` is void was settled above.
+    if roster.members().count() == 0 {
+        tracing::warn!("the roster has no members left");
+    }
+    Governance {
+        roster,
+        motions,
+        history,
+    }
+}
+
+fn settle_void(
+    motions: &mut BTreeMap<RecordId, Motion>,
+    settled: &mut BTreeSet<RecordId>,
+    id: RecordId,
+    reason: &str,
+) {
+    settled.insert(id);
+    if let Some(m) = motions.get_mut(&id) {
+        m.standing = Standing::Void {
+            reason: reason.to_string(),
+        };
+    }
+}
+
+enum Verdict {
+    Wait,
+    Void(String),
+    Apply(Change),
+}
+
+/// A roster change ready to apply.
+struct Change {
+    kind: ChangeKind,
+    at_ms: i64,
+}
+
+enum ChangeKind {
+    Add(RosterEntry),
+    Remove {
+        key: PublicKey,
+        mark: u64,
+    },
+    SetRole {
+        key: PublicKey,
+        role: Role,
+        mark: u64,
+    },
+    SetQuorum(u32),
+    Succeed {
+        old: PublicKey,
+        new: PublicKey,
+        mark: u64,
+    },
+}
+
+impl Change {
+    fn apply(self, roster: &mut Roster) {
+        match self.kind {
+            ChangeKind::Add(entry) => roster.admit(entry, self.at_ms),
+            ChangeKind::Remove { key, mark } => {
+                roster.depart(&key, Departure::Removed, mark, self.at_ms)
+            }
+            ChangeKind::SetRole { key, role, mark } => {
+                roster.change_role(&key, role, mark, self.at_ms)
+            }
+            ChangeKind::SetQuorum(quorum) => roster.set_quorum(quorum),
+            ChangeKind::Succeed { old, new, mark } => {
+                let Some(entry) = roster.get(&old).cloned() else {
+                    return;
+                };
+                roster.depart(&old, Departure::RotatedTo(new), mark, self.at_ms);
+                roster.admit(RosterEntry { key: new, ..entry }, self.at_ms);
+            }
+        }
+    }
+}
+
+fn judge_proposal(
+    roster: &Roster,
+    proposer: PublicKey,
+    op: &Op,
+    seen: &Seen,
+    at_ms: i64,
+    approvals: Option<&BTreeMap<PublicKey, (&Seen, i64)>>,
+) -> Verdict {
+    let members = roster.members().count() as u32;
+    let quorum = roster.quorum();
+    // Does the operation still fit the roster?
+    let misfit = match op {
+        Op::Add { key, name, .. } => {
+            if roster.get(key).is_some() {
+                Some(format!("{} is already on the roster", key.node_id()))
+            } else if roster.knows(key) {
+                Some(format!(
+                    "{} was on the roster before; re-admit the institution with a new key",
+                    key.node_id()
+                ))
+            } else if roster.entries().any(|e| e.name == *name) {
+                Some(format!("an entry named {name:?} is already on the roster"))
+            } else {
+                None
+            }
+        }
+        Op::Remove { key } => match roster.role_of(key) {
+            None => Some(format!("{} is not on the roster", key.node_id())),
+            Some(Role::Member) if members - 1 < quorum => Some(format!(
+                "removing {} would leave {} members, fewer than the quorum of {quorum}",
+                roster.display_name(key),
+                members - 1
+            )),
+            _ => None,
+        },
+        Op::SetRole { key, role } => match roster.role_of(key) {
+            None => Some(format!("{} is not on the roster", key.node_id())),
+            Some(r) if r == *role => {
+                Some(format!("{} is already an {role}", roster.display_name(key)))
+            }
+            Some(Role::Member) if members - 1 < quorum => Some(format!(
+                "making {} an observer would leave {} members, fewer than the quorum of {quorum}",
+                roster.display_name(key),
+                members - 1
+            )),
+            _ => None,
+        },
+        Op::SetQuorum { quorum: q } => {
+            if *q > members {
+                Some(format!(
+                    "a quorum of {q} is more than the {members} members"
+                ))
+            } else if *q == quorum {
+                Some(format!("the quorum is already {q}"))
+            } else {
+                None
+            }
+        }
+    };
+    if let Some(reason) = misfit {
+        return Verdict::Void(reason);
+    }
+    // Counted signers: distinct current members.
+    let mut counted: Vec<(&PublicKey, &Seen, i64)> = Vec::new();
+    if roster.is_member(&proposer) {
+        counted.push((&proposer, seen, at_ms));
+    }
+    if let Some(approvals) = approvals {
+        for (key, (seen, signed_ms)) in approvals {
+            if *key != proposer && roster.is_member(key) {
+                counted.push((key, seen, *signed_ms));
+            }
+        }
+    }
+    if (counted.len() as u32) < quorum {
+        return Verdict::Wait;
+    }
+    // Every counted signer's view of the target's chain stays valid.
+    let mark = counted
+        .iter()
+        .map(|(_, s, _)| s.target_tip)
+        .max()
+        .unwrap_or(0);
+    // In force from the signature that completed the quorum.
+    let mut times: Vec<i64> = counted.iter().map(|(_, _, t)| *t).collect();
+    times.sort_unstable();
+    let at_ms = times[quorum.max(1) as usize - 1];
+    let kind = match op {
+        Op::Add { key, name, role } => ChangeKind::Add(RosterEntry {
+            key: *key,
+            name: name.trim().to_string(),
+            role: *role,
+        }),
+        Op::Remove { key } => ChangeKind::Remove { key: *key, mark },
+        Op::SetRole { key, role } => ChangeKind::SetRole {
+            key: *key,
+            role: *role,
+            mark,
+        },
+        Op::SetQuorum { quorum } => ChangeKind::SetQuorum(*quorum),
+    };
+    Verdict::Apply(Change { kind, at_ms })
+}
+
+fn judge_succession(
+    roster: &Roster,
+    old: PublicKey,
+    new: PublicKey,
+    mark: u64,
+    at_ms: i64,
+) -> Verdict {
+    if roster.get(&old).is_none() {
+        return Verdict::Void(format!("{} is not on the roster", old.node_id()));
+    }
+    if roster.knows(&new) {
+        return Verdict::Void(format!(
+            "the new key {} is or was on the roster already",
+            new.node_id()
+        ));
+    }
+    Verdict::Apply(Change {
+        kind: ChangeKind::Succeed { old, new, mark },
+        at_ms,
+    })
+}
+
+/// Checks a record may be stored under `roster`: it names `network` and its
+/// signer is or was on the roster (a succession: its old key). Records from
+/// strangers are refused so nobody off the roster can fill a node's disk.
+pub fn admissible(record: &Record, network: NetworkId, roster: &Roster) -> Result<(), RecordError> {
+    record.check_network(network)?;
+    let signer = record.body.signers()[0];
+    if roster.knows(&signer) {
+        Ok(())
+    } else {
+        Err(RecordError::Invalid(format!(
+            "record {} is signed by {}, a key that is not on the roster",
+            record.id.short(),
+            signer.node_id()
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    struct Net {
+        ids: Vec<Identity>,
+        genesis: Genesis,
+    }
+
+    /// Three members (0, 1, 2) and one observer (3), quorum 2.
+    fn net() -> Net {
+        let ids: Vec<Identity> = (1..=6).map(|n| Identity::from_secret([n; 32])).collect();
+        let entry = |i: usize, role| RosterEntry {
+            key: ids[i].public(),
+            name: format!("I{i}"),
+            role,
+        };
+        let roster = vec![
+            entry(0, Role::Member),
+            entry(1, Role::Member),
+            entry(2, Role::Member),
+            entry(3, Role::Observer),
+        ];
+        let genesis = Genesis::create(&ids[0], "T", roster, Some(2), 1).expect("genesis");
+        Net { ids, genesis }
+    }
+
+    impl Net {
+        fn propose(&self, by: usize, op: Op, after: Option<RecordId>, tip: u64) -> Record {
+            Record::sign(
+                Body::Propose {
+                    network: self.genesis.network_id(),
+                    proposer: self.ids[by].public(),
+                    after,
+                    op,
+                    seen: Seen {
+                        heads: vec![],
+                        target_tip: tip,
+                    },
+                    at_ms: 10,
+                },
+                &[&self.ids[by]],
+            )
+            .expect("sign")
+        }
+
+        fn approve(&self, by: usize, proposal: &Record, tip: u64) -> Record {
+            Record::sign(
+                Body::Approve {
+                    network: self.genesis.network_id(),
+                    approver: self.ids[by].public(),
+                    proposal: proposal.id(),
+                    seen: Seen {
+                        heads: vec![],
+                        target_tip: tip,
+                    },
+                    at_ms: 20,
+                },
+                &[&self.ids[by]],
+            )
+            .expect("sign")
+        }
+
+        fn key(&self, i: usize) -> PublicKey {
+            self.ids[i].public()
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_refuse_tampering() {
+        let n = net();
+        let r = n.propose(0, Op::SetQuorum { quorum: 3 }, None, 0);
+        let wire = r.encode();
+        assert_eq!(Record::decode(&wire).expect("decodes"), r);
+        for i in 0..wire.len() {
+            let mut bad = wire.clone();
+            bad[i] ^= 0x01;
+            assert!(Record::decode(&bad).is_err(), "flipped byte {i} accepted");
+        }
+        for len in 0..wire.len() {
+            assert!(Record::decode(&wire[..len]).is_err());
+        }
+        // Signed by the wrong key.
+        let forged = Record::sign(
+            Body::Propose {
+                network: n.genesis.network_id(),
+                proposer: n.key(1),
+                after: None,
+                op: Op::SetQuorum { quorum: 3 },
+                seen: Seen::default(),
+                at_ms: 0,
+            },
+            &[&n.ids[0]],
+        );
+        assert!(forged.is_err());
+    }
+
+    #[test]
+    fn one_signature_does_nothing_and_the_second_applies() {
+        let n = net();
+        let add = n.propose(
+            0,
+            Op::Add {
+                key: n.key(4),
+                name: "New".into(),
+                role: Role::Member,
+            },
+            None,
+            0,
+        );
+        let g = resolve(&n.genesis, [&add]);
+        assert!(g.roster.get(&n.key(4)).is_none());
+        assert_eq!(
+            g.motions[&add.id()].standing,
+            Standing::Pending { needs: 1 }
+        );
+        // An observer's approval does not count.
+        let by_observer = n.approve(3, &add, 0);
+        let g = resolve(&n.genesis, [&add, &by_observer]);
+        assert!(g.roster.get(&n.key(4)).is_none());
+        let approval = n.approve(1, &add, 0);
+        let g = resolve(&n.genesis, [&add, &approval]);
+        assert!(g.roster.is_member(&n.key(4)));
+        assert_eq!(g.head(), Some(add.id()));
+        assert!(g.roster.may_write(&n.key(4), 1).is_ok());
+    }
+
+    #[test]
+    fn removal_closes_the_chain_at_the_highest_tip_its_signers_saw() {
+        let n = net();
+        let remove = n.propose(0, Op::Remove { key: n.key(2) }, None, 4);
+        let approval = n.approve(1, &remove, 6);
+        let g = resolve(&n.genesis, [&remove, &approval]);
+        assert!(g.roster.get(&n.key(2)).is_none());
+        assert!(g.roster.may_write(&n.key(2), 6).is_ok());
+        assert!(g.roster.may_write(&n.key(2), 7).is_err());
+    }
+
+    #[test]
+    fn two_removals_that_break_the_quorum_settle_the_same_way_in_any_order() {
+        let n = net();
+        let a = n.propose(0, Op::Remove { key: n.key(2) }, None, 0);
+        let a2 = n.approve(1, &a, 0);
+        let b = n.propose(1, Op::Remove { key: n.key(0) }, None, 0);
+        let b2 = n.approve(2, &b, 0);
+        let first = resolve(&n.genesis, [&a, &a2, &b, &b2]);
+        let second = resolve(&n.genesis, [&b2, &b, &a2, &a]);
+        assert_eq!(first.roster, second.roster);
+        assert_eq!(first.motions, second.motions);
+        let applied = first
+            .motions
+            .values()
+            .filter(|m| matches!(m.standing, Standing::Applied { .. }))
+            .count();
+        let void = first
+            .motions
+            .values()
+            .filter(|m| matches!(&m.standing, Standing::Void { reason } if reason.contains("fewer than the quorum")))
+            .count();
+        assert_eq!((applied, void), (1, 1));
+        assert_eq!(first.roster.members().count(), 2);
+    }
+
+    #[test]
+    fn a_removal_made_after_an_add_waits_for_it() {
+        let n = net();
+        let add = n.propose(
+            0,
+            Op::Add {
+                key: n.key(4),
+                name: "New".into(),
+                role: Role::Member,
+            },
+            None,
+            0,
+        );
+        let add2 = n.approve(1, &add, 0);
+        let remove = n.propose(1, Op::Remove { key: n.key(4) }, Some(add.id()), 0);
+        let remove2 = n.approve(2, &remove, 0);
+        let g = resolve(&n.genesis, [&remove, &remove2]);
+        assert!(matches!(
+            g.motions[&remove.id()].standing,
+            Standing::Pending { .. }
+        ));
+        let g = resolve(&n.genesis, [&remove, &remove2, &add, &add2]);
+        assert!(g.roster.get(&n.key(4)).is_none());
+        assert_eq!(g.history, vec![add.id(), remove.id()]);
+        // A removed key cannot come back.
+        let again = n.propose(
+            2,
+            Op::Add {
+                key: n.key(4),
+                name: "Again".into(),
+                role: Role::Member,
+            },
+            Some(remove.id()),
+            0,
+        );
+        let g = resolve(&n.genesis, [&remove, &remove2, &add, &add2, &again]);
+        assert!(
+            matches!(&g.motions[&again.id()].standing, Standing::Void { reason } if reason.contains("before"))
+        );
+    }
+
+    #[test]
+    fn succession_moves_the_entry_and_closes_the_old_chain() {
+        let n = net();
+        let s = Record::sign(
+            Body::Succeed {
+                network: n.genesis.network_id(),
+                old: n.key(1),
+                new: n.key(5),
+                after: None,
+                seen: Seen {
+                    heads: vec![],
+                    target_tip: 3,
+                },
+                at_ms: 5,
+            },
+            &[&n.ids[1], &n.ids[5]],
+        )
+        .expect("sign");
+        let decoded = Record::decode(&s.encode()).expect("decode");
+        let g = resolve(&n.genesis, [&decoded]);
+        assert!(g.roster.is_member(&n.key(5)));
+        assert_eq!(g.roster.get(&n.key(5)).map(|e| e.name.as_str()), Some("I1"));
+        assert!(g.roster.may_write(&n.key(1), 3).is_ok());
+        assert!(g.roster.may_write(&n.key(1), 4).is_err());
+        assert_eq!(g.roster.current_key(&n.key(1)), n.key(5));
+    }
+
+    #[test]
+    fn strangers_records_are_not_admissible() {
+        let n = net();
+        let stranger = Identity::from_secret([42; 32]);
+        let r = Record::sign(
+            Body::Propose {
+                network: n.genesis.network_id(),
+                proposer: stranger.public(),
+                after: None,
+                op: Op::SetQuorum { quorum: 1 },
+                seen: Seen::default(),
+                at_ms: 0,
+            },
+            &[&stranger],
+        )
+        .expect("sign");
+        assert!(admissible(&r, n.genesis.network_id(), &n.genesis.roster()).is_err());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Whatever records exist and whatever order they come in, the
+        /// verdict is the same.
+        #[test]
+        fn the_verdict_does_not_depend_on_order(choices in proptest::collection::vec((0usize..3, 0usize..6, 0usize..3), 1..8), seed in any::<u64>()) {
+            let n = net();
+            let mut records: Vec<Record> = Vec::new();
+            let mut proposals: Vec<Record> = Vec::new();
+            for (by, what, approver) in choices {
+                let op = match what {
+                    0 => Op::Remove { key: n.key(approver) },
+                    1 => Op::SetQuorum { quorum: 1 + approver as u32 },
+                    2 => Op::SetRole { key: n.key(approver), role: Role::Observer },
+                    3 => Op::Add { key: n.key(4), name: "A".into(), role: Role::Member },
+                    4 => Op::SetRole { key: n.key(3), role: Role::Member },
+                    _ => Op::Remove { key: n.key(3) },
+                };
+                let after = proposals.last().map(Record::id).filter(|_| what % 2 == 0);
+                let p = n.propose(by, op, after, what as u64);
+                records.push(n.approve(approver, &p, approver as u64));
+                proposals.push(p.clone());
+                records.push(p);
+            }
+            let forward = resolve(&n.genesis, &records);
+            let mut shuffled = records.clone();
+            let mut state = seed;
+            for i in (1..shuffled.len()).rev() {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                shuffled.swap(i, (state >> 33) as usize % (i + 1));
+            }
+            let other = resolve(&n.genesis, &shuffled);
+            prop_assert_eq!(forward.roster, other.roster);
+            prop_assert_eq!(forward.motions, other.motions);
+            prop_assert_eq!(forward.history, other.history);
+        }
+    }
+}
