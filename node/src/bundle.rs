@@ -9,7 +9,7 @@ use crate::genesis::{FILE_MAGIC, serde_bytes_compat};
 /// Kind byte of a bundle file.
 const KIND_BUNDLE: u8 = b'B';
 /// Version of the bundle layout.
-const BUNDLE_VERSION: u8 = 1;
+const BUNDLE_VERSION: u8 = 2;
 
 /// Errors decoding a bundle file.
 #[derive(Debug, thiserror::Error)]
@@ -22,15 +22,19 @@ pub enum BundleError {
     Decode(String),
 }
 
-/// A decoded bundle: the genesis file bytes and the envelope bytes, unverified.
+/// A decoded bundle: the genesis file bytes, the roster records and the
+/// envelope bytes, all unverified.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bundle {
     #[serde(with = "serde_bytes_compat")]
     pub genesis: Vec<u8>,
+    /// Roster records (see [`crate::governance`]), so an offline site
+    /// learns the roster changes with the changes they decide on.
+    pub records: Vec<EnvelopeBytes>,
     pub envelopes: Vec<EnvelopeBytes>,
 }
 
-/// One envelope's bytes, length-prefixed on the wire.
+/// One envelope's (or roster record's) bytes, length-prefixed on the wire.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnvelopeBytes(#[serde(with = "serde_bytes_compat")] pub Vec<u8>);
 
@@ -76,7 +80,8 @@ mod tests {
         #[test]
         fn round_trips(genesis in proptest::collection::vec(any::<u8>(), 0..100),
                        envs in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..20)) {
-            let bundle = Bundle { genesis, envelopes: envs.into_iter().map(EnvelopeBytes).collect() };
+            let records = envs.iter().take(2).cloned().map(EnvelopeBytes).collect();
+            let bundle = Bundle { genesis, records, envelopes: envs.into_iter().map(EnvelopeBytes).collect() };
             let bytes = bundle.encode();
             prop_assert_eq!(Bundle::decode(&bytes).expect("decode"), bundle.clone());
             for len in 0..bytes.len() {

@@ -137,6 +137,12 @@ impl Document {
         }
     }
 
+    /// Writes from now on as `actor` (after a key rotation).
+    pub fn set_actor(&mut self, actor: PublicKey) {
+        self.doc
+            .set_actor(ActorId::from(actor.as_bytes().as_slice()));
+    }
+
     /// The whole document in Automerge's compact form.
     pub fn save(&self) -> Vec<u8> {
         self.doc.save()
@@ -474,7 +480,15 @@ impl Document {
         for field in ["topic", "body", "kind", "round", "assessments"] {
             r.conflict(field, roster, &mut conflicts);
         }
-        let recorded = self.positions(&obj);
+        // A rotated key's position speaks for its institution's current key
+        // until that key files its own (the latest one counts).
+        let mut recorded: BTreeMap<PublicKey, (Option<Stance>, String, i64)> = BTreeMap::new();
+        for (key, pos) in self.positions(&obj) {
+            let current = roster.current_key(&key);
+            if recorded.get(&current).is_none_or(|p| p.2 <= pos.2) {
+                recorded.insert(current, pos);
+            }
+        }
         let mut positions = Vec::new();
         let mut stances = Vec::new();
         for member in roster.members() {

@@ -19,7 +19,7 @@ use crate::doc::{DocError, parse_change};
 use crate::envelope::{ChangeHeader, Envelope, EnvelopeError, change_header};
 use crate::genesis::NetworkId;
 use crate::identity::PublicKey;
-use crate::roster::{Role, Roster};
+use crate::roster::{NotAuthorized, Roster};
 
 /// What the store already holds, as the checks need it.
 pub trait Known {
@@ -28,6 +28,11 @@ pub trait Known {
     fn hash_at(&self, author: &PublicKey, seq: u64) -> Option<ChangeHash>;
     /// The dependencies, actor and seq of a stored change.
     fn header_of(&self, hash: &ChangeHash) -> Option<ChangeHeader>;
+    /// Whether a stored change is rejected under the roster in force (its
+    /// author's rights were revoked before it, or it builds on such a change).
+    fn is_rejected(&self, _hash: &ChangeHash) -> bool {
+        false
+    }
 }
 
 /// How many changes the walk looking for a change's predecessor may visit
@@ -46,6 +51,22 @@ pub enum IngestError {
     },
     #[error("change {hash} is signed by {author}, a key that is not on the roster")]
     NotOnRoster { hash: ChangeHash, author: String },
+    #[error("change {hash} by {name} is not accepted: {why}")]
+    NotAuthorized {
+        hash: ChangeHash,
+        name: String,
+        #[source]
+        why: NotAuthorized,
+    },
+    #[error(
+        "change {hash} by {name} builds on change {rejected}, which is rejected under the \
+         roster in force"
+    )]
+    BuildsOnRejected {
+        hash: ChangeHash,
+        name: String,
+        rejected: ChangeHash,
+    },
     #[error("change {hash} is signed by observer {name} ({author}); observers cannot write")]
     Observer {
         hash: ChangeHash,
@@ -197,6 +218,13 @@ pub fn check_batch(
                 source: Box::new(DocError::BadChange("sequence number 0".into())),
             });
         }
+        roster
+            .may_write(&author, seq)
+            .map_err(|why| IngestError::NotAuthorized {
+                hash,
+                name: roster.display_name(&author),
+                why,
+            })?;
         let existing = known
             .hash_at(&author, seq)
             .or_else(|| chain.get(&(author, seq)).copied());
@@ -232,6 +260,13 @@ pub fn check_batch(
         let author = accepted.envelope.author();
         let hash = accepted.envelope.hash();
         let name = || roster.display_name(&author);
+        if let Some(rejected) = accepted.change.deps().iter().find(|d| known.is_rejected(d)) {
+            return Err(IngestError::BuildsOnRejected {
+                hash,
+                name: name(),
+                rejected: *rejected,
+            });
+        }
         if let Some(missing) = accepted
             .change
             .deps()
@@ -319,20 +354,25 @@ fn reaches(
     false
 }
 
+/// The checks that need no parsing: the author is or was on the roster, and
+/// has been a member at some point (so some of its changes may count). The
+/// exact change number is checked against the author's spans once parsed.
 fn check_author(envelope: &Envelope, roster: &Roster) -> Result<(), IngestError> {
     let author = envelope.author();
-    match roster.role_of(&author) {
-        Some(Role::Member) => Ok(()),
-        Some(Role::Observer) => Err(IngestError::Observer {
+    if !roster.knows(&author) {
+        return Err(IngestError::NotOnRoster {
+            hash: envelope.hash(),
+            author: author.node_id().to_string(),
+        });
+    }
+    if roster.spans(&author).is_empty() {
+        return Err(IngestError::Observer {
             hash: envelope.hash(),
             author: author.node_id().to_string(),
             name: roster.display_name(&author),
-        }),
-        None => Err(IngestError::NotOnRoster {
-            hash: envelope.hash(),
-            author: author.node_id().to_string(),
-        }),
+        });
     }
+    Ok(())
 }
 
 /// Batches below this size are verified on the calling thread.
@@ -474,7 +514,7 @@ mod tests {
     use crate::doc::{Document, NewAssessment};
     use crate::identity::Identity;
     use crate::model::Status;
-    use crate::roster::RosterEntry;
+    use crate::roster::{Role, RosterEntry};
 
     /// An in-memory [`Known`].
     #[derive(Default)]

@@ -7,7 +7,7 @@
 //! the document was touched fails, the document is rebuilt from the store, so
 //! memory never holds what the store does not.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::path::Path;
 
@@ -19,12 +19,15 @@ use crate::config::{Config, ConfigError, DataDir};
 use crate::doc::{AssessmentUpdate, DocError, Document, NewAssessment, NewNote, parse_change};
 use crate::envelope::{Envelope, EnvelopeError};
 use crate::genesis::{Genesis, GenesisError, NetworkId};
+use crate::governance::{
+    self, Body, Governance, Motion, MotionKind, Op, Record, RecordError, RecordId, Seen, Standing,
+};
 use crate::identity::{Identity, IdentityError, NodeId, PublicKey};
 use crate::ingest::{self, IngestError, Known};
 use crate::model::{
     self, AssessmentView, MAX_TEXT_LEN, MAX_TITLE_LEN, NoteView, Stance, ValueError, now_ms,
 };
-use crate::roster::{Role, Roster, RosterEntry};
+use crate::roster::{Departure, Role, Roster, RosterEntry};
 use crate::store::{Evidence, Snapshot, Store, StoreError};
 use crate::sync::Tips;
 use crate::taxonomy::{self, Category};
@@ -50,6 +53,26 @@ pub enum ReplicaError {
     Value(#[from] ValueError),
     #[error(transparent)]
     Envelope(#[from] EnvelopeError),
+    #[error("roster record refused, nothing was stored: {0}")]
+    Record(#[from] RecordError),
+    #[error("only members can propose or approve roster changes")]
+    NotAMember,
+    #[error("no pending proposal has an id starting with {0:?}; run `concord member proposals`")]
+    UnknownProposal(String),
+    #[error("{0:?} matches more than one proposal; give more of the id")]
+    AmbiguousProposal(String),
+    #[error("proposal {id} can no longer be approved: it is {state}")]
+    ProposalSettled { id: String, state: String },
+    #[error("this node has already signed proposal {0}")]
+    AlreadySigned(String),
+    #[error("{0}")]
+    BadProposal(String),
+    #[error(
+        "this node's change number {seq} builds on a change that is rejected under the roster \
+         in force, so every node rejects it and everything after it in this key's chain; \
+         run `concord key rotate` to go on writing under a new key"
+    )]
+    TaintedChain { seq: u64 },
     #[error("cannot access {path}")]
     Io {
         path: std::path::PathBuf,
@@ -106,11 +129,42 @@ pub struct ImportSummary {
     pub already_known: usize,
 }
 
-/// The network this node belongs to.
+/// The network this node belongs to: its genesis, the roster records held
+/// and what they resolve to.
 #[derive(Debug, Clone)]
 struct Membership {
     genesis: Genesis,
-    roster: Roster,
+    records: BTreeMap<RecordId, Record>,
+    governance: Governance,
+}
+
+impl Membership {
+    fn new(genesis: Genesis, records: BTreeMap<RecordId, Record>) -> Self {
+        let governance = governance::resolve(&genesis, records.values());
+        Self {
+            genesis,
+            records,
+            governance,
+        }
+    }
+
+    fn roster(&self) -> &Roster {
+        &self.governance.roster
+    }
+
+    /// The digest of the records held (see [`governance::digest`]).
+    fn digest(&self) -> [u8; 32] {
+        governance::digest(self.records.keys())
+    }
+}
+
+/// What adding roster records did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RecordsSummary {
+    /// Records that were new and are now stored.
+    pub new: usize,
+    /// Whether the roster in force changed.
+    pub roster_changed: bool,
 }
 
 /// Filters for `assess list`.
@@ -134,6 +188,31 @@ pub struct Replica {
     /// Every change as (hash, author, seq) in causal order, built on first
     /// use and then appended to; answers pulls without asking Automerge.
     log: Option<Vec<(ChangeHash, PublicKey, u64)>>,
+    /// Stored changes that do not count under the roster in force (and so
+    /// are not in the document): see [`Replica::add_records`].
+    invalid: HashSet<ChangeHash>,
+}
+
+/// The store as the ingest checks see it: stored changes, of which those in
+/// `invalid` are rejected.
+struct Holding<'a> {
+    store: &'a Store,
+    invalid: &'a HashSet<ChangeHash>,
+}
+
+impl Known for Holding<'_> {
+    fn has_change(&self, hash: &ChangeHash) -> bool {
+        self.store.has_change(hash)
+    }
+    fn hash_at(&self, author: &PublicKey, seq: u64) -> Option<ChangeHash> {
+        self.store.hash_at(author, seq)
+    }
+    fn header_of(&self, hash: &ChangeHash) -> Option<crate::envelope::ChangeHeader> {
+        self.store.header_of(hash)
+    }
+    fn is_rejected(&self, hash: &ChangeHash) -> bool {
+        self.invalid.contains(hash)
+    }
 }
 
 impl Replica {
@@ -163,14 +242,12 @@ impl Replica {
         let membership = match store.genesis()? {
             Some(bytes) => {
                 let genesis = Genesis::decode(&bytes)?;
-                Some(Membership {
-                    roster: genesis.roster(),
-                    genesis,
-                })
+                let records = load_records(&store)?;
+                Some(Membership::new(genesis, records))
             }
             None => None,
         };
-        let (doc, tips) = load_document(&store, identity.public())?;
+        let (doc, tips, invalid) = load_document(&store, identity.public(), membership.as_ref())?;
         Ok(Self {
             dir: dir.clone(),
             identity,
@@ -180,6 +257,7 @@ impl Replica {
             doc,
             tips,
             log: None,
+            invalid,
         })
     }
 
@@ -203,8 +281,36 @@ impl Replica {
     pub fn roster(&self) -> Result<&Roster, ReplicaError> {
         self.membership
             .as_ref()
-            .map(|m| &m.roster)
+            .map(Membership::roster)
             .ok_or(ReplicaError::NoNetwork)
+    }
+
+    /// The roster records and their verdicts.
+    pub fn governance(&self) -> Result<&Governance, ReplicaError> {
+        self.membership
+            .as_ref()
+            .map(|m| &m.governance)
+            .ok_or(ReplicaError::NoNetwork)
+    }
+
+    /// The digest of the roster records held (sent in every pull).
+    pub fn records_digest(&self) -> [u8; 32] {
+        self.membership.as_ref().map_or([0; 32], Membership::digest)
+    }
+
+    /// Every roster record held, encoded.
+    pub fn records_wire(&self) -> Vec<EnvelopeBytes> {
+        self.membership.as_ref().map_or_else(Vec::new, |m| {
+            m.records
+                .values()
+                .map(|r| EnvelopeBytes(r.encode()))
+                .collect()
+        })
+    }
+
+    /// Whether a stored change is rejected under the roster in force.
+    pub fn is_rejected(&self, hash: &ChangeHash) -> bool {
+        self.invalid.contains(hash)
     }
 
     pub fn network_id(&self) -> Result<NetworkId, ReplicaError> {
@@ -257,7 +363,7 @@ impl Replica {
             });
         }
         self.store.set_genesis(&genesis.encode())?;
-        self.membership = Some(Membership { genesis, roster });
+        self.membership = Some(Membership::new(genesis, BTreeMap::new()));
         Ok(())
     }
 
@@ -289,8 +395,19 @@ impl Replica {
 
     fn require_writer(&self) -> Result<NetworkId, ReplicaError> {
         let membership = self.membership.as_ref().ok_or(ReplicaError::NoNetwork)?;
-        match membership.roster.role_of(&self.identity.public()) {
-            Some(Role::Member) => Ok(membership.genesis.network_id()),
+        let me = self.identity.public();
+        match membership.roster().role_of(&me) {
+            Some(Role::Member) => {
+                // Writing on top of a rejected change of our own would fork
+                // our chain: every node holds the rejected one.
+                let tip = self.tips.get(&me).copied().unwrap_or(0);
+                if let Some(hash) = self.store.hash_at(&me, tip)
+                    && self.invalid.contains(&hash)
+                {
+                    return Err(ReplicaError::TaintedChain { seq: tip });
+                }
+                Ok(membership.genesis.network_id())
+            }
             Some(Role::Observer) => Err(ReplicaError::ObserverCannotWrite),
             None => Err(ReplicaError::NotOnRoster {
                 node_id: self.identity.node_id().to_string(),
@@ -327,9 +444,14 @@ impl Replica {
     }
 
     fn rebuild(&mut self) -> Result<(), ReplicaError> {
-        let (doc, tips) = load_document(&self.store, self.identity.public())?;
+        let (doc, tips, invalid) = load_document(
+            &self.store,
+            self.identity.public(),
+            self.membership.as_ref(),
+        )?;
         self.doc = doc;
         self.tips = tips;
+        self.invalid = invalid;
         self.log = None;
         Ok(())
     }
@@ -339,9 +461,220 @@ impl Replica {
     pub fn save_snapshot(&self) -> Result<(), ReplicaError> {
         self.store.set_snapshot(&Snapshot {
             tips: self.tips.iter().map(|(k, s)| (*k, *s)).collect(),
+            roster: self.records_digest(),
+            invalid: self.invalid.iter().map(|h| h.0).collect(),
             doc: self.doc.save(),
         })?;
         Ok(())
+    }
+
+    /// Verifies roster records (from a peer or a bundle) and stores the new
+    /// ones, all or nothing. A record must name this network, carry valid
+    /// signatures, and be signed by a key that is or was on the roster (the
+    /// roster as these very records may extend it). If the roster's write
+    /// rights change, the document is rebuilt from the stored changes that
+    /// count under the new roster: it stays a function of (changes, records),
+    /// whatever order they arrived in. Returns what was new, for relaying.
+    pub fn add_records(
+        &mut self,
+        wire: &[EnvelopeBytes],
+    ) -> Result<(RecordsSummary, Vec<EnvelopeBytes>), ReplicaError> {
+        let m = self.membership.as_ref().ok_or(ReplicaError::NoNetwork)?;
+        let network = m.genesis.network_id();
+        let mut fresh: Vec<Record> = Vec::new();
+        for bytes in wire {
+            let record = Record::decode(&bytes.0)?;
+            record.check_network(network)?;
+            if !m.records.contains_key(&record.id()) && !fresh.iter().any(|r| r.id() == record.id())
+            {
+                fresh.push(record);
+            }
+        }
+        if fresh.is_empty() {
+            return Ok((RecordsSummary::default(), Vec::new()));
+        }
+        // A record may be signed by a key that another record in the same
+        // batch admits: admit in rounds until nothing more fits.
+        let mut all = m.records.clone();
+        let mut accepted = Vec::new();
+        loop {
+            let roster = governance::resolve(&m.genesis, all.values()).roster;
+            let (fits, rest): (Vec<Record>, Vec<Record>) = fresh
+                .into_iter()
+                .partition(|r| governance::admissible(r, network, &roster).is_ok());
+            fresh = rest;
+            if fits.is_empty() {
+                break;
+            }
+            for r in fits {
+                all.insert(r.id(), r.clone());
+                accepted.push(r);
+            }
+        }
+        if let Some(refused) = fresh.first() {
+            let roster = governance::resolve(&m.genesis, all.values()).roster;
+            governance::admissible(refused, network, &roster)?;
+        }
+        let rows: Vec<([u8; 32], Vec<u8>)> =
+            accepted.iter().map(|r| (r.id().0, r.encode())).collect();
+        self.store.add_records(&rows)?;
+        let before = m.roster().clone();
+        let genesis = m.genesis.clone();
+        self.membership = Some(Membership::new(genesis, all));
+        let after = self.roster()?.clone();
+        let summary = RecordsSummary {
+            new: accepted.len(),
+            roster_changed: before != after,
+        };
+        // Rebuild only when some stored author's rights moved.
+        let moved = self
+            .tips
+            .keys()
+            .any(|author| before.spans(author) != after.spans(author));
+        if moved {
+            tracing::info!("write rights changed; rebuilding the document from the store");
+            self.rebuild()?;
+            self.save_snapshot()?;
+        }
+        Ok((
+            summary,
+            rows.into_iter().map(|(_, b)| EnvelopeBytes(b)).collect(),
+        ))
+    }
+
+    /// What this node had seen of `target`'s chain: its highest change number
+    /// that counts here (0 for none).
+    fn seen_of(&self, target: Option<PublicKey>) -> Seen {
+        let target_tip = target.map_or(0, |key| {
+            let mut seq = self.tips.get(&key).copied().unwrap_or(0);
+            while seq > 0
+                && self
+                    .store
+                    .hash_at(&key, seq)
+                    .is_some_and(|h| self.invalid.contains(&h))
+            {
+                seq -= 1;
+            }
+            seq
+        });
+        Seen {
+            heads: self.doc.heads().iter().map(|h| h.0).collect(),
+            target_tip,
+        }
+    }
+
+    fn require_member(&self) -> Result<(&Membership, NetworkId), ReplicaError> {
+        let m = self.membership.as_ref().ok_or(ReplicaError::NoNetwork)?;
+        if !m.roster().is_member(&self.identity.public()) {
+            return Err(ReplicaError::NotAMember);
+        }
+        Ok((m, m.genesis.network_id()))
+    }
+
+    /// Proposes a roster change, signed by this member (its first approval).
+    pub fn propose(&mut self, op: Op) -> Result<RecordId, ReplicaError> {
+        let (m, network) = self.require_member()?;
+        check_fits(&op, m.roster())?;
+        let body = Body::Propose {
+            network,
+            proposer: self.identity.public(),
+            after: m.governance.head(),
+            seen: self.seen_of(op.target()),
+            op,
+            at_ms: now_ms(),
+        };
+        let record = Record::sign(body, &[&self.identity])?;
+        self.add_records(&[EnvelopeBytes(record.encode())])?;
+        Ok(record.id())
+    }
+
+    /// Approves a pending proposal, named by its id or a unique prefix.
+    pub fn approve(&mut self, prefix: &str) -> Result<RecordId, ReplicaError> {
+        let (m, network) = self.require_member()?;
+        let motion = find_motion(&m.governance, prefix)?;
+        let MotionKind::Proposal { op, .. } = &motion.kind else {
+            return Err(ReplicaError::UnknownProposal(prefix.to_string()));
+        };
+        match &motion.standing {
+            Standing::Pending { .. } => {}
+            Standing::Applied { .. } => {
+                return Err(ReplicaError::ProposalSettled {
+                    id: motion.id.short(),
+                    state: "already in force".into(),
+                });
+            }
+            Standing::Void { reason } => {
+                return Err(ReplicaError::ProposalSettled {
+                    id: motion.id.short(),
+                    state: format!("void: {reason}"),
+                });
+            }
+        }
+        if motion.signers.contains(&self.identity.public()) {
+            return Err(ReplicaError::AlreadySigned(motion.id.short()));
+        }
+        let body = Body::Approve {
+            network,
+            approver: self.identity.public(),
+            proposal: motion.id,
+            seen: self.seen_of(op.target()),
+            at_ms: now_ms(),
+        };
+        let record = Record::sign(body, &[&self.identity])?;
+        let id = motion.id;
+        self.add_records(&[EnvelopeBytes(record.encode())])?;
+        Ok(id)
+    }
+
+    /// Replaces this node's key: a new key is made, a succession signed by
+    /// the old and the new key is stored, the new key file is installed (the
+    /// old one is kept beside it, renamed) and the node writes as the new key
+    /// from now on. Returns the new identity's summary.
+    pub fn rotate_key(&mut self) -> Result<IdentitySummary, ReplicaError> {
+        let m = self.membership.as_ref().ok_or(ReplicaError::NoNetwork)?;
+        let me = self.identity.public();
+        if m.roster().get(&me).is_none() {
+            return Err(ReplicaError::NotOnRoster {
+                node_id: self.identity.node_id().to_string(),
+                network: m.genesis.network_id().to_string(),
+            });
+        }
+        let new = Identity::generate()?;
+        let body = Body::Succeed {
+            network: m.genesis.network_id(),
+            old: me,
+            new: new.public(),
+            after: m.governance.head(),
+            seen: self.seen_of(Some(me)),
+            at_ms: now_ms(),
+        };
+        let record = Record::sign(body, &[&self.identity, &new])?;
+        // New key first, beside the old one; then the record; then swap.
+        let staged = self.dir.root().join("node.key.new");
+        if staged.exists() {
+            fs::remove_file(&staged).map_err(|source| ReplicaError::Io {
+                path: staged.clone(),
+                source,
+            })?;
+        }
+        new.save_new(&staged)?;
+        self.add_records(&[EnvelopeBytes(record.encode())])?;
+        let retired = self.dir.root().join(format!(
+            "node.key.retired-{}",
+            me.fingerprint().replace(':', "")
+        ));
+        let key_file = self.dir.key_file();
+        fs::rename(&key_file, &retired)
+            .and_then(|()| fs::rename(&staged, &key_file))
+            .map_err(|source| ReplicaError::Io {
+                path: key_file.clone(),
+                source,
+            })?;
+        self.identity = new;
+        self.doc.set_actor(self.identity.public());
+        self.log = None;
+        tracing::info!(old = %me.node_id(), new = %self.identity.node_id(), "key rotated");
+        Ok(summary(&self.identity, &self.config))
     }
 
     /// Adds an assessment; returns its new id and the change that made it.
@@ -497,6 +830,7 @@ impl Replica {
                 theirs: theirs.network_id().to_string(),
             });
         }
+        self.add_records(&bundle.records)?;
         let (summary, _) = self.ingest_wire(&bundle.envelopes)?;
         // A large import is worth a snapshot; a running node saves one when
         // it stops, which covers catch-ups over the network.
@@ -514,7 +848,7 @@ impl Replica {
     ) -> Result<(ImportSummary, Vec<EnvelopeBytes>), ReplicaError> {
         let (network, roster) = {
             let m = self.membership.as_ref().ok_or(ReplicaError::NoNetwork)?;
-            (m.genesis.network_id(), m.roster.clone())
+            (m.genesis.network_id(), m.roster().clone())
         };
         let envelopes = wire
             .iter()
@@ -530,10 +864,12 @@ impl Replica {
         ))
     }
 
-    /// Number of stored changes: every author's chain is stored without
-    /// gaps, so this is the sum of the chain tips (no scan of the store).
+    /// Number of changes that count: every author's chain is stored without
+    /// gaps, so this is the sum of the chain tips (no scan of the store),
+    /// less the stored changes rejected under the roster in force.
     pub fn change_count(&self) -> usize {
-        self.tips.values().map(|s| *s as usize).sum()
+        let stored: usize = self.tips.values().map(|s| *s as usize).sum();
+        stored - self.invalid.len().min(stored)
     }
 
     /// Highest stored sequence number per author.
@@ -587,7 +923,11 @@ impl Replica {
         network: NetworkId,
         roster: &Roster,
     ) -> Result<(ImportSummary, Vec<Envelope>), ReplicaError> {
-        let checked = match ingest::check_batch(envelopes, network, roster, &self.store) {
+        let holding = Holding {
+            store: &self.store,
+            invalid: &self.invalid,
+        };
+        let checked = match ingest::check_batch(envelopes, network, roster, &holding) {
             Ok(checked) => checked,
             Err(IngestError::Fork(fork)) => {
                 tracing::warn!(author = %fork.author, seq = fork.seq, refused = %fork.conflicting, "fork refused and kept as evidence");
@@ -676,17 +1016,27 @@ impl Replica {
         let count = envelopes.len();
         let bundle = Bundle {
             genesis: m.genesis.encode(),
+            records: m
+                .records
+                .values()
+                .map(|r| EnvelopeBytes(r.encode()))
+                .collect(),
             envelopes,
         };
         Ok((bundle.encode(), count))
     }
 
-    /// Re-verifies every stored envelope and reports per author.
+    /// Re-verifies every stored envelope and reports per author: which
+    /// changes count, which the roster rejects and why, and which are
+    /// flagged (accepted from a key that has left, yet dated after it left).
     pub fn audit(&self) -> Result<Audit, ReplicaError> {
         let m = self.membership.as_ref().ok_or(ReplicaError::NoNetwork)?;
+        let roster = m.roster();
         let network = m.genesis.network_id();
         let mut authors: BTreeMap<PublicKey, AuthorAudit> = BTreeMap::new();
         let mut problems = Vec::new();
+        let mut rejections = Vec::new();
+        let mut flags = Vec::new();
         let mut envelopes = Vec::new();
         for item in self.store.envelopes() {
             let (key_hash, bytes) = item?;
@@ -712,23 +1062,61 @@ impl Replica {
             let author = envelope.author();
             let entry = authors.entry(author).or_insert_with(|| AuthorAudit {
                 node_id: author.node_id().to_string(),
-                name: m.roster.display_name(&author),
-                role: m.roster.role_of(&author).map(|r| r.to_string()),
+                name: roster.display_name(&author),
+                role: role_label(roster, &author),
                 changes: 0,
                 verified: 0,
+                accepted: 0,
                 rejected: 0,
+                flagged: 0,
             });
             entry.changes += 1;
-            match audit_one(envelope, network, &m.roster, &self.store) {
-                Ok(()) => entry.verified += 1,
+            let change = match audit_one(envelope, network, &self.store) {
+                Ok(change) => change,
                 Err(problem) => {
-                    entry.rejected += 1;
                     problems.push(Problem {
                         change: envelope.hash().to_string(),
                         author: author.node_id().to_string(),
                         problem,
                     });
+                    continue;
                 }
+            };
+            entry.verified += 1;
+            let row = |problem: String| Problem {
+                change: envelope.hash().to_string(),
+                author: author.node_id().to_string(),
+                problem,
+            };
+            if self.invalid.contains(&envelope.hash()) {
+                entry.rejected += 1;
+                let why = match roster.may_write(&author, change.seq()) {
+                    Err(why) => format!("change number {}: {why}", change.seq()),
+                    Ok(()) => match change.deps().iter().find(|d| self.invalid.contains(d)) {
+                        Some(dep) => format!("builds on rejected change {dep}"),
+                        None => "rejected".to_string(),
+                    },
+                };
+                rejections.push(row(why));
+                continue;
+            }
+            entry.accepted += 1;
+            if let Some((_, former)) = roster.former().find(|(k, _)| **k == author)
+                && change.timestamp() > former.left_ms
+            {
+                entry.flagged += 1;
+                let how = match former.departure {
+                    Departure::Removed => "removed",
+                    Departure::RotatedTo(_) => "replaced",
+                };
+                flags.push(row(format!(
+                    "accepted (its signers had seen this author's change number {}), but dated \
+                     {}, after its author was {how} at {}: back-dated onto old heads, or a \
+                     skewed clock",
+                    change.seq(),
+                    model::format_time(change.timestamp()),
+                    model::format_time(former.left_ms),
+                )));
             }
         }
         let forks = self
@@ -740,9 +1128,7 @@ impl Replica {
                 let author = refused.as_ref().map(Envelope::author).ok();
                 ForkReport {
                     author: author.map(|a| a.node_id().to_string()).unwrap_or_default(),
-                    name: author
-                        .map(|a| m.roster.display_name(&a))
-                        .unwrap_or_default(),
+                    name: author.map(|a| roster.display_name(&a)).unwrap_or_default(),
                     seq: ev.seq,
                     kept: ChangeHash(ev.conflicts_with).to_string(),
                     refused: refused.map(|e| e.hash().to_string()).unwrap_or_default(),
@@ -757,24 +1143,31 @@ impl Replica {
             heads: self.doc.heads().iter().map(ToString::to_string).collect(),
             authors: authors.into_values().collect(),
             problems,
+            rejections,
+            flags,
             forks,
         })
     }
 }
 
-/// Re-checks one stored envelope the way ingest did.
-fn audit_one(
-    envelope: &Envelope,
-    network: NetworkId,
-    roster: &Roster,
-    store: &Store,
-) -> Result<(), String> {
-    envelope.verify(network).map_err(|e| e.to_string())?;
-    match roster.role_of(&envelope.author()) {
-        Some(Role::Member) => {}
-        Some(Role::Observer) => return Err("signed by an observer".into()),
-        None => return Err("signed by a key that is not on the roster".into()),
+/// A key's role for reports: its roster role, or how it left.
+fn role_label(roster: &Roster, key: &PublicKey) -> Option<String> {
+    if let Some(role) = roster.role_of(key) {
+        return Some(role.to_string());
     }
+    roster
+        .former()
+        .find(|(k, _)| *k == key)
+        .map(|(_, f)| match f.departure {
+            Departure::Removed => "removed".to_string(),
+            Departure::RotatedTo(_) => "former key".to_string(),
+        })
+}
+
+/// Re-checks one stored envelope's integrity the way ingest did (signature,
+/// actor, chain index, dependencies); whether it counts is the roster's call.
+fn audit_one(envelope: &Envelope, network: NetworkId, store: &Store) -> Result<Change, String> {
+    envelope.verify(network).map_err(|e| e.to_string())?;
     let change = parse_change(envelope.change_bytes()).map_err(|e| e.to_string())?;
     if change.actor_id().to_bytes() != envelope.author().as_bytes() {
         return Err("actor id does not match the signing key".into());
@@ -788,7 +1181,87 @@ fn audit_one(
     if let Some(missing) = change.deps().iter().find(|d| !store.has_change(d)) {
         return Err(format!("dependency {missing} is not stored"));
     }
+    Ok(change)
+}
+
+/// Refuses, at once, a proposal that could not take effect now.
+fn check_fits(op: &Op, roster: &Roster) -> Result<(), ReplicaError> {
+    let members = roster.members().count() as u32;
+    let bad = |m: String| Err(ReplicaError::BadProposal(m));
+    match op {
+        Op::Add { key, name, .. } => {
+            if roster.get(key).is_some() {
+                return bad(format!("{} is already on the roster", key.node_id()));
+            }
+            if roster.knows(key) {
+                return bad(format!(
+                    "{} was on the roster before; a removed or replaced key cannot come back \
+                     (admit the institution with a new key)",
+                    key.node_id()
+                ));
+            }
+            model::required_text("name", name, crate::genesis::MAX_NAME_LEN)?;
+            if roster.entries().any(|e| e.name == name.trim()) {
+                return bad(format!("an entry named {name:?} is already on the roster"));
+            }
+        }
+        Op::Remove { key } => match roster.role_of(key) {
+            None => return bad(format!("{} is not on the roster", key.node_id())),
+            Some(Role::Member) if members - 1 < roster.quorum() => {
+                return bad(format!(
+                    "removing {} would leave {} members, fewer than the quorum of {}; lower the \
+                     quorum first",
+                    roster.display_name(key),
+                    members - 1,
+                    roster.quorum()
+                ));
+            }
+            _ => {}
+        },
+        Op::SetRole { key, role } => match roster.role_of(key) {
+            None => return bad(format!("{} is not on the roster", key.node_id())),
+            Some(r) if r == *role => {
+                return bad(format!("{} is already an {role}", roster.display_name(key)));
+            }
+            Some(Role::Member) if members - 1 < roster.quorum() => {
+                return bad(format!(
+                    "making {} an observer would leave {} members, fewer than the quorum of {}",
+                    roster.display_name(key),
+                    members - 1,
+                    roster.quorum()
+                ));
+            }
+            _ => {}
+        },
+        Op::SetQuorum { quorum } => {
+            if *quorum == 0 || *quorum > members {
+                return bad(format!(
+                    "the quorum must be between 1 and the {members} members"
+                ));
+            }
+            if *quorum == roster.quorum() {
+                return bad(format!("the quorum is already {quorum}"));
+            }
+        }
+    }
     Ok(())
+}
+
+/// The motion whose id starts with `prefix` (hex, any case).
+fn find_motion<'a>(g: &'a Governance, prefix: &str) -> Result<&'a Motion, ReplicaError> {
+    let wanted = prefix.trim().to_lowercase();
+    if wanted.len() < 4 || !wanted.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(ReplicaError::UnknownProposal(prefix.to_string()));
+    }
+    let mut found = g
+        .motions
+        .values()
+        .filter(|m| m.id.to_hex().starts_with(&wanted));
+    match (found.next(), found.next()) {
+        (Some(m), None) => Ok(m),
+        (Some(_), Some(_)) => Err(ReplicaError::AmbiguousProposal(prefix.to_string())),
+        (None, _) => Err(ReplicaError::UnknownProposal(prefix.to_string())),
+    }
 }
 
 /// The result of `concord verify`.
@@ -800,7 +1273,12 @@ pub struct Audit {
     pub envelopes: usize,
     pub heads: Vec<String>,
     pub authors: Vec<AuthorAudit>,
+    /// Stored changes that fail an integrity check (signature, chain, ...).
     pub problems: Vec<Problem>,
+    /// Stored changes the roster in force rejects, and why.
+    pub rejections: Vec<Problem>,
+    /// Accepted changes worth a look (see [`Replica::audit`]).
+    pub flags: Vec<Problem>,
     /// Forks refused at import and kept as evidence.
     pub forks: Vec<ForkReport>,
 }
@@ -810,9 +1288,16 @@ pub struct AuthorAudit {
     pub node_id: String,
     pub name: String,
     pub role: Option<String>,
+    /// Changes stored.
     pub changes: usize,
+    /// Changes whose signature and chain re-verified.
     pub verified: usize,
+    /// Verified changes that count under the roster in force.
+    pub accepted: usize,
+    /// Verified changes the roster in force rejects.
     pub rejected: usize,
+    /// Accepted changes flagged (dated after their author left).
+    pub flagged: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -841,13 +1326,34 @@ fn summary(identity: &Identity, config: &Config) -> IdentitySummary {
     }
 }
 
-/// Rebuilds the document from the store: from the snapshot if there is one,
-/// plus every envelope past its tips, else from every envelope, in one batch
-/// either way. The store holds only envelopes that passed ingest, so they are
-/// not re-verified here. Returns the document and the chain tips.
-fn load_document(store: &Store, actor: PublicKey) -> Result<(Document, Tips), ReplicaError> {
+/// Every stored roster record, decoded (they were verified when stored).
+fn load_records(store: &Store) -> Result<BTreeMap<RecordId, Record>, ReplicaError> {
+    store
+        .records()?
+        .into_iter()
+        .map(|bytes| {
+            let record = Record::decode(&bytes)
+                .map_err(|e| StoreError::Corrupt(format!("roster record: {e}")))?;
+            Ok((record.id(), record))
+        })
+        .collect()
+}
+
+/// Rebuilds the document from the store: from the snapshot if there is one
+/// saved under the same roster records, plus every envelope past its tips,
+/// else from every envelope, in one batch either way. Only changes that count
+/// under the roster go in; the rest are returned as invalid. The store holds
+/// only envelopes that passed ingest, so they are not re-verified here.
+/// Returns the document, the chain tips and the invalid changes.
+fn load_document(
+    store: &Store,
+    actor: PublicKey,
+    membership: Option<&Membership>,
+) -> Result<(Document, Tips, HashSet<ChangeHash>), ReplicaError> {
     let started = std::time::Instant::now();
     let tips: Tips = store.tips()?;
+    let roster = membership.map(Membership::roster);
+    let digest = membership.map_or([0; 32], Membership::digest);
     let parse = |hash: &ChangeHash, bytes: &[u8]| -> Result<Change, ReplicaError> {
         let envelope = Envelope::decode(bytes)
             .map_err(|e| StoreError::Corrupt(format!("envelope {hash}: {e}")))?;
@@ -855,11 +1361,13 @@ fn load_document(store: &Store, actor: PublicKey) -> Result<(Document, Tips), Re
             .map_err(|e| StoreError::Corrupt(format!("change {hash}: {e}")))?)
     };
     tracing::debug!(elapsed = ?started.elapsed(), "chain tips read");
-    if let Some(snapshot) = store.snapshot()? {
+    if let Some(snapshot) = store.snapshot()?.filter(|s| s.roster == digest) {
         tracing::debug!(elapsed = ?started.elapsed(), bytes = snapshot.doc.len(), "snapshot read");
         match Document::load(&snapshot.doc, actor) {
             Ok(mut doc) => {
                 let saved: Tips = snapshot.tips.into_iter().collect();
+                let mut invalid: HashSet<ChangeHash> =
+                    snapshot.invalid.into_iter().map(ChangeHash).collect();
                 let mut missing = Vec::new();
                 for (author, tip) in &tips {
                     for seq in saved.get(author).copied().unwrap_or(0) + 1..=*tip {
@@ -873,8 +1381,8 @@ fn load_document(store: &Store, actor: PublicKey) -> Result<(Document, Tips), Re
                     }
                 }
                 tracing::debug!(elapsed = ?started.elapsed(), missing = missing.len(), "snapshot loaded");
-                doc.apply(missing)?;
-                return Ok((doc, tips));
+                doc.apply(admit(missing, roster, &mut invalid))?;
+                return Ok((doc, tips, invalid));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "the snapshot does not load; rebuilding from the envelopes")
@@ -886,39 +1394,91 @@ fn load_document(store: &Store, actor: PublicKey) -> Result<(Document, Tips), Re
         let (hash, bytes) = item?;
         changes.push(parse(&hash, &bytes)?);
     }
+    let mut invalid = HashSet::new();
     let mut doc = Document::new(actor);
-    doc.apply(changes)?;
-    Ok((doc, tips))
+    doc.apply(admit(changes, roster, &mut invalid))?;
+    Ok((doc, tips, invalid))
+}
+
+/// Keeps the changes that count under `roster` (their author may write that
+/// change number, and none of their dependencies is invalid), in causal
+/// order; the others join `invalid`. With no roster, all count.
+fn admit(
+    changes: Vec<Change>,
+    roster: Option<&Roster>,
+    invalid: &mut HashSet<ChangeHash>,
+) -> Vec<Change> {
+    let Some(roster) = roster else {
+        return changes;
+    };
+    let author_ok = |c: &Change| {
+        <[u8; 32]>::try_from(c.actor_id().to_bytes()).is_ok_and(|a| {
+            roster
+                .may_write(&PublicKey::from_checked(a), c.seq())
+                .is_ok()
+        })
+    };
+    // Fast path: nothing rejected so far and every author in its rights.
+    if invalid.is_empty() && changes.iter().all(author_ok) {
+        return changes;
+    }
+    let hashes: Vec<ChangeHash> = changes.iter().map(Change::hash).collect();
+    let order = causal_indices(&hashes, |i| changes[i].deps());
+    let mut keep = vec![false; changes.len()];
+    for &i in &order {
+        let c = &changes[i];
+        if author_ok(c) && !c.deps().iter().any(|d| invalid.contains(d)) {
+            keep[i] = true;
+        } else {
+            invalid.insert(hashes[i]);
+        }
+    }
+    changes
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(c, k)| k.then_some(c))
+        .collect()
 }
 
 /// Importing at least this many changes at once refreshes the snapshot.
 const SNAPSHOT_AFTER: usize = 1000;
 
 /// The accepted changes sorted so every change follows its dependencies in
-/// the batch (Kahn's algorithm; batches from peers usually arrive sorted).
+/// the batch (batches from peers usually arrive sorted).
 fn causal_order(accepted: &[ingest::Accepted]) -> Vec<&ingest::Accepted> {
-    let index: std::collections::HashMap<ChangeHash, usize> = accepted
-        .iter()
-        .enumerate()
-        .map(|(i, a)| (a.envelope.hash(), i))
-        .collect();
-    let mut waiting = vec![0usize; accepted.len()];
-    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); accepted.len()];
-    for (i, a) in accepted.iter().enumerate() {
-        for dep in a.change.deps() {
+    let hashes: Vec<ChangeHash> = accepted.iter().map(|a| a.envelope.hash()).collect();
+    causal_indices(&hashes, |i| accepted[i].change.deps())
+        .into_iter()
+        .map(|i| &accepted[i])
+        .collect()
+}
+
+/// Indices of `hashes` in an order where each comes after those of its
+/// dependencies that are among them (Kahn's algorithm, stable for sorted
+/// input).
+fn causal_indices<'a>(
+    hashes: &[ChangeHash],
+    deps: impl Fn(usize) -> &'a [ChangeHash],
+) -> Vec<usize> {
+    let index: HashMap<ChangeHash, usize> =
+        hashes.iter().enumerate().map(|(i, h)| (*h, i)).collect();
+    let mut waiting = vec![0usize; hashes.len()];
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); hashes.len()];
+    for i in 0..hashes.len() {
+        for dep in deps(i) {
             if let Some(&j) = index.get(dep) {
                 waiting[i] += 1;
                 dependents[j].push(i);
             }
         }
     }
-    let mut ready: Vec<usize> = (0..accepted.len())
+    let mut ready: Vec<usize> = (0..hashes.len())
         .filter(|&i| waiting[i] == 0)
         .rev()
         .collect();
-    let mut out = Vec::with_capacity(accepted.len());
+    let mut out = Vec::with_capacity(hashes.len());
     while let Some(i) = ready.pop() {
-        out.push(&accepted[i]);
+        out.push(i);
         for &d in dependents[i].iter().rev() {
             waiting[d] -= 1;
             if waiting[d] == 0 {
@@ -1203,10 +1763,143 @@ mod tests {
             .store()
             .set_snapshot(&Snapshot {
                 tips: Vec::new(),
+                roster: reopened.records_digest(),
+                invalid: Vec::new(),
                 doc: vec![0x85, 0x6f, 0x4a, 0x83, 1, 2, 3],
             })
             .expect("damage");
         drop(reopened);
         assert_eq!(state(&Replica::open(&dir).expect("reopen")), before);
+    }
+
+    fn assess(r: &mut Replica, title: &str) -> ChangeHash {
+        r.add_assessment(NewAssessment {
+            category: "algorithmic-bias".into(),
+            title: title.into(),
+            summary: String::new(),
+            likelihood: None,
+            severity: None,
+            mitigations: Vec::new(),
+            status: Status::Draft,
+        })
+        .expect("add")
+        .1
+    }
+
+    fn sync(from: &Replica, to: &mut Replica) {
+        let (bundle, _) = from.export(&[]).expect("export");
+        to.import(&bundle).expect("import");
+    }
+
+    #[test]
+    fn a_removed_members_later_change_is_rejected_whatever_the_order() {
+        let (_dirs, mut r) = federation();
+        assess(&mut r[2], "before removal");
+        for i in [0, 1] {
+            let (a, b) = if i == 0 { (2, 0) } else { (2, 1) };
+            let (from, to) = pick(&mut r, a, b);
+            sync(from, to);
+        }
+        let doomed = r[2].identity().public();
+        let proposal = r[0]
+            .propose(governance::Op::Remove { key: doomed })
+            .expect("propose");
+        // One signature of two: nothing happens yet.
+        assert!(r[0].roster().expect("roster").is_member(&doomed));
+        // Member 2 writes after the proposal; member 1 receives that change
+        // before it learns of the removal.
+        let late = assess(&mut r[2], "after removal");
+        {
+            let (from, to) = pick(&mut r, 2, 1);
+            sync(from, to);
+        }
+        assert!(r[1].document().has_change(&late));
+        // Member 1 approves (having seen the late change) and member 0 learns it.
+        let (rec, _) = {
+            let (from, to) = pick(&mut r, 0, 1);
+            let wire = from.records_wire();
+            to.add_records(&wire).expect("records")
+        };
+        assert_eq!(rec.new, 1);
+        r[1].approve(&proposal.to_hex()[..8]).expect("approve");
+        {
+            let (from, to) = pick(&mut r, 1, 0);
+            let wire = from.records_wire();
+            to.add_records(&wire).expect("records");
+        }
+        for node in [&r[0], &r[1]] {
+            let roster = node.roster().expect("roster");
+            assert!(roster.get(&doomed).is_none(), "removed on every node");
+        }
+        // Member 1 had seen change 2 of the removed member when it signed,
+        // so that change stays; the cutoff is the highest tip a signer saw.
+        assert!(r[1].document().has_change(&late));
+        // A third change, made after everyone signed, is rejected by both:
+        // by member 0 at the door, by member 1 after the fact.
+        let later = assess(&mut r[2], "well after removal");
+        {
+            let (from, to) = pick(&mut r, 2, 0);
+            let (bundle, _) = from.export(&[]).expect("export");
+            let err = to.import(&bundle).expect_err("refused");
+            assert!(err.to_string().contains("removed"), "{err}");
+        }
+        assert!(!r[0].document().has_change(&later));
+        assert!(r[0].store().envelope(&later).expect("read").is_none());
+    }
+
+    #[test]
+    fn state_is_recomputed_when_a_removal_arrives_after_the_change() {
+        let (_dirs, mut r) = federation();
+        let doomed = r[2].identity().public();
+        let proposal = r[0]
+            .propose(governance::Op::Remove { key: doomed })
+            .expect("propose");
+        {
+            let (from, to) = pick(&mut r, 0, 1);
+            let wire = from.records_wire();
+            to.add_records(&wire).expect("records");
+        }
+        r[1].approve(&proposal.short()).expect("approve");
+        // Member 2 writes (its signers had seen nothing of it: cutoff 0).
+        let late = assess(&mut r[2], "after removal");
+        // Member 0 gets the change first, then the records.
+        {
+            let (from, to) = pick(&mut r, 2, 0);
+            sync(from, to);
+        }
+        assert!(r[0].document().has_change(&late));
+        {
+            let (from, to) = pick(&mut r, 1, 0);
+            let wire = from.records_wire();
+            let (summary, _) = to.add_records(&wire).expect("records");
+            assert!(summary.roster_changed);
+        }
+        assert!(!r[0].document().has_change(&late), "recomputed without it");
+        assert!(r[0].is_rejected(&late));
+        assert_eq!(state(&r[0]), state(&r[1]));
+        // It survives a restart, and verify says why.
+        let dir = r[0].data_dir().clone();
+        drop(r.remove(0));
+        let reopened = Replica::open(&dir).expect("reopen");
+        assert!(!reopened.document().has_change(&late));
+        let audit = reopened.audit().expect("audit");
+        assert!(audit.ok);
+        assert_eq!(audit.rejections.len(), 1);
+        assert!(
+            audit.rejections[0].problem.contains("removed"),
+            "{:?}",
+            audit.rejections
+        );
+    }
+
+    fn pick(r: &mut [Replica], a: usize, b: usize) -> (&Replica, &mut Replica) {
+        assert_ne!(a, b);
+        if a < b {
+            let (left, right) = r.split_at_mut(b);
+            (&left[a], &mut right[0])
+        } else {
+            let (left, right) = r.split_at_mut(a);
+            (&right[0], &mut left[b])
+        }
     }
 }

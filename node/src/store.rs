@@ -5,7 +5,11 @@
 //! - `g` → the genesis file bytes;
 //! - `e` ‖ change hash (32) → envelope bytes;
 //! - `s` ‖ author key (32) ‖ seq (u64 big-endian) → change hash;
-//! - `x` ‖ change hash (32) → evidence record (see [`Evidence`]).
+//! - `x` ‖ change hash (32) → evidence record (see [`Evidence`]);
+//! - `r` ‖ record id (32) → roster record bytes (see [`crate::governance`]);
+//! - `t` ‖ author key (32) → highest stored seq (u64 big-endian);
+//! - `p` ‖ peer key (32) → remembered addresses;
+//! - `d` → the document snapshot (see [`Snapshot`]).
 //!
 //! A batch of envelopes is written with one atomic `apply_batch` and then
 //! flushed; nothing is reported stored before the flush returns. Only this
@@ -27,6 +31,7 @@ const PREFIX_SEQ: u8 = b's';
 const PREFIX_EVIDENCE: u8 = b'x';
 const PREFIX_PEER: u8 = b'p';
 const PREFIX_TIP: u8 = b't';
+const PREFIX_RECORD: u8 = b'r';
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -59,10 +64,14 @@ pub struct Evidence {
     pub recorded_at_ms: i64,
 }
 
-/// A saved document and the chain tips of the changes it holds.
+/// A saved document, the chain tips of the changes stored when it was
+/// saved, the roster records it was computed under and the stored changes it
+/// leaves out as not valid under them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub tips: Vec<(PublicKey, u64)>,
+    pub roster: [u8; 32],
+    pub invalid: Vec<[u8; 32]>,
     pub doc: Vec<u8>,
 }
 
@@ -155,6 +164,28 @@ impl Store {
                 postcard::from_bytes(&value)
                     .map_err(|e| StoreError::Corrupt(format!("evidence record: {e}")))
             })
+            .collect()
+    }
+
+    /// Stores roster records (id, encoded bytes) in one atomic batch and
+    /// flushes.
+    pub fn add_records(&self, records: &[([u8; 32], Vec<u8>)]) -> Result<(), StoreError> {
+        let mut writes = sled::Batch::default();
+        for (id, bytes) in records {
+            let mut key = vec![PREFIX_RECORD];
+            key.extend_from_slice(id);
+            writes.insert(key, bytes.as_slice());
+        }
+        self.db.apply_batch(writes)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Every stored roster record's bytes, in id order.
+    pub fn records(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.db
+            .scan_prefix([PREFIX_RECORD])
+            .map(|item| Ok(item?.1.to_vec()))
             .collect()
     }
 
