@@ -131,6 +131,14 @@ enum Command {
     Disconnect {
         peer: PeerId,
     },
+    /// Lets `peer` connect from now on (it joined the roster).
+    Allow {
+        peer: PeerId,
+    },
+    /// Refuses `peer` from now on and closes its connections (it left).
+    Disallow {
+        peer: PeerId,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -189,6 +197,20 @@ impl Client {
 
     pub async fn disconnect(&self, peer: PeerId) -> Result<(), NetworkError> {
         self.send(Command::Disconnect { peer }).await
+    }
+
+    /// Follows the roster: lets `peer` connect.
+    pub fn allow(&self, peer: PeerId) -> Result<(), NetworkError> {
+        self.commands
+            .send(Command::Allow { peer })
+            .map_err(|_| NetworkError::Stopped)
+    }
+
+    /// Follows the roster: refuses `peer` and closes its connections.
+    pub fn disallow(&self, peer: PeerId) -> Result<(), NetworkError> {
+        self.commands
+            .send(Command::Disallow { peer })
+            .map_err(|_| NetworkError::Stopped)
     }
 
     /// Stops the event loop after closing its connections.
@@ -397,6 +419,13 @@ impl EventLoop {
                 }
             }
             Command::Disconnect { peer } => {
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            Command::Allow { peer } => {
+                self.swarm.behaviour_mut().allowed.allow_peer(peer);
+            }
+            Command::Disallow { peer } => {
+                self.swarm.behaviour_mut().allowed.disallow_peer(peer);
                 let _ = self.swarm.disconnect_peer_id(peer);
             }
             Command::Shutdown { .. } => {}

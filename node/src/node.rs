@@ -9,6 +9,11 @@
 //! and redials dropped peers with back-off. A peer that sends anything
 //! invalid is logged and disconnected; the loop carries on serving the rest.
 //!
+//! Roster records travel the same way (records before envelopes). Whenever
+//! the roster in force changes, the loop follows it: new entries are allowed
+//! to connect, keys that left are refused and disconnected, and after a key
+//! rotation the network layer restarts under the new identity.
+//!
 //! [`EventLoop`]: crate::network::EventLoop
 
 use std::collections::{BTreeSet, HashMap};
@@ -28,6 +33,7 @@ use crate::api::{self, PeerView, Request, Response, StatusView};
 use crate::bundle::EnvelopeBytes;
 use crate::config::DataDir;
 use crate::genesis::NetworkId;
+use crate::governance::RecordError;
 use crate::identity::{NodeId, PublicKey};
 use crate::ingest::IngestError;
 use crate::model::{format_time, now_ms};
@@ -51,6 +57,9 @@ const REDIAL_TICK: Duration = Duration::from_millis(250);
 /// How long `start` waits for a command that holds the store to finish.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
 const LOCK_POLL: Duration = Duration::from_millis(50);
+/// How long a key rotation waits for peers to take the succession record
+/// before the network restarts under the new key.
+const ROTATE_PUSH_WAIT: Duration = Duration::from_secs(5);
 /// How long `start` waits for the listeners to come up.
 const LISTEN_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -173,7 +182,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         }
     };
     let genesis = replica.genesis().ok_or(NodeError::NoNetwork)?.clone();
-    let roster = genesis.roster();
+    let roster = replica.roster()?.clone();
     let me = replica.identity().public();
     let my_peer = replica.identity().libp2p_keypair().public().to_peer_id();
     let mut peers: HashMap<PeerId, PeerState> = HashMap::new();
@@ -265,6 +274,9 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     let node_loop = NodeLoop {
         replica,
         client,
+        events,
+        network_task: Some(network_task),
+        mdns: config.mdns,
         network: genesis.network_id(),
         peers,
         listen: listen.clone(),
@@ -274,9 +286,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     };
     let data_dir = dir.clone();
     let task = tokio::spawn(async move {
-        let result = node_loop
-            .run(events, early, calls_rx, shutdown_rx, network_task)
-            .await;
+        let result = node_loop.run(early, calls_rx, shutdown_rx).await;
         let _ = api_stop_tx.send(());
         let _ = api_task.await;
         ApiFile::remove(data_dir.root());
@@ -313,6 +323,10 @@ struct PeerState {
     in_flight: usize,
     /// When this node last pulled from the peer.
     last_pull: Instant,
+    /// The digest of the peer's roster records, from its last pull.
+    records: Option<[u8; 32]>,
+    /// The records digest we last pulled for because it differed from ours.
+    pulled_for_records: Option<[u8; 32]>,
 }
 
 impl PeerState {
@@ -332,6 +346,8 @@ impl PeerState {
             pull_again: false,
             in_flight: 0,
             last_pull: Instant::now(),
+            records: None,
+            pulled_for_records: None,
         }
     }
 
@@ -355,6 +371,10 @@ type Outcome = (PeerId, Purpose, Result<sync::Response, NetworkError>);
 struct NodeLoop {
     replica: Replica,
     client: Client,
+    /// Events from the network event loop (replaced when it restarts).
+    events: mpsc::Receiver<Event>,
+    network_task: Option<JoinHandle<()>>,
+    mdns: bool,
     network: NetworkId,
     peers: HashMap<PeerId, PeerState>,
     listen: Vec<Multiaddr>,
@@ -366,11 +386,9 @@ struct NodeLoop {
 impl NodeLoop {
     async fn run(
         mut self,
-        mut events: mpsc::Receiver<Event>,
         early: Vec<Event>,
         mut calls: mpsc::Receiver<ApiCall>,
         mut shutdown: oneshot::Receiver<()>,
-        network_task: JoinHandle<()>,
     ) -> Result<(), NodeError> {
         for event in early {
             self.handle_event(event).await;
@@ -379,7 +397,7 @@ impl NodeLoop {
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
-                event = events.recv() => match event {
+                event = self.events.recv() => match event {
                     Some(event) => self.handle_event(event).await,
                     None => break,
                 },
@@ -392,7 +410,9 @@ impl NodeLoop {
         }
         tracing::info!("shutting down");
         let _ = self.client.shutdown().await;
-        let _ = network_task.await;
+        if let Some(task) = self.network_task.take() {
+            let _ = task.await;
+        }
         if let Err(e) = self.replica.save_snapshot() {
             tracing::warn!(error = %e, "cannot save the document snapshot");
         }
@@ -458,6 +478,7 @@ impl NodeLoop {
                 let response = self.handle_request(peer, request);
                 let refused = matches!(response, sync::Response::Refused { .. });
                 let _ = self.client.respond(peer, channel, response, refused).await;
+                self.follow_roster();
             }
             Event::BadMessage { peer, error } => {
                 tracing::warn!(%peer, %error, "peer sent an undecodable or oversized message; disconnecting");
@@ -490,13 +511,25 @@ impl NodeLoop {
         };
         state.last_seen = Some(now_ms());
         match request {
-            sync::Request::Pull { network, have } => {
+            sync::Request::Pull {
+                network,
+                have,
+                records,
+            } => {
                 if network != self.network {
                     tracing::warn!(%peer, "pull for another network; disconnecting");
                     return refused("wrong network");
                 }
                 let theirs = tips_from_wire(&have);
-                let they_have_more = lacking(&theirs, self.replica.tips()) > 0;
+                let ours = self.replica.records_digest();
+                let records_differ = records != ours;
+                // They may hold records we lack: pull once per digest of theirs.
+                let they_have_more = lacking(&theirs, self.replica.tips()) > 0
+                    || (records_differ && state.pulled_for_records != Some(records));
+                if records_differ {
+                    state.pulled_for_records = Some(records);
+                }
+                state.records = Some(records);
                 state.tips = Some(theirs.clone());
                 let answer = tokio::task::block_in_place(|| {
                     self.replica.changes_for(&theirs, RESPONSE_TARGET_LEN)
@@ -506,6 +539,11 @@ impl NodeLoop {
                 }
                 match answer {
                     Ok((envelopes, more)) => sync::Response::Changes {
+                        records: if records_differ {
+                            self.replica.records_wire()
+                        } else {
+                            Vec::new()
+                        },
                         envelopes,
                         more,
                         have: tips_to_wire(self.replica.tips()),
@@ -516,10 +554,17 @@ impl NodeLoop {
                     }
                 }
             }
-            sync::Request::Push { network, envelopes } => {
+            sync::Request::Push {
+                network,
+                records,
+                envelopes,
+            } => {
                 if network != self.network {
                     tracing::warn!(%peer, "push for another network; disconnecting");
                     return refused("wrong network");
+                }
+                if let Err(reason) = self.take_records(peer, &records) {
+                    return refused(&reason);
                 }
                 match self.ingest(peer, &envelopes) {
                     Ingested::Accepted(accepted) => sync::Response::Ack {
@@ -568,6 +613,29 @@ impl NodeLoop {
                 tracing::warn!(%peer, error = %e, "fork refused and kept as evidence");
                 Ingested::Kept(e.to_string())
             }
+            Err(ReplicaError::Ingest(
+                e @ (IngestError::NotAuthorized { .. }
+                | IngestError::NotOnRoster { .. }
+                | IngestError::Observer { .. }
+                | IngestError::BuildsOnRejected { .. }),
+            )) => {
+                // The sender may not know the roster we know yet: send it our
+                // records and pull again once it has them. A peer that holds
+                // our very records and still sends such changes misbehaves.
+                let ours = self.replica.records_digest();
+                let Some(state) = self.peers.get_mut(&peer) else {
+                    return Ingested::Refused(e.to_string());
+                };
+                if state.records == Some(ours) {
+                    tracing::warn!(%peer, error = %e, "peer knows our roster yet sent changes it refuses; disconnecting");
+                    return Ingested::Refused(e.to_string());
+                }
+                tracing::info!(%peer, error = %e, "changes refused under our roster; sending it our roster records");
+                state.pull_again = true;
+                let records = self.replica.records_wire();
+                self.push_records(records, Some(peer), true);
+                Ingested::Kept(e.to_string())
+            }
             Err(ReplicaError::Ingest(e)) => {
                 tracing::warn!(%peer, error = %e, "peer sent an invalid envelope; disconnecting");
                 Ingested::Refused(e.to_string())
@@ -582,6 +650,157 @@ impl NodeLoop {
                 tracing::error!(%peer, error = %e, "cannot apply the peer's changes");
                 Ingested::Kept(e.to_string())
             }
+        }
+    }
+
+    /// Verifies and stores roster records from `peer`, relays the new ones
+    /// and follows the roster. `Err` (a refusal reason) when the peer sent a
+    /// record that is forged, malformed or of another network; a record
+    /// signed by a key we do not know yet is not the sender's fault: pull
+    /// from it, since it must hold the records that admit that key.
+    fn take_records(&mut self, peer: PeerId, records: &[EnvelopeBytes]) -> Result<(), String> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        match tokio::task::block_in_place(|| self.replica.add_records(records)) {
+            Ok((summary, new)) => {
+                if summary.new > 0 {
+                    tracing::info!(%peer, new = summary.new, changed = summary.roster_changed, "roster records accepted");
+                    self.push_records(new, Some(peer), false);
+                }
+                Ok(())
+            }
+            Err(ReplicaError::Record(RecordError::Invalid(reason))) => {
+                tracing::info!(%peer, %reason, "roster record not admissible yet; pulling");
+                self.start_pull(peer);
+                Ok(())
+            }
+            Err(ReplicaError::Record(e)) => {
+                tracing::warn!(%peer, error = %e, "peer sent a bad roster record; disconnecting");
+                Err(e.to_string())
+            }
+            Err(e) => {
+                tracing::error!(%peer, error = %e, "cannot store roster records");
+                Ok(())
+            }
+        }
+    }
+
+    /// Pushes roster records to every connected peer except `except` (or,
+    /// with `only`, to `except` alone).
+    fn push_records(&mut self, records: Vec<EnvelopeBytes>, peer: Option<PeerId>, only: bool) {
+        if records.is_empty() {
+            return;
+        }
+        let targets: Vec<PeerId> = if only {
+            peer.into_iter().collect()
+        } else {
+            self.peers
+                .iter()
+                .filter(|(p, s)| s.connected && Some(**p) != peer)
+                .map(|(p, _)| *p)
+                .collect()
+        };
+        for target in targets {
+            if let Some(state) = self.peers.get_mut(&target) {
+                state.in_flight += 1;
+            }
+            let request = sync::Request::Push {
+                network: self.network,
+                records: records.clone(),
+                envelopes: Vec::new(),
+            };
+            self.send(target, Purpose::Push, request);
+        }
+    }
+
+    /// Makes the peer table and the network allow-list match the roster in
+    /// force: entries that joined may connect, keys that left are refused
+    /// and disconnected at once.
+    fn follow_roster(&mut self) {
+        let me = self.replica.identity().public();
+        let Ok(roster) = self.replica.roster() else {
+            return;
+        };
+        let wanted: HashMap<PeerId, (PublicKey, Role)> = roster
+            .entries()
+            .filter(|e| e.key != me)
+            .filter_map(|e| Some((e.key.node_id().peer_id()?, (e.key, e.role))))
+            .collect();
+        let gone: Vec<PeerId> = self
+            .peers
+            .keys()
+            .filter(|p| !wanted.contains_key(p))
+            .copied()
+            .collect();
+        for peer in gone {
+            tracing::info!(%peer, "left the roster; disconnecting and refusing it from now on");
+            self.peers.remove(&peer);
+            let _ = self.client.disallow(peer);
+        }
+        for (peer, (key, role)) in wanted {
+            match self.peers.get_mut(&peer) {
+                Some(state) => state.role = role,
+                None => {
+                    tracing::info!(%peer, %role, "joined the roster; allowing it to connect");
+                    self.peers.insert(peer, PeerState::new(key, role));
+                    let _ = self.client.allow(peer);
+                }
+            }
+        }
+    }
+
+    /// Restarts the network layer under the replica's (new) identity, on
+    /// the addresses it listened on, after pushing our roster records to
+    /// every connected peer so they know the new key before it dials.
+    async fn restart_network(&mut self) {
+        let records = self.replica.records_wire();
+        let connected: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, s)| s.connected)
+            .map(|(p, _)| *p)
+            .collect();
+        let pushes = connected.iter().map(|peer| {
+            let client = self.client.clone();
+            let request = sync::Request::Push {
+                network: self.network,
+                records: records.clone(),
+                envelopes: Vec::new(),
+            };
+            let peer = *peer;
+            async move { client.request(peer, request).await }
+        });
+        let _ = tokio::time::timeout(ROTATE_PUSH_WAIT, futures::future::join_all(pushes)).await;
+        let _ = self.client.shutdown().await;
+        if let Some(task) = self.network_task.take() {
+            let _ = task.await;
+        }
+        let listen: Vec<Multiaddr> = std::mem::take(&mut self.listen);
+        let built = network::new(
+            self.replica.identity().libp2p_keypair(),
+            &NetworkConfig {
+                listen,
+                mdns: self.mdns,
+                allowed: self.peers.keys().copied().collect(),
+            },
+        );
+        match built {
+            Ok((client, events, event_loop)) => {
+                self.client = client;
+                self.events = events;
+                self.network_task = Some(tokio::spawn(event_loop.run()));
+                for state in self.peers.values_mut() {
+                    state.connected = false;
+                    state.dialing = false;
+                    state.pulling = false;
+                    state.in_flight = 0;
+                    state.next_dial = Instant::now();
+                    state.backoff = BACKOFF_START;
+                }
+                tracing::info!(node = %self.replica.identity().node_id(), "network restarted under the new key");
+            }
+            Err(e) => tracing::error!(error = %e, "cannot restart the network under the new key"),
         }
     }
 
@@ -609,6 +828,7 @@ impl NodeLoop {
                 state.in_flight += 1;
                 let request = sync::Request::Push {
                     network: self.network,
+                    records: Vec::new(),
                     envelopes: chunk.to_vec(),
                 };
                 self.send(*peer, Purpose::Push, request);
@@ -643,6 +863,7 @@ impl NodeLoop {
         let request = sync::Request::Pull {
             network: self.network,
             have: tips_to_wire(self.replica.tips()),
+            records: self.replica.records_digest(),
         };
         self.send(peer, Purpose::Pull, request);
     }
@@ -667,6 +888,7 @@ impl NodeLoop {
         };
         match response {
             sync::Response::Changes {
+                records,
                 envelopes,
                 more,
                 have,
@@ -674,6 +896,14 @@ impl NodeLoop {
                 if let Some(state) = self.peers.get_mut(&peer) {
                     state.tips = Some(tips_from_wire(&have));
                     state.last_seen = Some(now_ms());
+                }
+                if self.take_records(peer, &records).is_err() {
+                    let _ = self.client.disconnect(peer).await;
+                    return;
+                }
+                self.follow_roster();
+                if !self.peers.contains_key(&peer) {
+                    return;
                 }
                 let outcome = self.ingest(peer, &envelopes);
                 match outcome {
@@ -751,9 +981,21 @@ impl NodeLoop {
             Request::Peers => Ok(Response::Peers(self.peer_views())),
             request => {
                 let write = api::is_write(&request);
+                let roster_change = api::is_roster_change(&request);
+                let rotate = matches!(request, Request::RotateKey);
                 let before = self.replica.tips().clone();
+                let records_before = self.replica.records_digest();
                 let result =
                     tokio::task::block_in_place(|| api::execute(&mut self.replica, request));
+                if roster_change && self.replica.records_digest() != records_before {
+                    let records = self.replica.records_wire();
+                    if rotate && result.is_ok() {
+                        self.restart_network().await;
+                    } else {
+                        self.push_records(records, None, false);
+                    }
+                    self.follow_roster();
+                }
                 if write && result.is_ok() {
                     match self.replica.changes_for(&before, usize::MAX) {
                         Ok((new, _)) => self.relay(&new, None),

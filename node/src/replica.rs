@@ -1464,10 +1464,10 @@ fn causal_indices<'a>(
         hashes.iter().enumerate().map(|(i, h)| (*h, i)).collect();
     let mut waiting = vec![0usize; hashes.len()];
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); hashes.len()];
-    for i in 0..hashes.len() {
+    for (i, wait) in waiting.iter_mut().enumerate() {
         for dep in deps(i) {
             if let Some(&j) = index.get(dep) {
-                waiting[i] += 1;
+                *wait += 1;
                 dependents[j].push(i);
             }
         }

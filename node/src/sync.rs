@@ -7,8 +7,14 @@
 //! has. Reconciling is then one `Pull` carrying the puller's tips, answered
 //! with the envelopes it lacks in causal order (in chunks, `more` saying
 //! whether to pull again); new changes are `Push`ed to connected peers and
-//! relayed onwards by every node that accepts them. The byte layout is
-//! specified in `docs/protocol.md`.
+//! relayed onwards by every node that accepts them.
+//!
+//! Roster records travel beside the envelopes: a `Pull` carries the digest of
+//! the puller's records, and the answer carries every record the answerer
+//! holds whenever the digests differ (records are few and small); new records
+//! are pushed like new changes. A node applies records before envelopes, so
+//! a change by a member the same message admits is accepted. The byte layout
+//! is specified in `docs/protocol.md`.
 
 use std::collections::BTreeMap;
 
@@ -80,10 +86,14 @@ pub enum Request {
     Pull {
         network: NetworkId,
         have: Vec<ChainTip>,
+        /// Digest of the puller's roster records (see `governance::digest`).
+        records: [u8; 32],
     },
-    /// New envelopes, sent as soon as they are committed or accepted.
+    /// New roster records and envelopes, sent as soon as they are committed
+    /// or accepted.
     Push {
         network: NetworkId,
+        records: Vec<EnvelopeBytes>,
         envelopes: Vec<EnvelopeBytes>,
     },
 }
@@ -94,6 +104,9 @@ pub enum Response {
     /// Envelopes the puller lacks, in causal order; `more` when the chunk
     /// stopped at the size target and the puller should pull again.
     Changes {
+        /// Every roster record the answerer holds, when the puller's digest
+        /// differs from its own; otherwise empty.
+        records: Vec<EnvelopeBytes>,
         envelopes: Vec<EnvelopeBytes>,
         more: bool,
         have: Vec<ChainTip>,
@@ -169,8 +182,8 @@ mod tests {
             let have: Vec<ChainTip> = seqs.iter().map(|(k, s)| ChainTip { author: key(*k), seq: *s }).collect();
             let envelopes: Vec<EnvelopeBytes> = envs.into_iter().map(EnvelopeBytes).collect();
             for request in [
-                Request::Pull { network: NetworkId(net), have: have.clone() },
-                Request::Push { network: NetworkId(net), envelopes: envelopes.clone() },
+                Request::Pull { network: NetworkId(net), have: have.clone(), records: net },
+                Request::Push { network: NetworkId(net), records: envelopes.clone(), envelopes: envelopes.clone() },
             ] {
                 let bytes = encode_request(&request);
                 prop_assert_eq!(decode_request(&bytes).expect("decode"), request);
@@ -179,7 +192,7 @@ mod tests {
                 }
             }
             for response in [
-                Response::Changes { envelopes, more, have: have.clone() },
+                Response::Changes { records: envelopes.clone(), envelopes, more, have: have.clone() },
                 Response::Ack { accepted: 3, have },
                 Response::Refused { reason: "no".into() },
             ] {

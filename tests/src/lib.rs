@@ -351,6 +351,7 @@ pub mod forge {
         let genesis = std::fs::read(genesis_file).unwrap_or_else(|e| panic!("read genesis: {e}"));
         let bundle = Bundle {
             genesis,
+            records: Vec::new(),
             envelopes: envelopes.into_iter().map(EnvelopeBytes).collect(),
         };
         let path = dir.join(name);

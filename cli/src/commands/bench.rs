@@ -101,6 +101,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let ingest_dir = fresh_node(root.path(), "ingest", &data.fresh[0], &data.genesis)?;
     let bundle = Bundle {
         genesis: data.genesis.encode(),
+        records: Vec::new(),
         envelopes: data.envelopes.iter().cloned().map(EnvelopeBytes).collect(),
     }
     .encode();
@@ -471,6 +472,7 @@ fn exchange_bytes(
         total += framed_request(&sync::Request::Pull {
             network,
             have: sync::tips_to_wire(&have),
+            records: holder.records_digest(),
         });
         let (envelopes, more) = holder.changes_for(&have, RESPONSE_TARGET_LEN)?;
         for e in &envelopes {
@@ -480,6 +482,7 @@ fn exchange_bytes(
             *tip = (*tip).max(seq);
         }
         total += framed_response(&sync::Response::Changes {
+            records: Vec::new(),
             envelopes,
             more,
             have: sync::tips_to_wire(holder.tips()),
@@ -492,8 +495,10 @@ fn exchange_bytes(
     total += framed_request(&sync::Request::Pull {
         network,
         have: sync::tips_to_wire(holder.tips()),
+        records: holder.records_digest(),
     });
     total += framed_response(&sync::Response::Changes {
+        records: Vec::new(),
         envelopes: Vec::new(),
         more: false,
         have: sync::tips_to_wire(theirs),

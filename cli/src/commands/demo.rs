@@ -422,6 +422,7 @@ fn forged_observer_bundle(root: &Path, observer: &DemoNode) -> anyhow::Result<Ve
     let envelope = Envelope::sign(&key, network, change.raw_bytes().to_vec())?;
     Ok(Bundle {
         genesis,
+        records: Vec::new(),
         envelopes: vec![EnvelopeBytes(envelope.encode())],
     }
     .encode())

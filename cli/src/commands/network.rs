@@ -44,7 +44,7 @@ pub fn run(dir: &DataDir, cmd: NetworkCommand) -> anyhow::Result<ExitCode> {
             fs::write(&out, genesis.encode())
                 .with_context(|| format!("cannot write the genesis to {}", out.display()))?;
             if json.json {
-                output::json(&NetworkView::of(&genesis))?;
+                output::json(&NetworkView::of(&genesis, &genesis.roster()))?;
                 return Ok(ExitCode::SUCCESS);
             }
             output::text(&format!(
@@ -70,7 +70,7 @@ pub fn run(dir: &DataDir, cmd: NetworkCommand) -> anyhow::Result<ExitCode> {
             };
             replica.join(genesis.clone())?;
             if json.json {
-                output::json(&NetworkView::of(&genesis))?;
+                output::json(&NetworkView::of(&genesis, &genesis.roster()))?;
                 return Ok(ExitCode::SUCCESS);
             }
             output::text(&format!(

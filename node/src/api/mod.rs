@@ -15,11 +15,14 @@ use serde::{Deserialize, Serialize};
 use crate::ReplicaError;
 use crate::doc::{AssessmentUpdate, NewAssessment, NewNote};
 use crate::genesis::Genesis;
+use crate::governance::{Governance, MotionKind, Op, Standing};
+use crate::identity::NodeId;
 use crate::model::{
     AssessmentView, NoteKind, NoteView, Round, Score, Stance, Status, ValueError, format_time,
 };
 use crate::replica::{AssessmentFilter, Audit, IdentitySummary, ImportSummary, Replica};
 use crate::report::{self, Report};
+use crate::roster::{Departure, Role, Roster};
 use crate::taxonomy::Category;
 
 /// A new assessment as typed by a user; validated by [`execute`].
@@ -107,6 +110,76 @@ pub enum Request {
     Report,
     Status,
     Peers,
+    /// `member propose ...`.
+    Propose(ProposalInput),
+    /// `member approve ID` (a unique prefix of the proposal id).
+    Approve {
+        id: String,
+    },
+    /// `member proposals`; `all` includes settled ones.
+    Proposals {
+        all: bool,
+    },
+    /// `member list`.
+    Members,
+    /// `key rotate`.
+    RotateKey,
+}
+
+/// A roster change as typed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum ProposalInput {
+    Add {
+        node_id: String,
+        name: String,
+        role: String,
+    },
+    Remove {
+        node_id: String,
+    },
+    Role {
+        node_id: String,
+        role: String,
+    },
+    Quorum {
+        quorum: u32,
+    },
+}
+
+impl ProposalInput {
+    fn to_op(&self) -> Result<Op, ReplicaError> {
+        let key = |id: &str| -> Result<crate::identity::PublicKey, ReplicaError> {
+            Ok(id.trim().parse::<NodeId>()?.public_key())
+        };
+        Ok(match self {
+            ProposalInput::Add {
+                node_id,
+                name,
+                role,
+            } => Op::Add {
+                key: key(node_id)?,
+                name: name.trim().to_string(),
+                role: parse_role(role)?,
+            },
+            ProposalInput::Remove { node_id } => Op::Remove { key: key(node_id)? },
+            ProposalInput::Role { node_id, role } => Op::SetRole {
+                key: key(node_id)?,
+                role: parse_role(role)?,
+            },
+            ProposalInput::Quorum { quorum } => Op::SetQuorum { quorum: *quorum },
+        })
+    }
+}
+
+fn parse_role(text: &str) -> Result<Role, ReplicaError> {
+    match text.trim() {
+        "member" => Ok(Role::Member),
+        "observer" => Ok(Role::Observer),
+        other => Err(ReplicaError::BadProposal(format!(
+            "unknown role {other:?}; expected member or observer"
+        ))),
+    }
 }
 
 /// The answer to a [`Request`].
@@ -127,6 +200,163 @@ pub enum Response {
     Report(Box<Report>),
     Status(Box<StatusView>),
     Peers(Vec<PeerView>),
+    Proposal(Box<ProposalView>),
+    Proposals(Vec<ProposalView>),
+    Members(Box<MembersView>),
+    Rotated(Rotated),
+}
+
+/// A roster proposal (or key succession) and where it stands.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProposalView {
+    /// The full record id (64 hex digits); any unique prefix of 4 or more
+    /// digits names it on the command line.
+    pub id: String,
+    /// `proposal` or `succession`.
+    pub kind: String,
+    /// What it does, in words.
+    pub action: String,
+    pub proposed_by: String,
+    pub proposed_at: String,
+    /// Everyone who signed it, proposer first.
+    pub signers: Vec<SignerView>,
+    /// Signatures that count now (distinct current members).
+    pub counted: u32,
+    pub quorum: u32,
+    /// `pending`, `applied` or `void`.
+    pub state: String,
+    /// For a pending proposal, how many more member signatures it needs.
+    pub needs: Option<u32>,
+    /// Why a void proposal can no longer take effect.
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SignerView {
+    pub name: String,
+    pub node_id: String,
+    /// Whether the signature counts toward the quorum (a current member's).
+    pub counts: bool,
+}
+
+/// `member list`: the roster in force and the keys that left it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MembersView {
+    pub quorum: u32,
+    pub entries: Vec<MemberView>,
+    pub former: Vec<FormerView>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MemberView {
+    pub name: String,
+    pub role: String,
+    pub node_id: String,
+    pub fingerprint: String,
+    /// Since when it holds this role (RFC 3339).
+    pub since: Option<String>,
+    pub this_node: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FormerView {
+    pub name: String,
+    pub node_id: String,
+    /// `removed`, or `replaced by <node id>`.
+    pub left: String,
+    pub left_at: String,
+    /// The last of its change numbers that counts.
+    pub last_change: u64,
+}
+
+/// `key rotate`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Rotated {
+    pub old_node_id: String,
+    pub identity: IdentitySummary,
+}
+
+impl ProposalView {
+    fn of(g: &Governance, motion: &crate::governance::Motion) -> Self {
+        let roster = &g.roster;
+        let (kind, action, first) = match &motion.kind {
+            MotionKind::Proposal { proposer, op } => ("proposal", op.describe(roster), *proposer),
+            MotionKind::Succession { old, new } => (
+                "succession",
+                format!(
+                    "replace the key of {} with {}",
+                    roster.display_name(old),
+                    new.node_id()
+                ),
+                *old,
+            ),
+        };
+        let mut signers: Vec<SignerView> = motion
+            .signers
+            .iter()
+            .map(|k| SignerView {
+                name: roster.display_name(k),
+                node_id: k.node_id().to_string(),
+                counts: roster.is_member(k),
+            })
+            .collect();
+        signers.sort_by_key(|s| s.node_id != first.node_id().to_string());
+        let (state, needs, reason) = match &motion.standing {
+            Standing::Pending { needs } => ("pending", Some(*needs), None),
+            Standing::Applied { .. } => ("applied", None, None),
+            Standing::Void { reason } => ("void", None, Some(reason.clone())),
+        };
+        Self {
+            id: motion.id.to_hex(),
+            kind: kind.into(),
+            action,
+            proposed_by: roster.display_name(&first),
+            proposed_at: format_time(motion.at_ms),
+            counted: signers.iter().filter(|s| s.counts).count() as u32,
+            signers,
+            quorum: roster.quorum(),
+            state: state.into(),
+            needs,
+            reason,
+        }
+    }
+}
+
+impl MembersView {
+    fn of(roster: &Roster, me: &crate::identity::PublicKey) -> Self {
+        Self {
+            quorum: roster.quorum(),
+            entries: roster
+                .entries()
+                .map(|e| MemberView {
+                    name: e.name.clone(),
+                    role: e.role.to_string(),
+                    node_id: e.key.node_id().to_string(),
+                    fingerprint: e.key.fingerprint(),
+                    since: roster.since(&e.key).map(format_time),
+                    this_node: e.key == *me,
+                })
+                .collect(),
+            former: roster
+                .former()
+                .map(|(key, f)| FormerView {
+                    name: f.name.clone(),
+                    node_id: key.node_id().to_string(),
+                    left: match f.departure {
+                        Departure::Removed => "removed".into(),
+                        Departure::RotatedTo(next) => format!("replaced by {}", next.node_id()),
+                    },
+                    left_at: format_time(f.left_ms),
+                    last_change: roster
+                        .spans(key)
+                        .iter()
+                        .filter_map(|s| s.until)
+                        .max()
+                        .unwrap_or(0),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// What a write returns: the item's id and the hash of the signed change.
@@ -165,14 +395,14 @@ pub struct RosterView {
 }
 
 impl NetworkView {
-    pub fn of(genesis: &Genesis) -> Self {
-        let roster = genesis.roster();
+    /// The network's genesis with the roster in force.
+    pub fn of(genesis: &Genesis, roster: &Roster) -> Self {
         Self {
             name: genesis.name().to_string(),
             network_id: genesis.network_id().to_string(),
             created_at: format_time(genesis.body().created_at_ms),
             created_by: roster.display_name(&genesis.body().creator),
-            quorum: genesis.body().quorum,
+            quorum: roster.quorum(),
             roster: roster
                 .entries()
                 .map(|e| RosterView {
@@ -228,7 +458,7 @@ pub fn execute(replica: &mut Replica, request: Request) -> Result<Response, Repl
         Request::Identity => Response::Identity(replica.summary()),
         Request::NetworkShow => {
             let genesis = replica.genesis().ok_or(ReplicaError::NoNetwork)?;
-            Response::Network(NetworkView::of(genesis))
+            Response::Network(NetworkView::of(genesis, replica.roster()?))
         }
         Request::Categories => Response::Categories(replica.categories()),
         Request::AddCategory { key, group, title } => {
@@ -341,7 +571,50 @@ pub fn execute(replica: &mut Replica, request: Request) -> Result<Response, Repl
         }
         Request::Status => Response::Status(Box::new(stopped_status(replica))),
         Request::Peers => Response::Peers(stopped_peers(replica)),
+        Request::Propose(input) => {
+            let id = replica.propose(input.to_op()?)?;
+            proposal_response(replica, id)?
+        }
+        Request::Approve { id } => {
+            let id = replica.approve(&id)?;
+            proposal_response(replica, id)?
+        }
+        Request::Proposals { all } => {
+            let g = replica.governance()?;
+            let mut list: Vec<_> = g
+                .motions
+                .values()
+                .filter(|m| all || matches!(m.standing, Standing::Pending { .. }))
+                .map(|m| ProposalView::of(g, m))
+                .collect();
+            list.sort_by(|a, b| (&a.proposed_at, &a.id).cmp(&(&b.proposed_at, &b.id)));
+            Response::Proposals(list)
+        }
+        Request::Members => Response::Members(Box::new(MembersView::of(
+            replica.roster()?,
+            &replica.identity().public(),
+        ))),
+        Request::RotateKey => {
+            let old_node_id = replica.identity().node_id().to_string();
+            let identity = replica.rotate_key()?;
+            Response::Rotated(Rotated {
+                old_node_id,
+                identity,
+            })
+        }
     })
+}
+
+fn proposal_response(
+    replica: &Replica,
+    id: crate::governance::RecordId,
+) -> Result<Response, ReplicaError> {
+    let g = replica.governance()?;
+    let motion = g
+        .motions
+        .get(&id)
+        .ok_or_else(|| ReplicaError::UnknownProposal(id.short()))?;
+    Ok(Response::Proposal(Box::new(ProposalView::of(g, motion))))
 }
 
 fn score(field: &'static str, value: Option<i64>) -> Result<Option<Score>, ValueError> {
@@ -413,6 +686,15 @@ pub fn is_write(request: &Request) -> bool {
             | Request::AddNote(_)
             | Request::Position { .. }
             | Request::Import { .. }
+    )
+}
+
+/// Whether a request may add roster records (the node then pushes them and
+/// follows the roster).
+pub fn is_roster_change(request: &Request) -> bool {
+    matches!(
+        request,
+        Request::Propose(_) | Request::Approve { .. } | Request::RotateKey | Request::Import { .. }
     )
 }
 

@@ -167,6 +167,7 @@ async fn a_peer_off_the_roster_receives_nothing_and_is_disconnected() {
         sync::Request::Pull {
             network: genesis.network_id(),
             have: Vec::new(),
+            records: [0; 32],
         },
     )
     .await;
@@ -204,6 +205,7 @@ async fn a_member_pushing_a_forged_envelope_is_disconnected_and_others_keep_sync
         a[0].clone(),
         sync::Request::Push {
             network: genesis.network_id(),
+            records: Vec::new(),
             envelopes: vec![EnvelopeBytes(forged.encode())],
         },
     )
