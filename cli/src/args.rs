@@ -84,6 +84,12 @@ pub enum Command {
     Status(JsonFlag),
     /// Show every roster entry: role, connection, addresses, what each side lacks
     Peers(JsonFlag),
+    /// Roster changes by quorum: propose, approve, list
+    #[command(subcommand)]
+    Member(MemberCommand),
+    /// This node's key: rotate it
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Run a live local federation on embedded defaults and show it converge
     Demo(DemoArgs),
     /// Measure ingest, restart, sync, reconciliation and footprint against raw baselines
@@ -313,4 +319,70 @@ pub enum NoteCommand {
         #[command(flatten)]
         json: JsonFlag,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MemberCommand {
+    /// Propose a roster change, signed by this member; prints the proposal id
+    #[command(subcommand)]
+    Propose(ProposeCommand),
+    /// Sign a pending proposal (its id, or a unique prefix of 4 or more hex digits)
+    Approve {
+        id: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// List pending proposals with who signed them
+    Proposals {
+        /// Include proposals already in force or void
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Show the roster in force: roles, since when, keys that left
+    List(JsonFlag),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProposeCommand {
+    /// Admit an institution's node as a member or observer
+    Add {
+        /// Its node id (from its `concord id`)
+        id: String,
+        #[arg(long)]
+        name: String,
+        /// member or observer
+        #[arg(long, value_parser = ["member", "observer"])]
+        role: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Take a node off the roster; its later changes are rejected everywhere
+    Remove {
+        id: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Make a member an observer, or an observer a member
+    Role {
+        id: String,
+        #[arg(value_parser = ["member", "observer"])]
+        role: String,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// Change how many member signatures a roster change needs
+    Quorum {
+        quorum: u32,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Replace this node's key: a succession signed by the old and the new key
+    /// is published, and the node goes on under the new identity
+    Rotate(JsonFlag),
 }

@@ -86,14 +86,18 @@ pub fn verify(session: &mut Session, json: bool) -> anyhow::Result<ExitCode> {
     if json {
         output::json(&audit)?;
     } else {
-        let mut table = output::table(&["AUTHOR", "ROLE", "CHANGES", "VERIFIED", "REJECTED"]);
+        let mut table = output::table(&[
+            "AUTHOR", "ROLE", "CHANGES", "VERIFIED", "ACCEPTED", "REJECTED", "FLAGGED",
+        ]);
         for a in &audit.authors {
             table.add_row(vec![
                 a.name.clone(),
                 a.role.clone().unwrap_or_else(|| "not on roster".into()),
                 a.changes.to_string(),
                 a.verified.to_string(),
+                a.accepted.to_string(),
                 a.rejected.to_string(),
+                a.flagged.to_string(),
             ]);
         }
         let mut text = format!(
@@ -106,6 +110,18 @@ pub fn verify(session: &mut Session, json: bool) -> anyhow::Result<ExitCode> {
                 p.change, p.author, p.problem
             ));
         }
+        for r in &audit.rejections {
+            text.push_str(&format!(
+                "\nREJECTED change {} by {}: {}",
+                r.change, r.author, r.problem
+            ));
+        }
+        for f in &audit.flags {
+            text.push_str(&format!(
+                "\nFLAGGED change {} by {}: {}",
+                f.change, f.author, f.problem
+            ));
+        }
         for f in &audit.forks {
             text.push_str(&format!(
                 "\nFORK by {} ({}): change number {} was signed twice; kept {}, refused {} (recorded {})",
@@ -113,7 +129,8 @@ pub fn verify(session: &mut Session, json: bool) -> anyhow::Result<ExitCode> {
             ));
         }
         text.push_str(if audit.ok {
-            "\nEvery stored change verified."
+            "\nEvery stored change verified (rejected ones are kept, verified, and left out \
+             of the document by the roster)."
         } else {
             "\nSome stored changes failed verification."
         });

@@ -6,6 +6,7 @@ mod bench;
 mod bundle;
 mod demo;
 mod id;
+mod member;
 mod network;
 mod notes;
 mod register;
@@ -46,6 +47,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(&dir, args),
         Command::Status(flag) => status::status(&mut Session::open(&dir)?, flag.json),
         Command::Peers(flag) => status::peers(&mut Session::open(&dir)?, flag.json),
+        Command::Member(cmd) => member::run(&mut Session::open(&dir)?, cmd),
+        Command::Key(cmd) => member::key(&mut Session::open(&dir)?, cmd),
         Command::Demo(args) => demo::run(args.dir.as_deref()),
         Command::Bench(args) => bench::run(args),
     }

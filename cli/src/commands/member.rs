@@ -1,0 +1,209 @@
+//! `concord member ...` (roster changes by quorum) and `concord key rotate`.
+
+use std::process::ExitCode;
+
+use anyhow::bail;
+use concord_node::api::{MembersView, ProposalInput, ProposalView, Request, Response};
+
+use super::unexpected;
+use crate::args::{KeyCommand, MemberCommand, ProposeCommand};
+use crate::output;
+use crate::session::Session;
+
+pub fn run(session: &mut Session, command: MemberCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        MemberCommand::Propose(propose) => {
+            let (input, json) = match propose {
+                ProposeCommand::Add {
+                    id,
+                    name,
+                    role,
+                    json,
+                } => (
+                    ProposalInput::Add {
+                        node_id: id,
+                        name,
+                        role,
+                    },
+                    json,
+                ),
+                ProposeCommand::Remove { id, json } => (ProposalInput::Remove { node_id: id }, json),
+                ProposeCommand::Role { id, role, json } => {
+                    (ProposalInput::Role { node_id: id, role }, json)
+                }
+                ProposeCommand::Quorum { quorum, json } => (ProposalInput::Quorum { quorum }, json),
+            };
+            let view = proposal(session.call(Request::Propose(input))?)?;
+            print_outcome(&view, json.json, "Proposed")
+        }
+        MemberCommand::Approve { id, json } => {
+            let view = proposal(session.call(Request::Approve { id })?)?;
+            print_outcome(&view, json.json, "Approved")
+        }
+        MemberCommand::Proposals { all, json } => {
+            let list = match session.call(Request::Proposals { all })? {
+                Response::Proposals(list) => list,
+                other => bail!(unexpected(&other)),
+            };
+            if json.json {
+                output::json(&list)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            if list.is_empty() {
+                output::text(if all {
+                    "No roster proposals."
+                } else {
+                    "No pending roster proposals."
+                })?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut table = output::table(&["ID", "ACTION", "SIGNED BY", "STATE", "PROPOSED"]);
+            for p in &list {
+                table.add_row(vec![
+                    p.id[..12].to_string(),
+                    p.action.clone(),
+                    signers(p),
+                    state(p),
+                    p.proposed_at.clone(),
+                ]);
+            }
+            output::text(&table.to_string())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        MemberCommand::List(json) => {
+            let view = match session.call(Request::Members)? {
+                Response::Members(view) => view,
+                other => bail!(unexpected(&other)),
+            };
+            if json.json {
+                output::json(&view)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            print_members(&view)
+        }
+    }
+}
+
+pub fn key(session: &mut Session, command: KeyCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        KeyCommand::Rotate(json) => {
+            let rotated = match session.call(Request::RotateKey)? {
+                Response::Rotated(r) => r,
+                other => bail!(unexpected(&other)),
+            };
+            if json.json {
+                output::json(&rotated)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            output::text(&format!(
+                "Key rotated. {name} now signs as\n\
+                 node id:     {id}\n\
+                 fingerprint: {fp}\n\
+                 The succession (signed by the old and the new key) goes to every peer;\n\
+                 changes signed by the old key {old} after it are rejected everywhere.\n\
+                 The old key file is kept beside the new one as node.key.retired-*: keep\n\
+                 it offline, or destroy it.",
+                name = rotated.identity.name,
+                id = rotated.identity.node_id,
+                fp = rotated.identity.fingerprint,
+                old = rotated.old_node_id,
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn proposal(response: Response) -> anyhow::Result<ProposalView> {
+    match response {
+        Response::Proposal(view) => Ok(*view),
+        other => bail!(unexpected(&other)),
+    }
+}
+
+fn print_outcome(view: &ProposalView, json: bool, verb: &str) -> anyhow::Result<ExitCode> {
+    if json {
+        output::json(view)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let outcome = match view.state.as_str() {
+        "applied" => "It is in force now.".to_string(),
+        "void" => format!(
+            "It cannot take effect: {}.",
+            view.reason.as_deref().unwrap_or("void")
+        ),
+        _ => format!(
+            "It needs {} more member signature(s) of a quorum of {}: other members run\n\
+             `concord member approve {}`.",
+            view.needs.unwrap_or(0),
+            view.quorum,
+            &view.id[..12]
+        ),
+    };
+    output::text(&format!(
+        "{verb}: {}\nproposal id: {}\nsigned by:   {}\n{outcome}",
+        view.action,
+        view.id,
+        signers(view)
+    ))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn signers(p: &ProposalView) -> String {
+    p.signers
+        .iter()
+        .map(|s| {
+            if s.counts {
+                s.name.clone()
+            } else {
+                format!("{} (not counted)", s.name)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn state(p: &ProposalView) -> String {
+    match p.state.as_str() {
+        "pending" => format!("pending: needs {} more", p.needs.unwrap_or(0)),
+        "void" => format!("void: {}", p.reason.as_deref().unwrap_or("")),
+        other => other.to_string(),
+    }
+}
+
+fn print_members(view: &MembersView) -> anyhow::Result<ExitCode> {
+    let mut table = output::table(&["NAME", "ROLE", "SINCE", "NODE ID", "FINGERPRINT"]);
+    for e in &view.entries {
+        let name = if e.this_node {
+            format!("{} (this node)", e.name)
+        } else {
+            e.name.clone()
+        };
+        table.add_row(vec![
+            name,
+            e.role.clone(),
+            e.since.clone().unwrap_or_default(),
+            e.node_id.clone(),
+            e.fingerprint.clone(),
+        ]);
+    }
+    let members = view.entries.iter().filter(|e| e.role == "member").count();
+    let mut text = format!(
+        "{table}\nQuorum: {} of {members} members sign a roster change.",
+        view.quorum
+    );
+    if !view.former.is_empty() {
+        let mut former = output::table(&["LEFT", "NAME", "HOW", "WHEN", "LAST CHANGE KEPT"]);
+        for f in &view.former {
+            former.add_row(vec![
+                f.node_id.clone(),
+                f.name.clone(),
+                f.left.clone(),
+                f.left_at.clone(),
+                f.last_change.to_string(),
+            ]);
+        }
+        text.push_str(&format!("\n\nKeys that left the roster:\n{former}"));
+    }
+    output::text(&text)?;
+    Ok(ExitCode::SUCCESS)
+}
