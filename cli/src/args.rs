@@ -179,6 +179,10 @@ pub enum NetworkCommand {
     Join {
         /// The genesis file
         file: PathBuf,
+        /// Join although the founding roster does not name this node: a
+        /// quorum of members admits it later with `member propose add`
+        #[arg(long)]
+        pending: bool,
         #[command(flatten)]
         json: JsonFlag,
     },

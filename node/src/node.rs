@@ -979,6 +979,14 @@ impl NodeLoop {
         let result = match request {
             Request::Status => Ok(Response::Status(Box::new(self.status()))),
             Request::Peers => Ok(Response::Peers(self.peer_views())),
+            Request::RotateKey if !self.peers.values().any(|s| s.connected) => Err(ApiError {
+                error: "no peer is connected, so no node would learn the new key and this node \
+                        could not reconnect under it; wait until a peer is connected (see \
+                        `concord peers`), or stop the node, rotate, and carry the succession \
+                        to a member with `concord export` / `concord import`"
+                    .into(),
+                causes: Vec::new(),
+            }),
             request => {
                 let write = api::is_write(&request);
                 let roster_change = api::is_roster_change(&request);

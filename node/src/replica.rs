@@ -91,6 +91,12 @@ pub enum ReplicaError {
     OtherNetwork { ours: String, theirs: String },
     #[error("this node ({node_id}) is not on the roster of network {network}")]
     NotOnRoster { node_id: String, network: String },
+    #[error(
+        "this node ({node_id}) is not on the founding roster of network {network}; if a quorum \
+         of members admits it (`concord member propose add`), join with `--pending` and \
+         bootstrap from a member"
+    )]
+    NotOnFoundingRoster { node_id: String, network: String },
     #[error("this node is an observer of the network; observers cannot write")]
     ObserverCannotWrite,
     #[error("unknown category {0:?}; run `concord categories` for the list")]
@@ -352,12 +358,24 @@ impl Replica {
 
     /// Installs a verified genesis. Joining the same network again is a no-op.
     pub fn join(&mut self, genesis: Genesis) -> Result<(), ReplicaError> {
+        self.join_as(genesis, false)
+    }
+
+    /// Installs a verified genesis that need not name this node: for an
+    /// institution a quorum admits (or will admit) after the founding. Until
+    /// the records admitting it arrive from a peer, it can write nothing and
+    /// peers refuse its connections.
+    pub fn join_pending(&mut self, genesis: Genesis) -> Result<(), ReplicaError> {
+        self.join_as(genesis, true)
+    }
+
+    fn join_as(&mut self, genesis: Genesis, pending: bool) -> Result<(), ReplicaError> {
         if self.refuse_if_joined(Some(genesis.network_id()))? {
             return Ok(());
         }
         let roster = genesis.roster();
-        if roster.get(&self.identity.public()).is_none() {
-            return Err(ReplicaError::NotOnRoster {
+        if !pending && roster.get(&self.identity.public()).is_none() {
+            return Err(ReplicaError::NotOnFoundingRoster {
                 node_id: self.identity.node_id().to_string(),
                 network: genesis.network_id().to_string(),
             });
@@ -650,7 +668,8 @@ impl Replica {
         };
         let record = Record::sign(body, &[&self.identity, &new])?;
         // New key first, beside the old one; then the record; then swap.
-        let staged = self.dir.root().join("node.key.new");
+        let key_file = self.dir.key_file();
+        let staged = key_file.with_extension("key.new");
         if staged.exists() {
             fs::remove_file(&staged).map_err(|source| ReplicaError::Io {
                 path: staged.clone(),
@@ -659,11 +678,10 @@ impl Replica {
         }
         new.save_new(&staged)?;
         self.add_records(&[EnvelopeBytes(record.encode())])?;
-        let retired = self.dir.root().join(format!(
-            "node.key.retired-{}",
-            me.fingerprint().replace(':', "")
+        let retired = key_file.with_extension(format!(
+            "key.retired-{}",
+            me.fingerprint().replace([':', ' '], "")
         ));
-        let key_file = self.dir.key_file();
         fs::rename(&key_file, &retired)
             .and_then(|()| fs::rename(&staged, &key_file))
             .map_err(|source| ReplicaError::Io {

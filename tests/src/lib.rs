@@ -478,6 +478,35 @@ pub mod live {
 
     /// Initialised, joined data directories for `members` then `observers`.
     pub fn federation(members: &[&str], observers: &[&str]) -> (Vec<LiveNode>, Genesis) {
+        federation_with_quorum(members, observers, None)
+    }
+
+    /// A node that is not on the founding roster: initialised, and joined to
+    /// `genesis` as pending (a quorum may admit it later).
+    pub fn outsider(name: &str, genesis: &Genesis) -> LiveNode {
+        let dir = tempfile::Builder::new()
+            .prefix("concord-live-")
+            .tempdir()
+            .expect("tempdir");
+        let data = DataDir::new(dir.path());
+        Replica::init(&data, name).expect("init");
+        Replica::open(&data)
+            .expect("open")
+            .join_pending(genesis.clone())
+            .expect("join");
+        LiveNode {
+            name: name.to_string(),
+            dir,
+            running: None,
+        }
+    }
+
+    /// Like [`federation`], with the quorum given (default: a majority).
+    pub fn federation_with_quorum(
+        members: &[&str],
+        observers: &[&str],
+        quorum: Option<u32>,
+    ) -> (Vec<LiveNode>, Genesis) {
         init_logs();
         let mut nodes: Vec<LiveNode> = members
             .iter()
@@ -514,7 +543,7 @@ pub mod live {
             })
             .collect();
         let genesis = replicas[0]
-            .create_network("Live test", roster, None)
+            .create_network("Live test", roster, quorum)
             .expect("create");
         for r in &mut replicas[1..] {
             r.join(genesis.clone()).expect("join");

@@ -27,7 +27,9 @@ pub fn run(session: &mut Session, command: MemberCommand) -> anyhow::Result<Exit
                     },
                     json,
                 ),
-                ProposeCommand::Remove { id, json } => (ProposalInput::Remove { node_id: id }, json),
+                ProposeCommand::Remove { id, json } => {
+                    (ProposalInput::Remove { node_id: id }, json)
+                }
                 ProposeCommand::Role { id, role, json } => {
                     (ProposalInput::Role { node_id: id, role }, json)
                 }
@@ -101,7 +103,7 @@ pub fn key(session: &mut Session, command: KeyCommand) -> anyhow::Result<ExitCod
                  fingerprint: {fp}\n\
                  The succession (signed by the old and the new key) goes to every peer;\n\
                  changes signed by the old key {old} after it are rejected everywhere.\n\
-                 The old key file is kept beside the new one as node.key.retired-*: keep\n\
+                 The old key file is kept beside the new one as identity.key.retired-*: keep\n\
                  it offline, or destroy it.",
                 name = rotated.identity.name,
                 id = rotated.identity.node_id,

@@ -59,7 +59,11 @@ pub fn run(dir: &DataDir, cmd: NetworkCommand) -> anyhow::Result<ExitCode> {
                 out.display(),
             ))?;
         }
-        NetworkCommand::Join { file, json } => {
+        NetworkCommand::Join {
+            file,
+            pending,
+            json,
+        } => {
             let bytes = read_file(&file)?;
             let genesis = Genesis::decode(&bytes)
                 .with_context(|| format!("{} is not a valid genesis", file.display()))?;
@@ -68,7 +72,11 @@ pub fn run(dir: &DataDir, cmd: NetworkCommand) -> anyhow::Result<ExitCode> {
                     "the node is running with its network already set: stop it before joining a network"
                 );
             };
-            replica.join(genesis.clone())?;
+            if pending {
+                replica.join_pending(genesis.clone())?;
+            } else {
+                replica.join(genesis.clone())?;
+            }
             if json.json {
                 output::json(&NetworkView::of(&genesis, &genesis.roster()))?;
                 return Ok(ExitCode::SUCCESS);

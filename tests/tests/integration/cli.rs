@@ -66,10 +66,16 @@ fn network_create_join_and_show() {
         .map(|n| n.json(&["network", "show"])["network_id"].clone())
         .collect();
     assert!(ids.windows(2).all(|w| w[0] == w[1]), "{ids:?}");
-    // A node that is not on the roster cannot join.
+    // A node that is not on the founding roster cannot join by mistake;
+    // with --pending it joins, and stays shut out until a quorum admits it.
     let stranger = Node::init("Stranger");
     stranger.refuses(
         &["network", "join", path_str(&fed.genesis)],
+        "is not on the founding roster",
+    );
+    stranger.ok(&["network", "join", "--pending", path_str(&fed.genesis)]);
+    stranger.refuses(
+        &["assess", "add", "--category", "reliability", "--title", "t"],
         "is not on the roster",
     );
     // An impossible quorum is refused.

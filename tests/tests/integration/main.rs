@@ -5,4 +5,5 @@ mod bad_input;
 mod cli;
 mod convergence;
 mod daemon;
+mod roster;
 mod sync;
