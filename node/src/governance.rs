@@ -643,6 +643,7 @@ enum ChangeKind {
     Remove {
         key: PublicKey,
         mark: u64,
+        seen_by_all: u64,
     },
     SetRole {
         key: PublicKey,
@@ -661,9 +662,11 @@ impl Change {
     fn apply(self, roster: &mut Roster) {
         match self.kind {
             ChangeKind::Add(entry) => roster.admit(entry, self.at_ms),
-            ChangeKind::Remove { key, mark } => {
-                roster.depart(&key, Departure::Removed, mark, self.at_ms)
-            }
+            ChangeKind::Remove {
+                key,
+                mark,
+                seen_by_all,
+            } => roster.depart(&key, Departure::Removed, (mark, seen_by_all), self.at_ms),
             ChangeKind::SetRole { key, role, mark } => {
                 roster.change_role(&key, role, mark, self.at_ms)
             }
@@ -672,7 +675,7 @@ impl Change {
                 let Some(entry) = roster.get(&old).cloned() else {
                     return;
                 };
-                roster.depart(&old, Departure::RotatedTo(new), mark, self.at_ms);
+                roster.depart(&old, Departure::RotatedTo(new), (mark, mark), self.at_ms);
                 roster.admit(RosterEntry { key: new, ..entry }, self.at_ms);
             }
         }
@@ -772,7 +775,15 @@ fn judge_proposal(
             name: name.trim().to_string(),
             role: *role,
         }),
-        Op::Remove { key } => ChangeKind::Remove { key: *key, mark },
+        Op::Remove { key } => ChangeKind::Remove {
+            key: *key,
+            mark,
+            seen_by_all: counted
+                .iter()
+                .map(|(_, s, _)| s.target_tip)
+                .min()
+                .unwrap_or(0),
+        },
         Op::SetRole { key, role } => ChangeKind::SetRole {
             key: *key,
             role: *role,

@@ -1119,22 +1119,32 @@ impl Replica {
                 continue;
             }
             entry.accepted += 1;
-            if let Some((_, former)) = roster.former().find(|(k, _)| **k == author)
-                && change.timestamp() > former.left_ms
-            {
-                entry.flagged += 1;
+            if let Some((_, former)) = roster.former().find(|(k, _)| **k == author) {
                 let how = match former.departure {
                     Departure::Removed => "removed",
                     Departure::RotatedTo(_) => "replaced",
                 };
-                flags.push(row(format!(
-                    "accepted (its signers had seen this author's change number {}), but dated \
-                     {}, after its author was {how} at {}: back-dated onto old heads, or a \
-                     skewed clock",
-                    change.seq(),
-                    model::format_time(change.timestamp()),
-                    model::format_time(former.left_ms),
-                )));
+                let why = if change.seq() > former.seen_by_all {
+                    Some(format!(
+                        "accepted because a signer of its author's departure had seen change \
+                         number {}, but not every signer had: it may have been written while \
+                         the departure was pending (back-dated onto old heads)",
+                        change.seq()
+                    ))
+                } else if change.timestamp() > former.left_ms {
+                    Some(format!(
+                        "accepted, but dated {}, after its author was {how} at {}: back-dated \
+                         onto old heads, or a skewed clock",
+                        model::format_time(change.timestamp()),
+                        model::format_time(former.left_ms),
+                    ))
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    entry.flagged += 1;
+                    flags.push(row(why));
+                }
             }
         }
         let forks = self
@@ -1852,6 +1862,11 @@ mod tests {
         // Member 1 had seen change 2 of the removed member when it signed,
         // so that change stays; the cutoff is the highest tip a signer saw.
         assert!(r[1].document().has_change(&late));
+        // Member 0 (the proposer) had not seen it: verify flags it.
+        let audit = r[1].audit().expect("audit");
+        assert_eq!(audit.flags.len(), 1, "{:?}", audit.flags);
+        assert!(audit.flags[0].change == late.to_string());
+        assert!(audit.flags[0].problem.contains("not every signer"));
         // A third change, made after everyone signed, is rejected by both:
         // by member 0 at the door, by member 1 after the fact.
         let later = assess(&mut r[2], "well after removal");

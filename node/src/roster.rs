@@ -73,6 +73,10 @@ pub struct Former {
     pub departure: Departure,
     /// When it left (the time of the record that made it leave).
     pub left_ms: i64,
+    /// The highest change number every signer of its departure had seen;
+    /// changes after it and up to the cut-off were seen by some signers
+    /// only, so they may have been written while the departure was pending.
+    pub seen_by_all: u64,
 }
 
 /// Why a change by a key does not count.
@@ -236,7 +240,14 @@ impl Roster {
     }
 
     /// Takes `key` off the roster; its changes after `mark` no longer count.
-    pub(crate) fn depart(&mut self, key: &PublicKey, departure: Departure, mark: u64, at_ms: i64) {
+    /// `seen_by_all` is the highest change number all signers had seen.
+    pub(crate) fn depart(
+        &mut self,
+        key: &PublicKey,
+        departure: Departure,
+        (mark, seen_by_all): (u64, u64),
+        at_ms: i64,
+    ) {
         let Some(entry) = self.entries.remove(key) else {
             return;
         };
@@ -251,6 +262,7 @@ impl Roster {
                 role: entry.role,
                 departure,
                 left_ms: at_ms,
+                seen_by_all: seen_by_all.min(mark),
             },
         );
     }
@@ -337,7 +349,7 @@ mod tests {
     #[test]
     fn removal_keeps_changes_up_to_the_mark() {
         let mut r = roster();
-        r.depart(&key(1), Departure::Removed, 5, 10);
+        r.depart(&key(1), Departure::Removed, (5, 5), 10);
         assert!(r.may_write(&key(1), 5).is_ok());
         assert_eq!(
             r.may_write(&key(1), 6),
@@ -362,7 +374,7 @@ mod tests {
     #[test]
     fn rotation_points_to_the_new_key() {
         let mut r = roster();
-        r.depart(&key(1), Departure::RotatedTo(key(4)), 2, 10);
+        r.depart(&key(1), Departure::RotatedTo(key(4)), (2, 2), 10);
         r.admit(
             RosterEntry {
                 key: key(4),
