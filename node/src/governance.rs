@@ -124,7 +124,11 @@ impl Op {
             }
             Op::Remove { key } => format!("remove {}", roster.display_name(key)),
             Op::SetRole { key, role } => {
-                format!("make {} an {role}", roster.display_name(key))
+                let role = match role {
+                    Role::Member => "a member",
+                    Role::Observer => "an observer",
+                };
+                format!("make {} {role}", roster.display_name(key))
             }
             Op::SetQuorum { quorum } => format!("set the quorum to {quorum}"),
         }
@@ -719,9 +723,10 @@ fn judge_proposal(
         },
         Op::SetRole { key, role } => match roster.role_of(key) {
             None => Some(format!("{} is not on the roster", key.node_id())),
-            Some(r) if r == *role => {
-                Some(format!("{} is already an {role}", roster.display_name(key)))
-            }
+            Some(r) if r == *role => Some(format!(
+                "{} already has the role {role}",
+                roster.display_name(key)
+            )),
             Some(Role::Member) if members - 1 < quorum => Some(format!(
                 "making {} an observer would leave {} members, fewer than the quorum of {quorum}",
                 roster.display_name(key),

@@ -1249,7 +1249,10 @@ fn check_fits(op: &Op, roster: &Roster) -> Result<(), ReplicaError> {
         Op::SetRole { key, role } => match roster.role_of(key) {
             None => return bad(format!("{} is not on the roster", key.node_id())),
             Some(r) if r == *role => {
-                return bad(format!("{} is already an {role}", roster.display_name(key)));
+                return bad(format!(
+                    "{} already has the role {role}",
+                    roster.display_name(key)
+                ));
             }
             Some(Role::Member) if members - 1 < roster.quorum() => {
                 return bad(format!(

@@ -545,3 +545,75 @@ fn the_benchmark_harness_runs_a_1000_change_smoke_test() {
         assert!(ours > 0.0 && baseline > 0.0, "{row}");
     }
 }
+
+/// The README's roster walk-through, offline: records travel in bundles.
+#[test]
+fn roster_changes_by_quorum_through_the_cli_and_bundles() {
+    let fed = Federation::new(&["A", "B", "C"], &["O"]);
+    let (a, b, o) = (&fed.nodes[0], &fed.nodes[1], &fed.nodes[3]);
+    let newcomer = Node::init("N");
+    newcomer.ok(&["network", "join", "--pending", path_str(&fed.genesis)]);
+    let proposal = a.json(&[
+        "member",
+        "propose",
+        "add",
+        &newcomer.node_id(),
+        "--name",
+        "N",
+        "--role",
+        "member",
+    ]);
+    assert_eq!(proposal["state"], "pending");
+    assert_eq!(proposal["needs"], 1);
+    let id = proposal["id"].as_str().expect("id").to_string();
+    // The text form says how many signatures are missing.
+    let listed = a.ok(&["member", "proposals"]);
+    assert!(listed.contains("needs 1 more"), "{listed}");
+    // B learns of it from A's bundle and approves by a short prefix.
+    b.import(&a.export("a.bundle"));
+    assert_eq!(b.json(&["member", "proposals"])[0]["id"], id.as_str());
+    let approved = b.json(&["member", "approve", &id[..8]]);
+    assert_eq!(approved["state"], "applied");
+    b.refuses(&["member", "approve", &id[..8]], "already in force");
+    // An observer cannot propose; an unknown id is named.
+    o.refuses(
+        &["member", "propose", "quorum", "1"],
+        "only members can propose",
+    );
+    b.refuses(&["member", "approve", "abcdef"], "no pending proposal");
+    // Everyone who imports B's bundle has the new member, with a start time.
+    let from_b = b.export("b.bundle");
+    for node in [a, o, &newcomer] {
+        node.import(&from_b);
+        let list = node.json(&["member", "list"]);
+        let entry = list["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .find(|e| e["name"] == "N")
+            .cloned()
+            .expect("N listed");
+        assert_eq!(entry["role"], "member");
+        assert!(entry["since"].as_str().is_some_and(|s| s.contains('T')));
+    }
+    // The newcomer writes, and its change is accepted elsewhere.
+    add_assessment(&newcomer, "algorithmic-bias", "written by N");
+    a.import(&newcomer.export("n.bundle"));
+    let audit = a.json(&["verify"]);
+    assert!(
+        audit["authors"]
+            .as_array()
+            .expect("authors")
+            .iter()
+            .any(|x| x["name"] == "N" && x["accepted"] == 1)
+    );
+    // A proposal that cannot take effect is refused at once, with the reason.
+    a.refuses(
+        &["member", "propose", "quorum", "9"],
+        "between 1 and the 4 members",
+    );
+    a.refuses(
+        &["member", "propose", "role", &newcomer.node_id(), "member"],
+        "already has the role member",
+    );
+}
