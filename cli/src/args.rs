@@ -101,6 +101,26 @@ pub struct BenchArgs {
     /// How many signed changes to generate (10000, 100000 and 1000000 are documented)
     #[arg(long, default_value_t = 100_000)]
     pub changes: usize,
+    /// Run only these groups: store, propagation, writers, durable, scale (comma-separated)
+    #[arg(long, value_delimiter = ',', value_name = "GROUPS")]
+    pub only: Vec<String>,
+    /// Nodes in the propagation line and mesh
+    #[arg(long, default_value_t = 10)]
+    pub propagation_nodes: usize,
+    /// Changes timed in each propagation run
+    #[arg(long, default_value_t = 200)]
+    pub propagation_changes: usize,
+    /// How long the many-writers run lasts, in seconds
+    #[arg(long, default_value_t = 60)]
+    pub writers_seconds: u64,
+    /// Changes written through the local API in the durable-writes run
+    #[arg(long, default_value_t = 500)]
+    pub durable_changes: usize,
+    /// Nodes in the scale run, each writing --scale-changes changes
+    #[arg(long, default_value_t = 50)]
+    pub scale_nodes: usize,
+    #[arg(long, default_value_t = 100)]
+    pub scale_changes: usize,
     /// Print the results as JSON
     #[arg(long)]
     pub json: bool,

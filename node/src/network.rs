@@ -102,6 +102,11 @@ pub enum Event {
         request: sync::Request,
         channel: ResponseChannel<sync::Response>,
     },
+    /// A ping round trip to `peer` on its connection.
+    Rtt {
+        peer: PeerId,
+        rtt: std::time::Duration,
+    },
     /// A peer sent a message that did not decode or was over the size limit.
     BadMessage {
         peer: PeerId,
@@ -148,9 +153,15 @@ enum Command {
 #[derive(Clone, Debug)]
 pub struct Client {
     commands: mpsc::UnboundedSender<Command>,
+    traffic: Traffic,
 }
 
 impl Client {
+    /// Sync bytes sent and received by this event loop so far.
+    pub fn traffic(&self) -> (u64, u64) {
+        self.traffic.totals()
+    }
+
     async fn send(&self, command: Command) -> Result<(), NetworkError> {
         self.commands
             .send(command)
@@ -240,6 +251,7 @@ pub fn new(
 ) -> Result<(Client, mpsc::Receiver<Event>, EventLoop), NetworkError> {
     let transport = |e: &dyn std::fmt::Display| NetworkError::Transport(e.to_string());
     let mdns_enabled = config.mdns;
+    let traffic = Traffic::default();
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
@@ -273,7 +285,9 @@ pub fn new(
                 ),
                 ping: ping::Behaviour::default(),
                 sync: request_response::Behaviour::with_codec(
-                    SyncCodec,
+                    SyncCodec {
+                        traffic: traffic.clone(),
+                    },
                     [(StreamProtocol::new(sync::PROTOCOL), ProtocolSupport::Full)],
                     request_response::Config::default()
                         .with_request_timeout(REQUEST_TIMEOUT)
@@ -302,7 +316,7 @@ pub fn new(
     let (commands, command_rx) = mpsc::unbounded_channel();
     let (events, event_rx) = mpsc::channel(CHANNEL_BOUND);
     Ok((
-        Client { commands },
+        Client { commands, traffic },
         event_rx,
         EventLoop {
             swarm,
@@ -495,6 +509,11 @@ impl EventLoop {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.handle_sync(event).await,
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            })) => self.emit(Event::Rtt { peer, rtt }).await,
             _ => {}
         }
     }
@@ -595,8 +614,31 @@ pub enum WireRequest {
 
 /// Frames sync messages: a 4-byte big-endian length, then the postcard body.
 /// A length over [`MAX_MESSAGE_LEN`] is refused before anything is allocated.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SyncCodec;
+/// Counts the bytes it frames in both directions.
+#[derive(Clone, Debug, Default)]
+pub struct SyncCodec {
+    traffic: Traffic,
+}
+
+/// Sync bytes sent and received (frames with their length prefixes), shared
+/// by every connection of one event loop.
+#[derive(Clone, Debug, Default)]
+pub struct Traffic {
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    received: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Traffic {
+    /// (bytes sent, bytes received) so far.
+    pub fn totals(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.sent.load(Relaxed), self.received.load(Relaxed))
+    }
+
+    fn count(counter: &std::sync::atomic::AtomicU64, body: usize) {
+        counter.fetch_add(4 + body as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 fn too_large(len: usize) -> std::io::Error {
     std::io::Error::new(
@@ -657,10 +699,15 @@ impl request_response::Codec for SyncCodec {
         T: AsyncRead + Unpin + Send,
     {
         match read_frame(io).await {
-            Ok(body) => Ok(match sync::decode_request(&body) {
-                Ok(request) => WireRequest::Valid(request),
-                Err(e) => WireRequest::Invalid(e.to_string()),
-            }),
+            Ok(body) => Ok(
+                match {
+                    Traffic::count(&self.traffic.received, body.len());
+                    sync::decode_request(&body)
+                } {
+                    Ok(request) => WireRequest::Valid(request),
+                    Err(e) => WireRequest::Invalid(e.to_string()),
+                },
+            ),
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
                 Ok(WireRequest::Invalid(e.to_string()))
             }
@@ -676,7 +723,9 @@ impl request_response::Codec for SyncCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        sync::decode_response(&read_frame(io).await?).map_err(invalid)
+        let body = read_frame(io).await?;
+        Traffic::count(&self.traffic.received, body.len());
+        sync::decode_response(&body).map_err(invalid)
     }
 
     async fn write_request<T>(
@@ -689,7 +738,11 @@ impl request_response::Codec for SyncCodec {
         T: AsyncWrite + Unpin + Send,
     {
         match request {
-            WireRequest::Valid(request) => write_frame(io, &sync::encode_request(&request)).await,
+            WireRequest::Valid(request) => {
+                let body = sync::encode_request(&request);
+                Traffic::count(&self.traffic.sent, body.len());
+                write_frame(io, &body).await
+            }
             WireRequest::Invalid(_) => Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 "an invalid request is never sent",
@@ -706,6 +759,8 @@ impl request_response::Codec for SyncCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &sync::encode_response(&response)).await
+        let body = sync::encode_response(&response);
+        Traffic::count(&self.traffic.sent, body.len());
+        write_frame(io, &body).await
     }
 }

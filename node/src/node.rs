@@ -327,6 +327,8 @@ struct PeerState {
     records: Option<[u8; 32]>,
     /// The records digest we last pulled for because it differed from ours.
     pulled_for_records: Option<[u8; 32]>,
+    /// The last ping round trip.
+    rtt: Option<Duration>,
 }
 
 impl PeerState {
@@ -348,6 +350,7 @@ impl PeerState {
             last_pull: Instant::now(),
             records: None,
             pulled_for_records: None,
+            rtt: None,
         }
     }
 
@@ -479,6 +482,11 @@ impl NodeLoop {
                 let refused = matches!(response, sync::Response::Refused { .. });
                 let _ = self.client.respond(peer, channel, response, refused).await;
                 self.follow_roster();
+            }
+            Event::Rtt { peer, rtt } => {
+                if let Some(state) = self.peers.get_mut(&peer) {
+                    state.rtt = Some(rtt);
+                }
             }
             Event::BadMessage { peer, error } => {
                 tracing::warn!(%peer, %error, "peer sent an undecodable or oversized message; disconnecting");
@@ -1029,6 +1037,7 @@ impl NodeLoop {
             .collect();
         status.connected.sort();
         status.last_sync = self.last_sync.map(format_time);
+        (status.bytes_sent, status.bytes_received) = self.client.traffic();
         status
     }
 
@@ -1056,6 +1065,7 @@ impl NodeLoop {
             view.addresses = state.addrs.iter().map(ToString::to_string).collect();
             view.last_seen = state.last_seen.map(format_time);
             view.role = state.role.to_string();
+            view.rtt_ms = state.rtt.map(|d| d.as_secs_f64() * 1000.0);
             if let Some(theirs) = &state.tips {
                 view.they_lack = Some(lacking(ours, theirs));
                 view.we_lack = Some(lacking(theirs, ours));

@@ -709,7 +709,7 @@ pub mod rogue {
         addr: Multiaddr,
         request: sync::Request,
     ) -> Exchange<sync::Response> {
-        exchange(key, SyncCodec, addr, WireRequest::Valid(request)).await
+        exchange(key, SyncCodec::default(), addr, WireRequest::Valid(request)).await
     }
 
     /// Sends `bytes` as-is on the sync protocol and reads whatever comes back.

@@ -3,6 +3,7 @@
 //! works the same whether the node is running or not.
 
 mod bench;
+mod bench_live;
 mod bundle;
 mod demo;
 mod id;

@@ -431,6 +431,11 @@ pub struct StatusView {
     pub heads: Vec<String>,
     pub connected: Vec<String>,
     pub last_sync: Option<String>,
+    /// Every author's highest stored change number, by node id.
+    pub tips: std::collections::BTreeMap<String, u64>,
+    /// Sync bytes sent and received since the node started (0 when stopped).
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
 }
 
 /// One roster entry as `concord peers` shows it.
@@ -449,6 +454,8 @@ pub struct PeerView {
     pub they_lack: Option<u64>,
     /// Changes the peer holds that we lack, as of the last exchange.
     pub we_lack: Option<u64>,
+    /// The last ping round trip to the peer, in milliseconds.
+    pub rtt_ms: Option<f64>,
 }
 
 /// Carries out a request on a replica. `Status` and `Peers` describe a
@@ -645,6 +652,13 @@ pub fn stopped_status(replica: &Replica) -> StatusView {
         heads: heads(replica),
         connected: Vec::new(),
         last_sync: None,
+        tips: replica
+            .tips()
+            .iter()
+            .map(|(k, s)| (k.node_id().to_string(), *s))
+            .collect(),
+        bytes_sent: 0,
+        bytes_received: 0,
     }
 }
 
@@ -671,6 +685,7 @@ pub fn stopped_peers(replica: &Replica) -> Vec<PeerView> {
             last_seen: None,
             they_lack: None,
             we_lack: None,
+            rtt_ms: None,
         })
         .collect()
 }
