@@ -699,15 +699,13 @@ impl request_response::Codec for SyncCodec {
         T: AsyncRead + Unpin + Send,
     {
         match read_frame(io).await {
-            Ok(body) => Ok(
-                match {
-                    Traffic::count(&self.traffic.received, body.len());
-                    sync::decode_request(&body)
-                } {
+            Ok(body) => {
+                Traffic::count(&self.traffic.received, body.len());
+                Ok(match sync::decode_request(&body) {
                     Ok(request) => WireRequest::Valid(request),
                     Err(e) => WireRequest::Invalid(e.to_string()),
-                },
-            ),
+                })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
                 Ok(WireRequest::Invalid(e.to_string()))
             }
