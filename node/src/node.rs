@@ -57,6 +57,8 @@ const REDIAL_TICK: Duration = Duration::from_millis(250);
 /// How long `start` waits for a command that holds the store to finish.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
 const LOCK_POLL: Duration = Duration::from_millis(50);
+/// Most queued API calls committed as one group (one flush).
+const GROUP_COMMIT_MAX: usize = 256;
 /// How long a key rotation waits for peers to take the succession record
 /// before the network restarts under the new key.
 const ROTATE_PUSH_WAIT: Duration = Duration::from_secs(5);
@@ -404,7 +406,7 @@ impl NodeLoop {
                     Some(event) => self.handle_event(event).await,
                     None => break,
                 },
-                Some(call) = calls.recv() => self.handle_call(call).await,
+                Some(call) = calls.recv() => self.handle_calls(call, &mut calls).await,
                 Some(outcome) = self.inflight.next(), if !self.inflight.is_empty() => {
                     self.handle_outcome(outcome).await;
                 }
@@ -979,6 +981,81 @@ impl NodeLoop {
             if self.client.dial(peer, addrs).await.is_err() {
                 return;
             }
+        }
+    }
+
+    /// Executes `first` and the calls already queued behind it, in order,
+    /// committing the plain local writes among them as a group: each is
+    /// stored atomically, one flush then makes them all durable, and only
+    /// then are they pushed to peers and their callers answered. Any other
+    /// call first settles the group, then runs on its own.
+    async fn handle_calls(&mut self, first: ApiCall, calls: &mut mpsc::Receiver<ApiCall>) {
+        let mut batch = vec![first];
+        while batch.len() < GROUP_COMMIT_MAX {
+            match calls.try_recv() {
+                Ok(call) => batch.push(call),
+                Err(_) => break,
+            }
+        }
+        let mut group: Vec<(
+            oneshot::Sender<Result<Response, ApiError>>,
+            Result<Response, ApiError>,
+        )> = Vec::new();
+        let mut before = self.replica.tips().clone();
+        for call in batch {
+            let plain_write = api::is_plain_write(&call.request);
+            if !plain_write {
+                self.settle_group(&mut group, &before).await;
+                self.handle_call(call).await;
+                before = self.replica.tips().clone();
+                continue;
+            }
+            if group.is_empty() {
+                self.replica.begin_group();
+            }
+            let ApiCall { request, reply } = call;
+            let result = tokio::task::block_in_place(|| api::execute(&mut self.replica, request))
+                .map_err(|e| ApiError::from_error(&e));
+            group.push((reply, result));
+        }
+        self.settle_group(&mut group, &before).await;
+    }
+
+    /// Flushes a group of local writes, pushes what they added since
+    /// `before`, and answers their callers (with an error for all if the
+    /// flush failed: none of them is reported written before it is durable).
+    async fn settle_group(
+        &mut self,
+        group: &mut Vec<(
+            oneshot::Sender<Result<Response, ApiError>>,
+            Result<Response, ApiError>,
+        )>,
+        before: &Tips,
+    ) {
+        if group.is_empty() {
+            return;
+        }
+        let flushed = tokio::task::block_in_place(|| self.replica.end_group());
+        match flushed {
+            Ok(()) => {
+                tracing::debug!(writes = group.len(), "group committed with one flush");
+                match self.replica.changes_for(before, usize::MAX) {
+                    Ok((new, _)) => self.relay(&new, None),
+                    Err(e) => tracing::error!(error = %e, "cannot read the new changes"),
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot flush the store; the group's writes are not acknowledged");
+                let failed = ApiError::from_error(&e);
+                for (_, result) in group.iter_mut() {
+                    if result.is_ok() {
+                        *result = Err(failed.clone());
+                    }
+                }
+            }
+        }
+        for (reply, result) in group.drain(..) {
+            let _ = reply.send(result);
         }
     }
 

@@ -67,6 +67,8 @@ pub enum ReplicaError {
     AlreadySigned(String),
     #[error("{0}")]
     BadProposal(String),
+    #[error("batch refused: {0}")]
+    BadBatch(String),
     #[error(
         "this node's change number {seq} builds on a change that is rejected under the roster \
          in force, so every node rejects it and everything after it in this key's chain; \
@@ -197,6 +199,9 @@ pub struct Replica {
     /// Stored changes that do not count under the roster in force (and so
     /// are not in the document): see [`Replica::add_records`].
     invalid: HashSet<ChangeHash>,
+    /// While set, local writes are staged without a flush; see
+    /// [`Replica::begin_group`].
+    grouping: bool,
 }
 
 /// The store as the ingest checks see it: stored changes, of which those in
@@ -264,6 +269,7 @@ impl Replica {
             tips,
             log: None,
             invalid,
+            grouping: false,
         })
     }
 
@@ -445,7 +451,11 @@ impl Replica {
         let stored = Envelope::sign(&self.identity, network, change.raw_bytes().to_vec())
             .map_err(ReplicaError::from)
             .and_then(|envelope| {
-                self.store.commit([(&envelope, change.seq())])?;
+                if self.grouping {
+                    self.store.stage([(&envelope, change.seq())])?;
+                } else {
+                    self.store.commit([(&envelope, change.seq())])?;
+                }
                 Ok(envelope.hash())
             });
         match &stored {
@@ -932,6 +942,25 @@ impl Replica {
     /// Makes everything stored so far durable (used at shutdown).
     pub fn flush(&self) -> Result<(), ReplicaError> {
         Ok(self.store.flush()?)
+    }
+
+    /// Starts a group commit: local writes from now on are stored atomically
+    /// but not flushed, until [`Replica::end_group`] flushes them all at
+    /// once. The caller must not report any of them written before that.
+    pub fn begin_group(&mut self) {
+        self.grouping = true;
+    }
+
+    /// Whether a group commit is open.
+    pub fn in_group(&self) -> bool {
+        self.grouping
+    }
+
+    /// Ends a group commit with one flush; after `Ok` every write of the
+    /// group is durable.
+    pub fn end_group(&mut self) -> Result<(), ReplicaError> {
+        self.grouping = false;
+        self.flush()
     }
 
     /// The shared path for changes from outside (bundles now, peers later).

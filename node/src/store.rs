@@ -79,13 +79,18 @@ pub struct Snapshot {
 #[derive(Debug, Clone)]
 pub struct Store {
     db: sled::Db,
+    /// How many flushes this handle made (group commit makes fewer).
+    flushes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Store {
     /// Opens (or creates) the store in `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         match sled::Config::new().path(path).open() {
-            Ok(db) => Ok(Self { db }),
+            Ok(db) => Ok(Self {
+                db,
+                flushes: Default::default(),
+            }),
             Err(sled::Error::Io(e))
                 if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock") =>
             {
@@ -105,13 +110,24 @@ impl Store {
     /// Installs the genesis and flushes.
     pub fn set_genesis(&self, bytes: &[u8]) -> Result<(), StoreError> {
         self.db.insert(KEY_GENESIS, bytes)?;
-        self.db.flush()?;
+        self.sync()?;
         Ok(())
     }
 
     /// Writes accepted envelopes atomically (with their chain index entries)
     /// and flushes. Either all are durable when this returns or none is stored.
     pub fn commit<'a>(
+        &self,
+        batch: impl IntoIterator<Item = (&'a Envelope, u64)>,
+    ) -> Result<usize, StoreError> {
+        let count = self.stage(batch)?;
+        self.sync()?;
+        Ok(count)
+    }
+
+    /// Writes envelopes atomically like [`Store::commit`] but does not flush:
+    /// they are durable after the next [`Store::flush`] (group commit).
+    pub fn stage<'a>(
         &self,
         batch: impl IntoIterator<Item = (&'a Envelope, u64)>,
     ) -> Result<usize, StoreError> {
@@ -136,7 +152,6 @@ impl Store {
             writes.insert(key, seq.to_be_bytes().as_slice());
         }
         self.db.apply_batch(writes)?;
-        self.db.flush()?;
         Ok(count)
     }
 
@@ -151,7 +166,7 @@ impl Store {
         let value = postcard::to_stdvec(evidence)
             .map_err(|e| StoreError::Corrupt(format!("cannot encode evidence: {e}")))?;
         self.db.insert(key, value)?;
-        self.db.flush()?;
+        self.sync()?;
         Ok(())
     }
 
@@ -177,7 +192,7 @@ impl Store {
             writes.insert(key, bytes.as_slice());
         }
         self.db.apply_batch(writes)?;
-        self.db.flush()?;
+        self.sync()?;
         Ok(())
     }
 
@@ -194,7 +209,7 @@ impl Store {
         let value = postcard::to_stdvec(snapshot)
             .map_err(|e| StoreError::Corrupt(format!("cannot encode the snapshot: {e}")))?;
         self.db.insert(KEY_SNAPSHOT, value)?;
-        self.db.flush()?;
+        self.sync()?;
         Ok(())
     }
 
@@ -236,8 +251,20 @@ impl Store {
 
     /// Makes everything written so far durable.
     pub fn flush(&self) -> Result<(), StoreError> {
+        self.sync()
+    }
+
+    /// Flushes to disk, counting the flush.
+    fn sync(&self) -> Result<(), StoreError> {
         self.db.flush()?;
+        self.flushes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
+    }
+
+    /// How many flushes this store handle has made.
+    pub fn flush_count(&self) -> u64 {
+        self.flushes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn envelope(&self, hash: &ChangeHash) -> Result<Option<Vec<u8>>, StoreError> {

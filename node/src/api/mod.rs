@@ -124,6 +124,13 @@ pub enum Request {
     Members,
     /// `key rotate`.
     RotateKey,
+    /// Several local writes (adds, updates, comments, notes, positions,
+    /// categories) committed as one group with one flush. They run in order;
+    /// the first that fails stops the batch, and its error names its index
+    /// (the writes before it stand).
+    Batch {
+        requests: Vec<Request>,
+    },
 }
 
 /// A roster change as typed.
@@ -204,6 +211,7 @@ pub enum Response {
     Proposals(Vec<ProposalView>),
     Members(Box<MembersView>),
     Rotated(Rotated),
+    Batch(Vec<Response>),
 }
 
 /// A roster proposal (or key succession) and where it stands.
@@ -436,6 +444,9 @@ pub struct StatusView {
     /// Sync bytes sent and received since the node started (0 when stopped).
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Store flushes since the node started (one per acknowledged group of
+    /// local writes, one per batch of changes from peers).
+    pub flushes: u64,
 }
 
 /// One roster entry as `concord peers` shows it.
@@ -601,6 +612,35 @@ pub fn execute(replica: &mut Replica, request: Request) -> Result<Response, Repl
             replica.roster()?,
             &replica.identity().public(),
         ))),
+        Request::Batch { requests } => {
+            if let Some(i) = requests.iter().position(|r| !is_plain_write(r)) {
+                return Err(ReplicaError::BadBatch(format!(
+                    "request #{i} is not a local write; a batch holds only adds, updates, \
+                     comments, notes, positions and categories"
+                )));
+            }
+            // Inside a running node's group the node flushes; alone, we do.
+            let own_group = !replica.in_group();
+            replica.begin_group();
+            let mut answers = Vec::with_capacity(requests.len());
+            let mut failed = None;
+            for (i, request) in requests.into_iter().enumerate() {
+                match execute(replica, request) {
+                    Ok(answer) => answers.push(answer),
+                    Err(e) => {
+                        failed = Some(ReplicaError::BadBatch(format!("request #{i}: {e}")));
+                        break;
+                    }
+                }
+            }
+            if own_group {
+                replica.end_group()?;
+            }
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            Response::Batch(answers)
+        }
         Request::RotateKey => {
             let old_node_id = replica.identity().node_id().to_string();
             let identity = replica.rotate_key()?;
@@ -659,6 +699,7 @@ pub fn stopped_status(replica: &Replica) -> StatusView {
             .collect(),
         bytes_sent: 0,
         bytes_received: 0,
+        flushes: replica.store().flush_count(),
     }
 }
 
@@ -701,7 +742,13 @@ pub fn is_write(request: &Request) -> bool {
             | Request::AddNote(_)
             | Request::Position { .. }
             | Request::Import { .. }
+            | Request::Batch { .. }
     )
+}
+
+/// Whether a request is a local write that a group commit may hold.
+pub fn is_plain_write(request: &Request) -> bool {
+    is_write(request) && !is_roster_change(request)
 }
 
 /// Whether a request may add roster records (the node then pushes them and

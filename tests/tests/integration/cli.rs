@@ -551,7 +551,7 @@ fn the_benchmark_harness_runs_a_1000_change_smoke_test() {
         "propagation, line",
         "propagation, mesh",
         "many writers, p99 to every node",
-        "durable writes, 16 writers",
+        "durable writes, 16 writers: changes per flush",
         "scale, convergence",
     ] {
         assert!(

@@ -259,3 +259,43 @@ async fn garbage_and_oversized_messages_are_rejected_and_the_node_keeps_running(
         node.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_writes_is_made_durable_with_one_flush_and_reaches_peers() {
+    let (mut nodes, _) = federation(&["A", "B"], &[]);
+    nodes[0].start(Vec::new()).await;
+    let a = nodes[0].addresses();
+    nodes[1].start(a).await;
+    wait_converged(&[&nodes[0], &nodes[1]], 0).await;
+    let before = nodes[0].status().await.flushes;
+    let requests = (0..20)
+        .map(|i| {
+            Request::AddAssessment(concord_node::api::AssessmentInput {
+                category: "reliability".into(),
+                title: format!("batched {i}"),
+                status: "open".into(),
+                ..Default::default()
+            })
+        })
+        .collect();
+    match nodes[0].call(Request::Batch { requests }).await {
+        Response::Batch(answers) => assert_eq!(answers.len(), 20),
+        other => panic!("unexpected {other:?}"),
+    }
+    let after = nodes[0].status().await;
+    assert_eq!(after.envelopes, 20);
+    assert_eq!(after.flushes - before, 1, "one flush for the whole batch");
+    wait_converged(&[&nodes[0], &nodes[1]], 20).await;
+    // A batch may hold only local writes; the refusal names the item.
+    let err = nodes[0]
+        .handle()
+        .call(Request::Batch {
+            requests: vec![Request::Verify],
+        })
+        .await
+        .expect_err("refused");
+    assert!(err.error.contains("request #0"), "{}", err.error);
+    for node in &mut nodes {
+        node.stop().await;
+    }
+}
