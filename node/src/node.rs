@@ -57,6 +57,12 @@ const REDIAL_TICK: Duration = Duration::from_millis(250);
 /// How long `start` waits for a command that holds the store to finish.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
 const LOCK_POLL: Duration = Duration::from_millis(50);
+/// An API caller waiting for its answer, and the answer.
+type Answer = (
+    oneshot::Sender<Result<Response, ApiError>>,
+    Result<Response, ApiError>,
+);
+
 /// Most queued API calls committed as one group (one flush).
 const GROUP_COMMIT_MAX: usize = 256;
 /// How long a key rotation waits for peers to take the succession record
@@ -997,10 +1003,7 @@ impl NodeLoop {
                 Err(_) => break,
             }
         }
-        let mut group: Vec<(
-            oneshot::Sender<Result<Response, ApiError>>,
-            Result<Response, ApiError>,
-        )> = Vec::new();
+        let mut group: Vec<Answer> = Vec::new();
         let mut before = self.replica.tips().clone();
         for call in batch {
             let plain_write = api::is_plain_write(&call.request);
@@ -1024,14 +1027,7 @@ impl NodeLoop {
     /// Flushes a group of local writes, pushes what they added since
     /// `before`, and answers their callers (with an error for all if the
     /// flush failed: none of them is reported written before it is durable).
-    async fn settle_group(
-        &mut self,
-        group: &mut Vec<(
-            oneshot::Sender<Result<Response, ApiError>>,
-            Result<Response, ApiError>,
-        )>,
-        before: &Tips,
-    ) {
+    async fn settle_group(&mut self, group: &mut Vec<Answer>, before: &Tips) {
         if group.is_empty() {
             return;
         }
