@@ -613,12 +613,25 @@ impl NodeLoop {
         if envelopes.is_empty() {
             return Ingested::Accepted(0);
         }
-        match tokio::task::block_in_place(|| self.replica.ingest_wire(envelopes)) {
-            Ok((summary, accepted)) => {
+        // Staged, relayed, then flushed: relaying does not wait for our
+        // disk (every peer verifies on its own), but the answer to the
+        // sender, which says we hold the changes, does.
+        self.replica.begin_group();
+        let ingested = tokio::task::block_in_place(|| self.replica.ingest_wire(envelopes));
+        if let Ok((summary, accepted)) = &ingested
+            && summary.new > 0
+        {
+            self.relay(accepted, Some(peer));
+        }
+        if let Err(e) = tokio::task::block_in_place(|| self.replica.end_group()) {
+            tracing::error!(%peer, error = %e, "cannot flush the store");
+            return Ingested::Kept(e.to_string());
+        }
+        match ingested {
+            Ok((summary, _)) => {
                 if summary.new > 0 {
                     tracing::debug!(%peer, new = summary.new, "changes accepted");
                     self.last_sync = Some(now_ms());
-                    self.relay(&accepted, Some(peer));
                 }
                 Ingested::Accepted(summary.new)
             }

@@ -202,6 +202,8 @@ pub struct Replica {
     /// While set, local writes are staged without a flush; see
     /// [`Replica::begin_group`].
     grouping: bool,
+    /// Whether the open group staged anything (else ending it needs no flush).
+    staged: bool,
 }
 
 /// The store as the ingest checks see it: stored changes, of which those in
@@ -270,6 +272,7 @@ impl Replica {
             log: None,
             invalid,
             grouping: false,
+            staged: false,
         })
     }
 
@@ -453,6 +456,7 @@ impl Replica {
             .and_then(|envelope| {
                 if self.grouping {
                     self.store.stage([(&envelope, change.seq())])?;
+                    self.staged = true;
                 } else {
                     self.store.commit([(&envelope, change.seq())])?;
                 }
@@ -960,7 +964,10 @@ impl Replica {
     /// group is durable.
     pub fn end_group(&mut self) -> Result<(), ReplicaError> {
         self.grouping = false;
-        self.flush()
+        if std::mem::take(&mut self.staged) {
+            self.flush()?;
+        }
+        Ok(())
     }
 
     /// The shared path for changes from outside (bundles now, peers later).
@@ -1017,8 +1024,13 @@ impl Replica {
             .map_err(ReplicaError::from)
             .and(applied.map_err(ReplicaError::from))
             .and_then(|()| {
-                self.store
-                    .commit(checked.accepted.iter().map(|a| (&a.envelope, a.seq)))?;
+                let batch = checked.accepted.iter().map(|a| (&a.envelope, a.seq));
+                if self.grouping {
+                    self.store.stage(batch)?;
+                    self.staged = true;
+                } else {
+                    self.store.commit(batch)?;
+                }
                 Ok(())
             });
         if let Err(e) = applied {
