@@ -15,10 +15,12 @@ use automerge::{Change, ChangeHash};
 use serde::{Deserialize, Serialize};
 
 use crate::bundle::{Bundle, BundleError, EnvelopeBytes};
+use crate::checkpoint::{self, Briefing, CheckpointError, Checkpoints, StateMemo};
 use crate::config::{Config, ConfigError, DataDir};
 use crate::doc::{AssessmentUpdate, DocError, Document, NewAssessment, NewNote, parse_change};
 use crate::envelope::{Envelope, EnvelopeError};
 use crate::genesis::{Genesis, GenesisError, NetworkId};
+use crate::history::{self, History};
 use crate::identity::{Identity, IdentityError, NodeId, PublicKey};
 use crate::ingest::{self, IngestError, Known};
 use crate::model::{
@@ -86,6 +88,10 @@ pub enum ReplicaError {
     UnknownNote(String),
     #[error("{0:?} is not a change hash (64 hex digits)")]
     BadHash(String),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("no item with id {0:?}: ids look like ra-…, cn-… or a category key")]
+    UnknownItem(String),
 }
 
 /// What `concord init` created.
@@ -134,6 +140,8 @@ pub struct Replica {
     /// Every change as (hash, author, seq) in causal order, built on first
     /// use and then appended to; answers pulls without asking Automerge.
     log: Option<Vec<(ChangeHash, PublicKey, u64)>>,
+    /// Canonical state hashes already computed, for checkpoints.
+    checkpoint_memo: StateMemo,
 }
 
 impl Replica {
@@ -180,6 +188,7 @@ impl Replica {
             doc,
             tips,
             log: None,
+            checkpoint_memo: StateMemo::default(),
         })
     }
 
@@ -759,6 +768,80 @@ impl Replica {
             problems,
             forks,
         })
+    }
+}
+
+/// Checkpoints, briefings and item histories.
+impl Replica {
+    /// Signs a checkpoint (see [`checkpoint::plan`] for which one); returns
+    /// its id and the change that carries the signature.
+    pub fn sign_checkpoint(
+        &mut self,
+        target: Option<&str>,
+    ) -> Result<(String, ChangeHash), ReplicaError> {
+        let network = self.require_writer()?;
+        let roster = self.roster()?.clone();
+        let subject = checkpoint::plan(
+            &self.doc,
+            network,
+            &roster,
+            self.identity.public(),
+            target,
+            &mut self.checkpoint_memo,
+        )?;
+        let (key, entry) = checkpoint::entry(&self.identity, &subject);
+        let change = self.write(|doc, now| doc.put_checkpoint(&key, &entry, now))?;
+        Ok((subject.id(), change))
+    }
+
+    /// Every checkpoint and how far it is attested.
+    pub fn checkpoints(&mut self) -> Result<Checkpoints, ReplicaError> {
+        let network = self.network_id()?;
+        let roster = self.roster()?.clone();
+        Ok(checkpoint::list(
+            &self.doc,
+            network,
+            &roster,
+            &mut self.checkpoint_memo,
+        ))
+    }
+
+    /// The briefing for `round`, at checkpoint `target` or the current state.
+    pub fn briefing(
+        &mut self,
+        round: Option<model::Round>,
+        target: Option<&str>,
+    ) -> Result<Briefing, ReplicaError> {
+        let m = self.membership.as_ref().ok_or(ReplicaError::NoNetwork)?;
+        Ok(checkpoint::briefing(
+            &self.doc,
+            &m.genesis,
+            &m.roster,
+            round,
+            target,
+            &mut self.checkpoint_memo,
+        )?)
+    }
+
+    /// Every change that touched item `id`, each stored signature verified.
+    pub fn history(&self, id: &str) -> Result<History, ReplicaError> {
+        let network = self.network_id()?;
+        let roster = self.roster()?;
+        let check = |hash: &ChangeHash| -> Result<(), String> {
+            let bytes = self
+                .store
+                .envelope(hash)
+                .map_err(|e| e.to_string())?
+                .ok_or("not in the store")?;
+            let envelope = Envelope::decode(&bytes).map_err(|e| e.to_string())?;
+            envelope.verify(network).map_err(|e| e.to_string())?;
+            if !roster.is_member(&envelope.author()) {
+                return Err("not signed by a current member".into());
+            }
+            Ok(())
+        };
+        history::of(&self.doc, id, roster, check)
+            .ok_or_else(|| ReplicaError::UnknownItem(id.to_string()))
     }
 }
 

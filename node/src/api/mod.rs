@@ -13,8 +13,10 @@ pub mod server;
 use serde::{Deserialize, Serialize};
 
 use crate::ReplicaError;
+use crate::checkpoint::{Briefing, Checkpoints};
 use crate::doc::{AssessmentUpdate, NewAssessment, NewNote};
 use crate::genesis::Genesis;
+use crate::history::History;
 use crate::model::{
     AssessmentView, NoteKind, NoteView, Round, Score, Stance, Status, ValueError, format_time,
 };
@@ -107,6 +109,24 @@ pub enum Request {
     Report,
     Status,
     Peers,
+    /// Every checkpoint and how far it is attested.
+    Checkpoints,
+    /// Sign checkpoint `checkpoint` (an id), or the current state.
+    SignCheckpoint {
+        #[serde(default)]
+        checkpoint: Option<String>,
+    },
+    /// The briefing for a round, at an attested checkpoint or now.
+    Briefing {
+        #[serde(default)]
+        round: Option<String>,
+        #[serde(default)]
+        checkpoint: Option<String>,
+    },
+    /// Every change that touched one item.
+    History {
+        id: String,
+    },
 }
 
 /// The answer to a [`Request`].
@@ -127,6 +147,9 @@ pub enum Response {
     Report(Box<Report>),
     Status(Box<StatusView>),
     Peers(Vec<PeerView>),
+    Checkpoints(Box<Checkpoints>),
+    Briefing(Box<Briefing>),
+    History(Box<History>),
 }
 
 /// What a write returns: the item's id and the hash of the signed change.
@@ -201,6 +224,9 @@ pub struct StatusView {
     pub heads: Vec<String>,
     pub connected: Vec<String>,
     pub last_sync: Option<String>,
+    /// The web view's URL, when the running node serves one.
+    #[serde(default)]
+    pub web: Option<String>,
 }
 
 /// One roster entry as `concord peers` shows it.
@@ -341,6 +367,19 @@ pub fn execute(replica: &mut Replica, request: Request) -> Result<Response, Repl
         }
         Request::Status => Response::Status(Box::new(stopped_status(replica))),
         Request::Peers => Response::Peers(stopped_peers(replica)),
+        Request::Checkpoints => Response::Checkpoints(Box::new(replica.checkpoints()?)),
+        Request::SignCheckpoint { checkpoint } => {
+            let (id, change) = replica.sign_checkpoint(checkpoint.as_deref())?;
+            Response::Written(Written {
+                id,
+                change: change.to_string(),
+            })
+        }
+        Request::Briefing { round, checkpoint } => {
+            let round = round.map(|r| r.parse::<Round>()).transpose()?;
+            Response::Briefing(Box::new(replica.briefing(round, checkpoint.as_deref())?))
+        }
+        Request::History { id } => Response::History(Box::new(replica.history(&id)?)),
     })
 }
 
@@ -372,6 +411,7 @@ pub fn stopped_status(replica: &Replica) -> StatusView {
         heads: heads(replica),
         connected: Vec::new(),
         last_sync: None,
+        web: None,
     }
 }
 
@@ -413,6 +453,7 @@ pub fn is_write(request: &Request) -> bool {
             | Request::AddNote(_)
             | Request::Position { .. }
             | Request::Import { .. }
+            | Request::SignCheckpoint { .. }
     )
 }
 
