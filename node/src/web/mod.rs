@@ -235,7 +235,14 @@ async fn register(
                 .is_none_or(|i| &a.author.node_id == i)
         })
         .collect();
-    let body = pages::register(&frame, &network, &categories, &assessments, &filter);
+    let notes = match state
+        .ask(Request::ListNotes, StatusCode::INTERNAL_SERVER_ERROR)
+        .await?
+    {
+        Response::Notes(n) => n,
+        other => return Err(unexpected(&other)),
+    };
+    let body = pages::register(&frame, &network, &categories, &assessments, &notes, &filter);
     Ok(html(StatusCode::OK, body.into_string()))
 }
 

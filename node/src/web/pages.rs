@@ -186,6 +186,7 @@ pub fn register(
     network: &NetworkView,
     categories: &[Category],
     assessments: &[AssessmentView],
+    notes: &[NoteView],
     filter: &RegisterFilter,
 ) -> Markup {
     let content = html! {
@@ -259,6 +260,24 @@ pub fn register(
             aside {
                 h2 { "Likelihood × severity" }
                 (matrix(assessments))
+                h2 { "Points of divergence" }
+                @let diverging: Vec<&NoteView> = notes.iter().filter(|n| n.standing == Standing::Divergence).collect();
+                @if diverging.is_empty() { p.muted { "None: no member disagrees with any note." } }
+                @for n in diverging {
+                    div.side {
+                        h4 { a href={ "/item/" (n.id) } { (n.topic) } }
+                        @for p in n.positions.iter().filter(|p| p.counts) {
+                            div {
+                                (p.institution.name) ": "
+                                @match p.position.as_deref() {
+                                    Some(pos) => span class={ "pos-" (pos) } { (pos) },
+                                    None => span."pos-none" { "no position yet" },
+                                }
+                            }
+                        }
+                    }
+                }
+                p { a href="/dialogue" { "Every note, side by side →" } }
             }
         }
     };

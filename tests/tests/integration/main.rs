@@ -6,3 +6,4 @@ mod cli;
 mod convergence;
 mod daemon;
 mod sync;
+mod web;
