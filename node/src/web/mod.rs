@@ -218,13 +218,13 @@ async fn register(
         other => return Err(unexpected(&other)),
     };
     let network = network_view(&state).await?;
-    if let Some(wanted) = &filter.institution {
-        if !network.roster.iter().any(|e| &e.node_id == wanted) {
-            return Err(PageError::new(
-                StatusCode::BAD_REQUEST,
-                format!("unknown institution {wanted:?}: pick one of the roster's node ids"),
-            ));
-        }
+    if let Some(wanted) = &filter.institution
+        && !network.roster.iter().any(|e| &e.node_id == wanted)
+    {
+        return Err(PageError::new(
+            StatusCode::BAD_REQUEST,
+            format!("unknown institution {wanted:?}: pick one of the roster's node ids"),
+        ));
     }
     let assessments: Vec<_> = assessments
         .into_iter()

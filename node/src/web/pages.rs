@@ -71,7 +71,7 @@ form.filters label{display:flex;flex-direction:column;font-size:.85rem;color:#5f
 .layout{display:grid;grid-template-columns:minmax(0,1fr) 19rem;gap:1.5rem}@media(max-width:60rem){.layout{grid-template-columns:1fr}}\
 table.matrix{width:auto}table.matrix td{width:2.6rem;height:2.6rem;text-align:center;vertical-align:middle;font-weight:700}\
 .r1{background:#e3f4e8}.r2{background:#fbf3d0}.r3{background:#fde0c2}.r4{background:#f9c0bd}\
-footer{color:#5f6b76;font-size:.85rem;margin-top:2rem}";
+.nowrap{white-space:nowrap}footer{color:#5f6b76;font-size:.85rem;margin-top:2rem}";
 
 fn layout(frame: &Frame, title: &str, here: &str, content: Markup) -> Markup {
     let network = frame.status.network.clone().unwrap_or_default();
@@ -250,7 +250,7 @@ pub fn register(
                                     td class=[a.risk.map(|r| format!("r{}", band(r)))] { (score(a.risk)) }
                                     td { (a.status) }
                                     td { (a.author.name) }
-                                    td.muted { (a.updated_at) }
+                                    td.muted.nowrap { (a.updated_at.replace('T', " ").trim_end_matches('Z')) }
                                 }
                             }
                         }

@@ -2,6 +2,8 @@
 //! fresh temporary data directories (see the `support` crate).
 
 mod bad_input;
+mod browser;
+mod checkpoint;
 mod cli;
 mod convergence;
 mod daemon;
