@@ -384,3 +384,67 @@ fn concord_run_serves_the_web_view_where_told_and_not_with_no_web() {
         a.run(&["status", "--json"]).code == Some(0)
     });
 }
+
+#[test]
+fn demo_keep_running_prints_the_observers_web_view_and_stops_on_ctrl_c() {
+    use std::io::BufRead;
+    use std::process::{Child, Command, Stdio};
+    /// Kills the demo if the test fails before it stops it.
+    struct Demo(Child);
+    impl Drop for Demo {
+        fn drop(&mut self) {
+            if let Ok(None) = self.0.try_wait() {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+    }
+    let mut demo = Demo(
+        Command::new(support::concord_bin())
+            .args(["demo", "--keep-running"])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the demo"),
+    );
+    let child = &mut demo.0;
+    // Read stdout on a thread until the URL after the observer's heading.
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        let mut heading = false;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if line.contains("Open the observer's web view") {
+                heading = true;
+            } else if heading && line.trim().starts_with("http://") {
+                let _ = tx.send(line.trim().to_string());
+                heading = false;
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("the demo printed no web view URL: {e}"));
+    let mut answer = agent().get(&url).call().expect("GET the observer's page");
+    let body = answer.body_mut().read_to_string().expect("body");
+    for text in [
+        "US-China-ASEAN Track II on AI risk",
+        "UN Observer Mission",
+        "Autonomy in nuclear command and control",
+        "Export controls on advanced chips",
+        "Attested state",
+    ] {
+        assert!(body.contains(text), "the demo's page lacks {text:?}");
+    }
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    wait_for("the demo to stop on Ctrl-C", || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    assert_eq!(child.wait().expect("exit").code(), Some(0));
+}
