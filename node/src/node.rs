@@ -236,6 +236,17 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         }
     }
 
+    // Bind the web view before the API file is published, so a port that
+    // is taken fails the start cleanly.
+    let web_listener = match config.web {
+        Some(addr) => {
+            let web = |source| NodeError::Web { addr, source };
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(web)?;
+            let bound = listener.local_addr().map_err(web)?;
+            Some((listener, bound))
+        }
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(config.api)
         .await
         .map_err(|source| NodeError::Api {
@@ -275,14 +286,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     // counter the loop bumps whenever there is something new to show.
     let (changed, version) = watch::channel(0u64);
     let (web_stop_tx, web_stop_rx) = oneshot::channel::<()>();
-    let (web_addr, web_task) = match config.web {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| NodeError::Web { addr, source })?;
-            let bound = listener
-                .local_addr()
-                .map_err(|source| NodeError::Web { addr, source })?;
+    let (web_addr, web_task) = match web_listener {
+        Some((listener, bound)) => {
             let task = tokio::spawn(crate::web::serve(
                 listener,
                 NodeHandle {

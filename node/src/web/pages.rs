@@ -520,3 +520,159 @@ pub fn error(status: axum::http::StatusCode, message: &str) -> Markup {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Institution, PositionView};
+
+    fn frame() -> Frame {
+        Frame {
+            version: 7,
+            status: StatusView {
+                running: true,
+                node_id: "12D3KooWobserver".into(),
+                name: "Observer".into(),
+                network: Some("Net".into()),
+                network_id: Some("00".into()),
+                listen: Vec::new(),
+                api: None,
+                envelopes: 3,
+                heads: vec!["ab".repeat(32)],
+                connected: Vec::new(),
+                last_sync: None,
+                web: None,
+            },
+            checkpoints: Checkpoints {
+                network_id: "00".into(),
+                heads: Vec::new(),
+                state_hash: "cd".repeat(32),
+                current: None,
+                latest_attested: None,
+                checkpoints: Vec::new(),
+                invalid: Vec::new(),
+            },
+        }
+    }
+
+    fn who(name: &str) -> Institution {
+        Institution {
+            node_id: format!("id-{name}"),
+            name: name.into(),
+        }
+    }
+
+    fn assessment(id: &str, title: &str, l: u8, s: u8) -> AssessmentView {
+        AssessmentView {
+            id: id.into(),
+            category: "reliability".into(),
+            title: title.into(),
+            summary: String::new(),
+            likelihood: Some(l),
+            severity: Some(s),
+            risk: Some(l * s),
+            mitigations: Vec::new(),
+            status: "open".into(),
+            author: who("A"),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            updated_at: "2026-01-01T00:00:00Z".into(),
+            comments: Vec::new(),
+            conflicts: Vec::new(),
+        }
+    }
+
+    fn note(id: &str, standing: Standing, stances: &[(&str, &str)]) -> NoteView {
+        NoteView {
+            id: id.into(),
+            topic: format!("topic {id}"),
+            body: "body".into(),
+            kind: "agenda".into(),
+            round: None,
+            assessments: Vec::new(),
+            standing,
+            positions: stances
+                .iter()
+                .map(|(name, stance)| PositionView {
+                    institution: who(name),
+                    counts: true,
+                    position: Some(stance.to_string()),
+                    comment: format!("{name} says so"),
+                    at: None,
+                })
+                .collect(),
+            author: who("A"),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            updated_at: "2026-01-01T00:00:00Z".into(),
+            conflicts: Vec::new(),
+        }
+    }
+
+    fn network() -> NetworkView {
+        NetworkView {
+            name: "Net".into(),
+            network_id: "00".into(),
+            created_at: String::new(),
+            created_by: "A".into(),
+            quorum: 1,
+            roster: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn text_from_members_is_escaped() {
+        let evil = assessment("ra-evil0000", "<script>alert(1)</script>", 1, 1);
+        let html = register(
+            &frame(),
+            &network(),
+            &crate::taxonomy::builtin(),
+            &[evil],
+            &[],
+            &RegisterFilter::default(),
+        )
+        .into_string();
+        assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+        assert!(!html.contains("<script>alert"));
+        assert!(html.contains(r#"<meta name="concord-version" content="7">"#));
+        assert!(html.contains("Not yet attested"));
+    }
+
+    #[test]
+    fn the_matrix_counts_each_cell() {
+        let shown = [
+            assessment("ra-a", "a", 3, 5),
+            assessment("ra-b", "b", 3, 5),
+            assessment("ra-c", "c", 1, 2),
+        ];
+        let html = matrix(&shown).into_string();
+        assert!(
+            html.contains(r#"<td class="r3" title="a; b">2</td>"#),
+            "{html}"
+        );
+        assert!(
+            html.contains(r#"<td class="r1" title="c">1</td>"#),
+            "{html}"
+        );
+    }
+
+    #[test]
+    fn divergence_comes_first_with_every_position_side_by_side() {
+        let notes = [
+            note(
+                "cn-agreed",
+                Standing::Consensus,
+                &[("A", "agree"), ("B", "agree")],
+            ),
+            note(
+                "cn-split",
+                Standing::Divergence,
+                &[("A", "agree"), ("B", "disagree")],
+            ),
+        ];
+        let html = dialogue(&frame(), &notes, &DialogueFilter::default()).into_string();
+        let split = html.find("topic cn-split").expect("split");
+        let agreed = html.find("topic cn-agreed").expect("agreed");
+        assert!(split < agreed, "divergence first");
+        assert!(html.contains(r#"<span class="pos-disagree">disagree</span>"#));
+        assert!(html.contains("B says so"));
+    }
+}
