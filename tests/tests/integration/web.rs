@@ -448,3 +448,17 @@ fn demo_keep_running_prints_the_observers_web_view_and_stops_on_ctrl_c() {
     });
     assert_eq!(child.wait().expect("exit").code(), Some(0));
 }
+
+#[test]
+fn a_taken_web_port_fails_the_start_and_names_the_address() {
+    let fed = support::Federation::new(&["A"], &[]);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let a = &fed.nodes[0];
+    a.refuses(
+        &["run", "--listen", "/ip4/127.0.0.1/tcp/0", "--web", &addr],
+        &format!("cannot serve the web view on {addr}"),
+    );
+    assert!(!a.dir().join("api.json").exists(), "nothing was published");
+    a.fails(2, &["run", "--web", &addr, "--no-web"]);
+}
