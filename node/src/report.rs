@@ -478,3 +478,55 @@ table{border-collapse:collapse;width:100%;margin:.5em 0}\
 td,th{border:1px solid #999;padding:.25em .5em;text-align:left;vertical-align:top}\
 td.disagree{font-weight:bold}section.note{page-break-inside:avoid}\
 code{font-size:.9em}";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::doc::NewNote;
+    use crate::identity::Identity;
+    use crate::model::NoteKind;
+    use crate::roster::{Role, RosterEntry};
+
+    #[test]
+    fn a_round_keeps_only_its_notes_and_the_state_line_says_whether_attested() {
+        let me = Identity::generate().expect("key");
+        let entry = RosterEntry {
+            key: me.public(),
+            name: "A".into(),
+            role: Role::Member,
+        };
+        let genesis = Genesis::create(&me, "Net", vec![entry], None, 0).expect("genesis");
+        let roster = genesis.roster();
+        let mut doc = Document::new(me.public());
+        for (id, round) in [("cn-one", Round::TrackII), ("cn-two", Round::Multilateral)] {
+            let note = NewNote {
+                topic: format!("topic {id}"),
+                body: "b".into(),
+                kind: NoteKind::Agenda,
+                round: Some(round),
+                assessments: Vec::new(),
+            };
+            doc.add_note(id, &note, 1).expect("note");
+        }
+        let not_yet = AttestedBy {
+            state_hash: "x".into(),
+            latest: Some("ck-1".into()),
+            ..AttestedBy::default()
+        };
+        let r = build_with(&doc, &genesis, &roster, Some(Round::TrackII), not_yet);
+        let md = to_markdown(&r);
+        assert!(
+            md.contains("topic cn-one") && !md.contains("topic cn-two"),
+            "{md}"
+        );
+        assert!(md.contains("- Round: Track II"));
+        assert!(md.contains("- State: not yet attested; the latest attested checkpoint, ck-1"));
+        assert!(to_html(&r).contains("(Track II round)"));
+        let all = build(&doc, &genesis, &roster);
+        assert_eq!(all.totals.notes, 2);
+        assert!(
+            !to_markdown(&all).contains("- State:"),
+            "no claim either way"
+        );
+    }
+}

@@ -155,8 +155,43 @@ fn scalar(value: &ScalarValue, out: &mut impl Sink) {
 mod tests {
     use automerge::transaction::Transactable;
     use automerge::{ActorId, ObjType};
+    use proptest::prelude::*;
 
     use super::*;
+
+    proptest! {
+        /// Three writers each make some edits (some to the same keys); every
+        /// order of merging their documents gives the same canonical state.
+        #[test]
+        fn any_merge_order_gives_the_same_canonical_state(
+            edits in proptest::collection::vec((0..3u8, 0..4u8, any::<i64>(), any::<bool>()), 1..20),
+            order in Just([0usize, 1, 2]).prop_shuffle(),
+        ) {
+            let mut docs: Vec<Automerge> = (1..=3u8)
+                .map(|n| Automerge::new().with_actor(actor(n)))
+                .collect();
+            for (who, key, value, nested) in &edits {
+                let doc = &mut docs[*who as usize];
+                let mut tx = doc.transaction();
+                let key = format!("a/{key}");
+                if *nested {
+                    let map = tx.put_object(ROOT, key.as_str(), ObjType::Map).expect("map");
+                    tx.put(&map, "v", *value).expect("put");
+                } else {
+                    tx.put(ROOT, key.as_str(), *value).expect("put");
+                }
+                tx.commit();
+            }
+            let merged = |order: &[usize]| {
+                let mut out = Automerge::new().with_actor(actor(9));
+                for &i in order {
+                    out.merge(&mut docs[i].clone()).expect("merge");
+                }
+                canonical_state(&out)
+            };
+            prop_assert_eq!(merged(&order), merged(&[0, 1, 2]));
+        }
+    }
 
     fn actor(n: u8) -> ActorId {
         ActorId::from([n; 32].as_slice())

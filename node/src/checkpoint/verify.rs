@@ -560,3 +560,66 @@ mod base64_bytes {
             .map_err(serde::de::Error::custom)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn attestation(heads: Vec<String>, round: Option<String>, document: Vec<u8>) -> Attestation {
+        Attestation {
+            version: ATTESTATION_VERSION,
+            network_id: "ab".repeat(32),
+            checkpoint: "ck-0011223344556677".into(),
+            heads,
+            state_hash: "cd".repeat(32),
+            signatures: vec![EmbeddedSignature {
+                node_id: "12D3KooWexample".into(),
+                signature: "ef".repeat(64),
+            }],
+            round,
+            document,
+        }
+    }
+
+    proptest! {
+        /// The block written after a report reads back as the same attestation.
+        #[test]
+        fn the_attestation_block_round_trips(
+            heads in proptest::collection::vec("[0-9a-f]{64}", 0..4),
+            round in proptest::option::of("[a-z-]{1,20}"),
+            document in proptest::collection::vec(any::<u8>(), 0..2000),
+        ) {
+            let a = attestation(heads, round, document);
+            let block = a.block();
+            prop_assert!(block.starts_with(BLOCK_START) && block.ends_with("-->\n"));
+            prop_assert!(block.lines().all(|l| l.len() <= BLOCK_WIDTH.max(BLOCK_START.len())));
+            prop_assert_eq!(parse_block(&block).expect("parses"), a);
+        }
+    }
+
+    #[test]
+    fn a_damaged_block_is_named_malformed() {
+        let block = attestation(Vec::new(), None, vec![1, 2, 3]).block();
+        let cut = block.replace("-->", "");
+        assert!(matches!(parse_block(&cut), Err(VerifyError::Malformed(m)) if m.contains("-->")));
+        let garbled = block.replacen("\ney", "\n!!", 1);
+        assert_ne!(garbled, block);
+        assert!(matches!(
+            parse_block(&garbled),
+            Err(VerifyError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn the_first_json_difference_is_named_by_its_path() {
+        let found = serde_json::json!({"a": [1, {"b": "x"}], "c": true});
+        let expected = serde_json::json!({"a": [1, {"b": "y"}], "c": true});
+        assert_eq!(
+            first_difference("", &found, &expected),
+            Some(("/a/1/b".into(), "\"x\"".into(), "\"y\"".into()))
+        );
+        assert_eq!(first_difference("", &found, &found), None);
+    }
+}
