@@ -8,7 +8,9 @@
 //! it) and every concurrent value of a field is kept, in Automerge's order
 //! (the winner last): everything Concord's readers look at is covered. No IO.
 
-use automerge::{Automerge, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
+use automerge::{
+    Automerge, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, ScalarValueRef, Value, ValueRef,
+};
 use sha2::{Digest, Sha256};
 
 use super::CHECKPOINT_PREFIX;
@@ -62,44 +64,123 @@ fn bytes(out: &mut impl Sink, b: &[u8]) {
 }
 
 fn map(doc: &Automerge, obj: &ObjId, root: bool, out: &mut impl Sink) {
-    let mut keys: Vec<String> = doc
-        .keys(obj)
-        .filter(|k| !(root && k.starts_with(CHECKPOINT_PREFIX)))
+    // One pass over the map yields each key's visible value; only keys with
+    // concurrent values (or counters) need the slower full lookup.
+    let mut items: Vec<_> = doc
+        .map_range(obj, ..)
+        .filter(|item| !(root && item.key.starts_with(CHECKPOINT_PREFIX)))
         .collect();
-    keys.sort();
+    items.sort_by(|a, b| a.key.as_bytes().cmp(b.key.as_bytes()));
     out.put(b"M");
-    len(out, keys.len());
-    for key in keys {
-        bytes(out, key.as_bytes());
-        let all = doc.get_all(obj, key.as_str()).unwrap_or_default();
-        values(doc, &all, out);
+    len(out, items.len());
+    for item in items {
+        bytes(out, item.key.as_bytes());
+        if item.conflict || is_counter(&item.value) {
+            let all = doc.get_all(obj, item.key.as_ref()).unwrap_or_default();
+            values(doc, &all, out);
+        } else {
+            len(out, 1);
+            one(doc, &item.value, &item.id(), out);
+        }
     }
 }
 
 fn list(doc: &Automerge, obj: &ObjId, out: &mut impl Sink) {
-    let n = doc.length(obj);
+    let items: Vec<_> = doc.list_range(obj, ..).collect();
     out.put(b"L");
-    len(out, n);
-    for i in 0..n {
-        let all = doc.get_all(obj, i).unwrap_or_default();
-        values(doc, &all, out);
+    len(out, items.len());
+    for item in items {
+        if item.conflict || is_counter(&item.value) {
+            let all = doc.get_all(obj, item.index).unwrap_or_default();
+            values(doc, &all, out);
+        } else {
+            len(out, 1);
+            one(doc, &item.value, &item.id(), out);
+        }
     }
 }
 
+fn is_counter(value: &ValueRef<'_>) -> bool {
+    matches!(value, ValueRef::Scalar(ScalarValueRef::Counter(_)))
+}
+
+fn author(out: &mut impl Sink, id: &ObjId) {
+    match id {
+        ObjId::Id(_, actor, _) => bytes(out, actor.to_bytes()),
+        ObjId::Root => bytes(out, &[]),
+    }
+}
+
+fn object(doc: &Automerge, kind: ObjType, id: &ObjId, out: &mut impl Sink) {
+    match kind {
+        ObjType::Map | ObjType::Table => map(doc, id, false, out),
+        ObjType::List => list(doc, id, out),
+        ObjType::Text => {
+            out.put(b"T");
+            bytes(out, doc.text(id).unwrap_or_default().as_bytes());
+        }
+    }
+}
+
+/// The only value of a field (no concurrent ones), from a range item.
+fn one(doc: &Automerge, value: &ValueRef<'_>, id: &ObjId, out: &mut impl Sink) {
+    author(out, id);
+    match value {
+        ValueRef::Object(kind) => object(doc, *kind, id, out),
+        ValueRef::Scalar(s) => match s {
+            ScalarValueRef::Str(s) => {
+                out.put(b"s");
+                bytes(out, s.as_bytes());
+            }
+            ScalarValueRef::Int(n) => {
+                out.put(b"i");
+                out.put(&n.to_be_bytes());
+            }
+            ScalarValueRef::Uint(n) => {
+                out.put(b"u");
+                out.put(&n.to_be_bytes());
+            }
+            ScalarValueRef::F64(f) => {
+                out.put(b"f");
+                out.put(&f.to_bits().to_be_bytes());
+            }
+            ScalarValueRef::Timestamp(t) => {
+                out.put(b"t");
+                out.put(&t.to_be_bytes());
+            }
+            ScalarValueRef::Boolean(b) => {
+                out.put(b"b");
+                out.put(&[u8::from(*b)]);
+            }
+            ScalarValueRef::Bytes(b) => {
+                out.put(b"y");
+                bytes(out, b);
+            }
+            ScalarValueRef::Null => out.put(b"n"),
+            ScalarValueRef::Unknown {
+                type_code,
+                bytes: b,
+            } => {
+                out.put(b"x");
+                out.put(&[*type_code]);
+                bytes(out, b);
+            }
+            // Counters take the full lookup (their current value); see `map`.
+            ScalarValueRef::Counter(c) => {
+                out.put(b"c");
+                out.put(&c.to_be_bytes());
+            }
+        },
+    }
+}
+
+/// Every concurrent value of a field, in Automerge's order.
 fn values(doc: &Automerge, all: &[(Value<'_>, ObjId)], out: &mut impl Sink) {
     len(out, all.len());
     for (value, id) in all {
-        match id {
-            ObjId::Id(_, actor, _) => bytes(out, actor.to_bytes()),
-            ObjId::Root => bytes(out, &[]),
-        }
+        author(out, id);
         match value {
-            Value::Object(ObjType::Map | ObjType::Table) => map(doc, id, false, out),
-            Value::Object(ObjType::List) => list(doc, id, out),
-            Value::Object(ObjType::Text) => {
-                out.put(b"T");
-                bytes(out, doc.text(id).unwrap_or_default().as_bytes());
-            }
+            Value::Object(kind) => object(doc, *kind, id, out),
             Value::Scalar(s) => scalar(s, out),
         }
     }
@@ -159,6 +240,80 @@ mod tests {
 
     use super::*;
 
+    /// The specification read literally, one lookup per key and index: the
+    /// oracle the single-pass encoder must agree with.
+    fn literal(doc: &Automerge) -> Vec<u8> {
+        fn map(doc: &Automerge, obj: &ObjId, root: bool, out: &mut Vec<u8>) {
+            let mut keys: Vec<String> = doc
+                .keys(obj)
+                .filter(|k| !(root && k.starts_with(CHECKPOINT_PREFIX)))
+                .collect();
+            keys.sort();
+            out.put(b"M");
+            len(out, keys.len());
+            for key in keys {
+                bytes(out, key.as_bytes());
+                all(doc, &doc.get_all(obj, key.as_str()).expect("get_all"), out);
+            }
+        }
+        fn all(doc: &Automerge, values: &[(Value<'_>, ObjId)], out: &mut Vec<u8>) {
+            len(out, values.len());
+            for (value, id) in values {
+                author(out, id);
+                match value {
+                    Value::Object(ObjType::Map | ObjType::Table) => map(doc, id, false, out),
+                    Value::Object(ObjType::List) => {
+                        let n = doc.length(id);
+                        out.put(b"L");
+                        len(out, n);
+                        for i in 0..n {
+                            all(doc, &doc.get_all(id, i).expect("get_all"), out);
+                        }
+                    }
+                    Value::Object(ObjType::Text) => {
+                        out.put(b"T");
+                        bytes(out, doc.text(id).expect("text").as_bytes());
+                    }
+                    Value::Scalar(s) => scalar(s, out),
+                }
+            }
+        }
+        let mut out = STATE_TAG.to_vec();
+        map(doc, &ROOT, true, &mut out);
+        out
+    }
+
+    #[test]
+    fn text_counters_and_nested_conflicts_encode_as_specified() {
+        let mut a = Automerge::new().with_actor(actor(1));
+        let mut tx = a.transaction();
+        let text = tx.put_object(ROOT, "t", ObjType::Text).expect("text");
+        tx.splice_text(&text, 0, 0, "hello").expect("splice");
+        tx.put(ROOT, "n", automerge::ScalarValue::counter(1))
+            .expect("counter");
+        let list = tx.put_object(ROOT, "l", ObjType::List).expect("list");
+        tx.insert(&list, 0, 1.5f64).expect("insert");
+        tx.insert(&list, 1, vec![1u8, 2]).expect("insert");
+        tx.commit();
+        let mut b = a.fork().with_actor(actor(2));
+        let mut tx = a.transaction();
+        tx.increment(ROOT, "n", 4).expect("increment");
+        tx.put(&list, 0, "from a").expect("put");
+        tx.commit();
+        let mut tx = b.transaction();
+        tx.put(&list, 0, "from b").expect("put");
+        tx.put(ROOT, "null", ScalarValue::Null).expect("null");
+        tx.commit();
+        a.merge(&mut b).expect("merge");
+        assert_eq!(canonical_state(&a), literal(&a));
+        let bytes = canonical_state(&a);
+        let counter = [b"c".as_slice(), &5i64.to_be_bytes()].concat();
+        assert!(
+            bytes.windows(9).any(|w| w == counter),
+            "the counter's current value"
+        );
+    }
+
     proptest! {
         /// Three writers each make some edits (some to the same keys); every
         /// order of merging their documents gives the same canonical state.
@@ -190,6 +345,11 @@ mod tests {
                 canonical_state(&out)
             };
             prop_assert_eq!(merged(&order), merged(&[0, 1, 2]));
+            let mut all = Automerge::new().with_actor(actor(9));
+            for doc in &docs {
+                all.merge(&mut doc.clone()).expect("merge");
+            }
+            prop_assert_eq!(canonical_state(&all), literal(&all));
         }
     }
 
