@@ -55,7 +55,7 @@ main{max-width:76rem;margin:0 auto;padding:1rem 1.5rem 3rem}\
 h1{font-size:1.5rem;margin:.6rem 0}h2{font-size:1.15rem;margin:1.6rem 0 .4rem;border-bottom:1px solid #d5dae0;padding-bottom:.2rem}\
 table{border-collapse:collapse;width:100%;background:#fff;margin:.4rem 0 1rem}\
 th,td{border:1px solid #d5dae0;padding:.3rem .5rem;text-align:left;vertical-align:top}th{background:#eef1f4;font-weight:600}\
-code{font-size:.85em;background:#eef1f4;padding:0 .2em;border-radius:3px}\
+code{font-size:.85em;background:#eef1f4;padding:0 .2em;border-radius:3px;white-space:nowrap}\
 .banner{padding:.6rem .9rem;border-radius:6px;margin:.8rem 0;border:1px solid}\
 .banner.ok{background:#e7f5ea;border-color:#86c79a}.banner.no{background:#fff6e0;border-color:#e6c36a}\
 .badge{display:inline-block;padding:.05rem .5rem;border-radius:999px;font-size:.8rem;font-weight:700;text-transform:uppercase;letter-spacing:.03em}\
