@@ -812,11 +812,12 @@ impl Replica {
         round: Option<model::Round>,
         target: Option<&str>,
     ) -> Result<Briefing, ReplicaError> {
-        let m = self.membership.as_ref().ok_or(ReplicaError::NoNetwork)?;
+        let genesis = self.genesis().ok_or(ReplicaError::NoNetwork)?.clone();
+        let roster = self.roster()?.clone();
         Ok(checkpoint::briefing(
             &self.doc,
-            &m.genesis,
-            &m.roster,
+            &genesis,
+            &roster,
             round,
             target,
             &mut self.checkpoint_memo,
