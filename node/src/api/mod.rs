@@ -210,7 +210,7 @@ impl NetworkView {
 }
 
 /// `concord status`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct StatusView {
     /// False when the node is not running (the CLI read the store directly).
     pub running: bool,

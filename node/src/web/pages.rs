@@ -534,14 +534,9 @@ mod tests {
                 node_id: "12D3KooWobserver".into(),
                 name: "Observer".into(),
                 network: Some("Net".into()),
-                network_id: Some("00".into()),
-                listen: Vec::new(),
-                api: None,
                 envelopes: 3,
                 heads: vec!["ab".repeat(32)],
-                connected: Vec::new(),
-                last_sync: None,
-                web: None,
+                ..StatusView::default()
             },
             checkpoints: Checkpoints {
                 network_id: "00".into(),
