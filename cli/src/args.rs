@@ -199,9 +199,9 @@ pub enum CheckpointCommand {
     Verify {
         /// A bundle (`concord export`) or a report (`concord report --checkpoint ...`)
         file: PathBuf,
-        /// The network's genesis file
+        /// The network's genesis file [default: the genesis of the network this node joined]
         #[arg(long, value_name = "FILE")]
-        genesis: PathBuf,
+        genesis: Option<PathBuf>,
         #[command(flatten)]
         json: JsonFlag,
     },

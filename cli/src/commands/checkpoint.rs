@@ -65,7 +65,19 @@ pub fn run(dir: &DataDir, cmd: CheckpointCommand) -> anyhow::Result<ExitCode> {
             file,
             genesis,
             json,
-        } => return verify(&file, &genesis, json.json),
+        } => {
+            let genesis = match genesis {
+                Some(path) => {
+                    let bytes = std::fs::read(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    Genesis::decode(&bytes).with_context(|| {
+                        format!("{} is not a valid genesis file", path.display())
+                    })?
+                }
+                None => joined_genesis(dir)?,
+            };
+            return verify(&file, &genesis, json.json);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -125,11 +137,28 @@ fn render_list(list: &Checkpoints) -> String {
     out
 }
 
-fn verify(file: &Path, genesis: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let genesis_bytes =
-        std::fs::read(genesis).with_context(|| format!("cannot read {}", genesis.display()))?;
-    let genesis = Genesis::decode(&genesis_bytes)
-        .with_context(|| format!("{} is not a valid genesis file", genesis.display()))?;
+/// The genesis of the network the node in `dir` joined, running or not.
+fn joined_genesis(dir: &DataDir) -> anyhow::Result<Genesis> {
+    let no_node = || {
+        format!(
+            "no --genesis given and no node in {} to take it from: pass --genesis FILE, the \
+             network's genesis file",
+            dir.root().display()
+        )
+    };
+    if !dir.key_file().exists() {
+        bail!(no_node());
+    }
+    match Session::open(dir)
+        .with_context(no_node)?
+        .call(Request::Genesis)?
+    {
+        Response::Genesis(g) => Ok(Genesis::decode(&g.bytes)?),
+        other => bail!(unexpected(&other)),
+    }
+}
+
+fn verify(file: &Path, genesis: &Genesis, json: bool) -> anyhow::Result<ExitCode> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     // Until roster changes land, the roster in force is the genesis roster.
     let roster = genesis.roster();

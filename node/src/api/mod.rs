@@ -127,6 +127,8 @@ pub enum Request {
     History {
         id: String,
     },
+    /// The network's genesis file, for checks made with it.
+    Genesis,
 }
 
 /// The answer to a [`Request`].
@@ -150,6 +152,14 @@ pub enum Response {
     Checkpoints(Box<Checkpoints>),
     Briefing(Box<Briefing>),
     History(Box<History>),
+    Genesis(GenesisFile),
+}
+
+/// A genesis file, as `Request::Genesis` returns it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GenesisFile {
+    #[serde(with = "base64_bytes")]
+    pub bytes: Vec<u8>,
 }
 
 /// What a write returns: the item's id and the hash of the signed change.
@@ -380,6 +390,9 @@ pub fn execute(replica: &mut Replica, request: Request) -> Result<Response, Repl
             Response::Briefing(Box::new(replica.briefing(round, checkpoint.as_deref())?))
         }
         Request::History { id } => Response::History(Box::new(replica.history(&id)?)),
+        Request::Genesis => Response::Genesis(GenesisFile {
+            bytes: replica.genesis().ok_or(ReplicaError::NoNetwork)?.encode(),
+        }),
     })
 }
 

@@ -104,6 +104,9 @@ fn a_report_verifies_offline_with_only_the_genesis_and_an_edited_one_fails() {
             genesis,
         ]);
         assert!(out.starts_with("OK: report"), "{format}: {out}");
+        // A node of the network needs no --genesis: it uses the one it joined.
+        let out = o.ok(&["checkpoint", "verify", path_str(&file)]);
+        assert!(out.starts_with("OK: report"), "{format}: {out}");
         let text = std::fs::read_to_string(&file).expect("report");
         assert!(text.contains("Automated disinformation campaigns"));
         let edited = text.replace("Automated disinformation", "Harmless disinformation");
@@ -160,6 +163,11 @@ fn a_report_verifies_offline_with_only_the_genesis_and_an_edited_one_fails() {
         ],
     );
     assert!(err.contains("--checkpoint latest"), "{err}");
+    // Without a node or --genesis there is nothing to check against.
+    outsider.refuses(
+        &["checkpoint", "verify", path_str(&plain)],
+        "pass --genesis FILE",
+    );
     // A file that cannot be read is an error (exit 1), not a failed check.
     outsider.refuses(
         &["checkpoint", "verify", "no-such-file", "--genesis", genesis],
