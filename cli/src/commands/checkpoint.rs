@@ -162,7 +162,7 @@ fn verify(file: &Path, genesis: &Genesis, json: bool) -> anyhow::Result<ExitCode
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     // Until roster changes land, the roster in force is the genesis roster.
     let roster = genesis.roster();
-    match verify_file(&bytes, &genesis, &roster) {
+    match verify_file(&bytes, genesis, &roster) {
         Ok(verified) => {
             if json {
                 output::json(&serde_json::json!({ "ok": true, "verified": verified }))?;
