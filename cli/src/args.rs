@@ -74,9 +74,26 @@ pub enum Command {
     Report {
         #[arg(long, value_enum, default_value_t = ReportFormat::Markdown)]
         format: ReportFormat,
+        /// Only the notes of this dialogue round: track-ii, intergovernmental or multilateral
+        #[arg(long, value_name = "ROUND")]
+        round: Option<String>,
+        /// Show the state of this attested checkpoint (an id, or `latest`) instead of the
+        /// current one; the file then embeds the attestation for `checkpoint verify`
+        #[arg(long, value_name = "ID")]
+        checkpoint: Option<String>,
         /// Write to this file instead of stdout
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+    },
+    /// Sign, list and verify attested checkpoints of the shared state
+    #[command(subcommand)]
+    Checkpoint(CheckpointCommand),
+    /// Every signed change that touched one item (assessment, note or category)
+    History {
+        /// ra-…, cn-… or a category key
+        id: String,
+        #[command(flatten)]
+        json: JsonFlag,
     },
     /// Run the node: sync with peers and serve the local API until stopped
     Run(RunArgs),
@@ -151,6 +168,18 @@ pub struct RunArgs {
     /// Address of the local API, loopback only [default: 127.0.0.1:0]
     #[arg(long, env = "CONCORD_API", value_name = "ADDR")]
     pub api: Option<std::net::SocketAddr>,
+    /// Address of the read-only web view, e.g. 127.0.0.1:7412
+    /// [default: the config's, else 127.0.0.1 on a port the OS picks]
+    #[arg(
+        long,
+        env = "CONCORD_WEB",
+        value_name = "ADDR",
+        conflicts_with = "no_web"
+    )]
+    pub web: Option<std::net::SocketAddr>,
+    /// Serve no web view
+    #[arg(long)]
+    pub no_web: bool,
 }
 
 #[derive(Debug, Args)]
@@ -158,6 +187,10 @@ pub struct DemoArgs {
     /// Keep the demo's data directories here instead of a temporary directory
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+    /// Keep the nodes running after the story, print the observer's web view URL,
+    /// and stop on Ctrl-C
+    #[arg(long)]
+    pub keep_running: bool,
 }
 
 #[derive(Debug, Args)]
@@ -170,7 +203,34 @@ pub struct JsonFlag {
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum ReportFormat {
     Markdown,
+    Html,
     Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CheckpointCommand {
+    /// Sign the current state (co-signing a checkpoint of the same state if there is one),
+    /// or the checkpoint given; members only. The signature syncs like any change
+    Sign {
+        /// Co-sign this checkpoint (its id, as `checkpoint list` prints it)
+        #[arg(long, value_name = "ID")]
+        checkpoint: Option<String>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
+    /// List checkpoints with their signers and whether each is attested
+    List(JsonFlag),
+    /// Check a bundle or an exported report against an attested checkpoint, offline,
+    /// with only the genesis. Exit code 3 when the file does not verify
+    Verify {
+        /// A bundle (`concord export`) or a report (`concord report --checkpoint ...`)
+        file: PathBuf,
+        /// The network's genesis file [default: the genesis of the network this node joined]
+        #[arg(long, value_name = "FILE")]
+        genesis: Option<PathBuf>,
+        #[command(flatten)]
+        json: JsonFlag,
+    },
 }
 
 #[derive(Debug, Subcommand)]

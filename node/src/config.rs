@@ -75,6 +75,26 @@ pub struct Config {
     /// The institution's display name, as it appears in rosters and reports.
     pub name: String,
     pub network: NetworkSettings,
+    pub web: WebSettings,
+}
+
+/// The `[web]` table: the read-only web view `concord run` serves.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSettings {
+    /// Serve the web view at all.
+    pub enabled: bool,
+    /// Its address; empty means [`crate::web::DEFAULT_WEB`].
+    pub listen: Option<String>,
+}
+
+impl Default for WebSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: None,
+        }
+    }
 }
 
 /// The `[network]` table: how `concord run` joins the peer-to-peer network.
@@ -98,6 +118,8 @@ struct ConfigFile {
     name: String,
     #[serde(default)]
     network: NetworkSettings,
+    #[serde(default)]
+    web: WebSettings,
 }
 
 impl Config {
@@ -109,6 +131,7 @@ impl Config {
         Ok(Self {
             name: name.to_string(),
             network: NetworkSettings::default(),
+            web: WebSettings::default(),
         })
     }
 
@@ -126,6 +149,7 @@ impl Config {
             message: e.to_string(),
         })?;
         config.network = file.network;
+        config.web = file.web;
         Ok(config)
     }
 
@@ -156,7 +180,13 @@ impl Config {
              # Discover peers on the local network with mDNS.\n\
              # mdns = false\n\
              # The local API for the CLI; loopback only, port 0 = chosen by the OS.\n\
-             # api = \"127.0.0.1:0\"\n"
+             # api = \"127.0.0.1:0\"\n\
+             \n\
+             [web]\n\
+             # The read-only web view (register, dialogue, history, network). It has no\n\
+             # login: serve it beyond loopback only on a network you trust.\n\
+             # enabled = true\n\
+             # listen = \"127.0.0.1:0\"   # port 0 = chosen by the OS, printed at start\n"
         );
         let mut file = fs::OpenOptions::new()
             .write(true)
@@ -194,6 +224,8 @@ mod tests {
         );
         assert_eq!(config.network.api.as_deref(), Some(DEFAULT_API));
         assert!(!config.network.mdns);
+        assert!(config.web.enabled);
+        assert_eq!(config.web.listen.as_deref(), Some(crate::web::DEFAULT_WEB));
     }
 
     #[test]

@@ -101,6 +101,18 @@ pub struct NewNote {
     pub assessments: Vec<String>,
 }
 
+/// A checkpoint entry as written into the document, every field in text
+/// form (hex); `checkpoint` builds and checks it.
+#[derive(Clone, Debug)]
+pub struct CheckpointEntry {
+    /// The checkpoint's short id, for the change message only.
+    pub id: String,
+    pub network: String,
+    pub heads: Vec<String>,
+    pub state: String,
+    pub signature: String,
+}
+
 /// Parses a change from outside under `catch_unwind`, so a panic inside
 /// Automerge rejects the input instead of killing the process.
 pub fn parse_change(bytes: &[u8]) -> Result<Change, DocError> {
@@ -563,6 +575,48 @@ impl Document {
             out.insert(me, (stance, comment, at));
         }
         out
+    }
+
+    /// The Automerge document itself, for readers that walk it whole
+    /// (`checkpoint`'s canonical state, `history`'s change scan).
+    pub fn automerge(&self) -> &Automerge {
+        &self.doc
+    }
+
+    /// The document as it was at `heads` (every change in their causal past
+    /// and nothing else), for reading an earlier state.
+    pub fn at(&self, heads: &[ChangeHash]) -> Result<Document, DocError> {
+        if let Some(unknown) = heads.iter().find(|h| !self.has_change(h)) {
+            return Err(DocError::UnknownHead(unknown.to_string()));
+        }
+        let mut heads = heads.to_vec();
+        heads.sort();
+        if heads == self.heads() {
+            return Ok(Self {
+                doc: self.doc.clone(),
+            });
+        }
+        Ok(Self {
+            doc: self.doc.fork_at(&heads)?,
+        })
+    }
+
+    /// Writes one signed checkpoint entry under `key` (see `checkpoint`).
+    pub fn put_checkpoint(
+        &mut self,
+        key: &str,
+        entry: &CheckpointEntry,
+        now_ms: i64,
+    ) -> Result<Change, DocError> {
+        self.commit(now_ms, &format!("checkpoint {}", entry.id), |tx| {
+            let obj = tx.put_object(ROOT, key, ObjType::Map)?;
+            tx.put(&obj, "network", entry.network.as_str())?;
+            put_list(tx, &obj, "heads", &entry.heads)?;
+            tx.put(&obj, "state", entry.state.as_str())?;
+            tx.put(&obj, "signature", entry.signature.as_str())?;
+            tx.put(&obj, "at", ScalarValue::Timestamp(now_ms))?;
+            Ok(())
+        })
     }
 
     /// Every note, oldest first (ties broken by id).

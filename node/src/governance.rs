@@ -838,6 +838,27 @@ pub fn admissible(record: &Record, network: NetworkId, roster: &Roster) -> Resul
     }
 }
 
+/// The records of `candidates` that may be held with `genesis`: each signed
+/// by a key that is or was on the roster as the admitted records make it
+/// (in rounds, since one record may admit another's signer). Records of
+/// another network are left out.
+pub fn admit(genesis: &Genesis, candidates: Vec<Record>) -> Vec<Record> {
+    let network = genesis.network_id();
+    let mut admitted: Vec<Record> = Vec::new();
+    let mut pending = candidates;
+    loop {
+        let roster = resolve(genesis, &admitted).roster;
+        let (fits, rest): (Vec<Record>, Vec<Record>) = pending
+            .into_iter()
+            .partition(|r| admissible(r, network, &roster).is_ok());
+        pending = rest;
+        if fits.is_empty() {
+            return admitted;
+        }
+        admitted.extend(fits);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;

@@ -13,19 +13,26 @@
 //! - [`bundle`]: the file format for exchanging envelopes offline;
 //! - [`config`]: the data directory and the config file;
 //! - [`replica`]: a node's local state tying all of the above together;
-//! - [`report`]: the briefing of consensus and divergence.
+//! - [`report`]: the briefing of consensus and divergence;
+//! - [`checkpoint`]: attested checkpoints, the canonical state, and the
+//!   offline check of exported reports and bundles;
+//! - [`history`]: every change that touched one item;
+//! - [`web`]: the read-only web view a running node serves.
 //!
 //! Boundaries: only `store` imports sled; only `identity` (for the `PeerId`
 //! form of a key) imports libp2p; `identity`, `genesis`, `envelope`, `doc`,
-//! `ingest`, `model` and `report` do no IO and spawn nothing.
+//! `ingest`, `model`, `report`, `checkpoint` and `history` do no IO and
+//! spawn nothing.
 
 pub mod api;
 pub mod bundle;
+pub mod checkpoint;
 pub mod config;
 pub mod doc;
 pub mod envelope;
 pub mod genesis;
 pub mod governance;
+pub mod history;
 pub mod identity;
 pub mod ingest;
 pub mod model;
@@ -37,5 +44,6 @@ pub mod roster;
 pub mod store;
 pub mod sync;
 pub mod taxonomy;
+pub mod web;
 
 pub use replica::{Replica, ReplicaError};

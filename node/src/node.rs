@@ -24,7 +24,7 @@ use std::time::Duration;
 use futures::stream::FuturesUnordered;
 use futures::{Future, StreamExt};
 use libp2p::{Multiaddr, PeerId};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -92,6 +92,12 @@ pub enum NodeError {
     },
     #[error("no listen address came up within {0:?}")]
     ListenTimeout(Duration),
+    #[error("cannot serve the web view on {addr}")]
+    Web {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// How a node runs.
@@ -106,6 +112,8 @@ pub struct NodeConfig {
     pub mdns: bool,
     /// Where the local API listens (always a loopback address).
     pub api: SocketAddr,
+    /// Where the read-only web view listens; `None` serves none.
+    pub web: Option<SocketAddr>,
 }
 
 /// A cloneable handle for API calls into a running node.
@@ -139,6 +147,8 @@ pub struct RunningNode {
     pub node_id: PeerId,
     pub listen: Vec<Multiaddr>,
     pub api: SocketAddr,
+    /// Where the web view listens, if it runs.
+    pub web: Option<SocketAddr>,
 }
 
 impl RunningNode {
@@ -243,6 +253,17 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         }
     }
 
+    // Bind the web view before the API file is published, so a port that
+    // is taken fails the start cleanly.
+    let web_listener = match config.web {
+        Some(addr) => {
+            let web = |source| NodeError::Web { addr, source };
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(web)?;
+            let bound = listener.local_addr().map_err(web)?;
+            Some((listener, bound))
+        }
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(config.api)
         .await
         .map_err(|source| NodeError::Api {
@@ -278,6 +299,27 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         },
     ));
 
+    // The web view reads through the node loop like the CLI, and watches a
+    // counter the loop bumps whenever there is something new to show.
+    let (changed, version) = watch::channel(0u64);
+    let (web_stop_tx, web_stop_rx) = oneshot::channel::<()>();
+    let (web_addr, web_task) = match web_listener {
+        Some((listener, bound)) => {
+            let task = tokio::spawn(crate::web::serve(
+                listener,
+                NodeHandle {
+                    calls: calls_tx.clone(),
+                },
+                version,
+                async move {
+                    let _ = web_stop_rx.await;
+                },
+            ));
+            (Some(bound), Some(task))
+        }
+        None => (None, None),
+    };
+
     let (shutdown_tx, shutdown_rx) = oneshot::channel();
     let node_loop = NodeLoop {
         replica,
@@ -291,12 +333,18 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         api: api_addr,
         last_sync: None,
         inflight: FuturesUnordered::new(),
+        changed,
+        web: web_addr,
     };
     let data_dir = dir.clone();
     let task = tokio::spawn(async move {
         let result = node_loop.run(early, calls_rx, shutdown_rx).await;
         let _ = api_stop_tx.send(());
         let _ = api_task.await;
+        let _ = web_stop_tx.send(());
+        if let Some(task) = web_task {
+            let _ = task.await;
+        }
         ApiFile::remove(data_dir.root());
         result
     });
@@ -308,6 +356,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         node_id: my_peer,
         listen,
         api: api_addr,
+        web: web_addr,
     })
 }
 
@@ -392,9 +441,19 @@ struct NodeLoop {
     api: SocketAddr,
     last_sync: Option<i64>,
     inflight: FuturesUnordered<Pin<Box<dyn Future<Output = Outcome> + Send>>>,
+    /// Bumped after every local write, ingest and peer (dis)connection, so
+    /// the web view knows there is something new to show.
+    changed: watch::Sender<u64>,
+    /// Where the web view listens, for `status`.
+    web: Option<SocketAddr>,
 }
 
 impl NodeLoop {
+    /// Tells the web view there is something new to show.
+    fn notify(&self) {
+        self.changed.send_modify(|v| *v += 1);
+    }
+
     async fn run(
         mut self,
         early: Vec<Event>,
@@ -458,6 +517,7 @@ impl NodeLoop {
                     return;
                 };
                 tracing::info!(%peer, "peer connected");
+                self.changed.send_modify(|v| *v += 1);
                 state.connected = true;
                 state.dialing = false;
                 state.backoff = BACKOFF_START;
@@ -467,6 +527,7 @@ impl NodeLoop {
             Event::Disconnected { peer } => {
                 if let Some(state) = self.peers.get_mut(&peer) {
                     tracing::info!(%peer, "peer disconnected");
+                    self.changed.send_modify(|v| *v += 1);
                     state.dropped();
                     state.pulling = false;
                     state.tips = None;
@@ -632,6 +693,7 @@ impl NodeLoop {
                 if summary.new > 0 {
                     tracing::debug!(%peer, new = summary.new, "changes accepted");
                     self.last_sync = Some(now_ms());
+                    self.notify();
                 }
                 Ingested::Accepted(summary.new)
             }
@@ -1099,6 +1161,7 @@ impl NodeLoop {
                     self.follow_roster();
                 }
                 if write && result.is_ok() {
+                    self.notify();
                     match self.replica.changes_for(&before, usize::MAX) {
                         Ok((new, _)) => self.relay(&new, None),
                         Err(e) => tracing::error!(error = %e, "cannot read the new changes"),
@@ -1124,6 +1187,7 @@ impl NodeLoop {
         status.connected.sort();
         status.last_sync = self.last_sync.map(format_time);
         (status.bytes_sent, status.bytes_received) = self.client.traffic();
+        status.web = self.web.map(|addr| format!("http://{addr}/"));
         status
     }
 

@@ -15,6 +15,7 @@ use automerge::{Change, ChangeHash};
 use serde::{Deserialize, Serialize};
 
 use crate::bundle::{Bundle, BundleError, EnvelopeBytes};
+use crate::checkpoint::{self, Briefing, CheckpointError, Checkpoints, StateMemo};
 use crate::config::{Config, ConfigError, DataDir};
 use crate::doc::{AssessmentUpdate, DocError, Document, NewAssessment, NewNote, parse_change};
 use crate::envelope::{Envelope, EnvelopeError};
@@ -22,6 +23,7 @@ use crate::genesis::{Genesis, GenesisError, NetworkId};
 use crate::governance::{
     self, Body, Governance, Motion, MotionKind, Op, Record, RecordError, RecordId, Seen, Standing,
 };
+use crate::history::{self, History};
 use crate::identity::{Identity, IdentityError, NodeId, PublicKey};
 use crate::ingest::{self, IngestError, Known};
 use crate::model::{
@@ -117,6 +119,10 @@ pub enum ReplicaError {
     UnknownNote(String),
     #[error("{0:?} is not a change hash (64 hex digits)")]
     BadHash(String),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("no item with id {0:?}: ids look like ra-…, cn-… or a category key")]
+    UnknownItem(String),
 }
 
 /// What `concord init` created.
@@ -204,6 +210,8 @@ pub struct Replica {
     grouping: bool,
     /// Whether the open group staged anything (else ending it needs no flush).
     staged: bool,
+    /// Canonical state hashes already computed, for checkpoints.
+    checkpoint_memo: StateMemo,
 }
 
 /// The store as the ingest checks see it: stored changes, of which those in
@@ -273,6 +281,7 @@ impl Replica {
             invalid,
             grouping: false,
             staged: false,
+            checkpoint_memo: StateMemo::default(),
         })
     }
 
@@ -1219,6 +1228,80 @@ impl Replica {
     }
 }
 
+/// Checkpoints, briefings and item histories.
+impl Replica {
+    /// Signs a checkpoint (see [`checkpoint::plan`] for which one); returns
+    /// its id and the change that carries the signature.
+    pub fn sign_checkpoint(
+        &mut self,
+        target: Option<&str>,
+    ) -> Result<(String, ChangeHash), ReplicaError> {
+        let network = self.require_writer()?;
+        let roster = self.roster()?.clone();
+        let subject = checkpoint::plan(
+            &self.doc,
+            network,
+            &roster,
+            self.identity.public(),
+            target,
+            &mut self.checkpoint_memo,
+        )?;
+        let (key, entry) = checkpoint::entry(&self.identity, &subject);
+        let change = self.write(|doc, now| doc.put_checkpoint(&key, &entry, now))?;
+        Ok((subject.id(), change))
+    }
+
+    /// Every checkpoint and how far it is attested.
+    pub fn checkpoints(&mut self) -> Result<Checkpoints, ReplicaError> {
+        let network = self.network_id()?;
+        let roster = self.roster()?.clone();
+        Ok(checkpoint::list(
+            &self.doc,
+            network,
+            &roster,
+            &mut self.checkpoint_memo,
+        ))
+    }
+
+    /// The briefing for `round`, at checkpoint `target` or the current state.
+    pub fn briefing(
+        &mut self,
+        round: Option<model::Round>,
+        target: Option<&str>,
+    ) -> Result<Briefing, ReplicaError> {
+        let genesis = self.genesis().ok_or(ReplicaError::NoNetwork)?.clone();
+        let roster = self.roster()?.clone();
+        Ok(checkpoint::briefing(
+            &self.doc,
+            &genesis,
+            &roster,
+            round,
+            target,
+            &mut self.checkpoint_memo,
+        )?)
+    }
+
+    /// Every change that touched item `id`, each stored signature verified.
+    pub fn history(&self, id: &str) -> Result<History, ReplicaError> {
+        let network = self.network_id()?;
+        let roster = self.roster()?;
+        let check = |hash: &ChangeHash| -> Result<(), String> {
+            let bytes = self
+                .store
+                .envelope(hash)
+                .map_err(|e| e.to_string())?
+                .ok_or("not in the store")?;
+            let envelope = Envelope::decode(&bytes).map_err(|e| e.to_string())?;
+            envelope.verify(network).map_err(|e| e.to_string())?;
+            if self.invalid.contains(hash) {
+                return Err("rejected under the roster in force".into());
+            }
+            Ok(())
+        };
+        history::of(&self.doc, id, roster, check)
+            .ok_or_else(|| ReplicaError::UnknownItem(id.to_string()))
+    }
+}
 /// A key's role for reports: its roster role, or how it left.
 fn role_label(roster: &Roster, key: &PublicKey) -> Option<String> {
     if let Some(role) = roster.role_of(key) {

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::doc::Document;
 use crate::genesis::Genesis;
-use crate::model::{AssessmentView, Institution, NoteView, Standing};
+use crate::model::{AssessmentView, Institution, NoteView, Round, Standing};
 use crate::roster::Roster;
 use crate::taxonomy;
 
@@ -28,6 +28,45 @@ pub struct Report {
     pub categories: Vec<Section>,
     /// Notes linked to no assessment.
     pub general: Section,
+    /// The dialogue round the notes are limited to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round: Option<String>,
+    /// Which attested checkpoint the report shows, or that it shows a state
+    /// no checkpoint attests yet.
+    #[serde(default)]
+    pub checkpoint: AttestedBy,
+}
+
+/// Whether the state a report or page shows is attested, and by what.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttestedBy {
+    /// True when a checkpoint signed by a quorum of members covers exactly
+    /// the state shown.
+    pub attested: bool,
+    /// That checkpoint's id.
+    pub checkpoint: Option<String>,
+    /// The names of the members whose signatures count, by key.
+    pub signers: Vec<String>,
+    /// The canonical state hash of what is shown.
+    pub state_hash: String,
+    /// When not attested: the latest attested checkpoint of an earlier state.
+    pub latest: Option<String>,
+}
+
+impl AttestedBy {
+    /// One sentence for the page or the report.
+    pub fn describe(&self) -> String {
+        match (&self.checkpoint, &self.latest) {
+            (Some(id), _) if self.attested => format!(
+                "attested by checkpoint {id}, signed by {}",
+                self.signers.join(", ")
+            ),
+            (_, Some(latest)) => format!(
+                "not yet attested; the latest attested checkpoint, {latest}, covers an earlier state"
+            ),
+            _ => "not yet attested; no checkpoint has been attested".to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -69,10 +108,26 @@ impl Section {
     }
 }
 
-/// Builds the briefing.
+/// Builds the briefing of every round, without saying whether it is attested.
 pub fn build(doc: &Document, genesis: &Genesis, roster: &Roster) -> Report {
+    build_with(doc, genesis, roster, None, AttestedBy::default())
+}
+
+/// Builds the briefing for `round` (every round when `None`), saying what
+/// `attested` says about the state it shows.
+pub fn build_with(
+    doc: &Document,
+    genesis: &Genesis,
+    roster: &Roster,
+    round: Option<Round>,
+    attested: AttestedBy,
+) -> Report {
     let assessments = doc.assessments(roster);
-    let notes = doc.notes(roster);
+    let notes: Vec<NoteView> = doc
+        .notes(roster)
+        .into_iter()
+        .filter(|n| round.is_none_or(|r| n.round.as_deref() == Some(r.as_str())))
+        .collect();
     let mut totals = Totals {
         assessments: assessments.len(),
         notes: notes.len(),
@@ -152,6 +207,8 @@ pub fn build(doc: &Document, genesis: &Genesis, roster: &Roster) -> Report {
         totals,
         categories: sections.into_iter().filter(|s| !s.is_empty()).collect(),
         general,
+        round: round.map(|r| r.as_str().to_string()),
+        checkpoint: attested,
     }
 }
 
@@ -160,6 +217,9 @@ pub fn to_markdown(report: &Report) -> String {
     let mut out = String::new();
     let t = &report.totals;
     let _ = writeln!(out, "# Briefing: {}\n", report.network);
+    if let Some(round) = round_name(report) {
+        let _ = writeln!(out, "- Round: {round}");
+    }
     let _ = writeln!(out, "- Network id: `{}`", report.network_id);
     let members: Vec<&str> = report.members.iter().map(|m| m.name.as_str()).collect();
     let _ = writeln!(out, "- Members: {}", members.join(", "));
@@ -182,6 +242,11 @@ pub fn to_markdown(report: &Report) -> String {
         "- Assessments: {} ({} open); notes: {} ({} at consensus, {} diverging, {} open)\n",
         t.assessments, t.open_assessments, t.notes, t.consensus, t.divergence, t.open_notes
     );
+    if !report.checkpoint.state_hash.is_empty() {
+        // Remove the blank line above: the attestation belongs to the list.
+        out.pop();
+        let _ = writeln!(out, "- State: {}\n", report.checkpoint.describe());
+    }
     let mut group = "";
     let general = (!report.general.is_empty()).then_some(&report.general);
     for section in report.categories.iter().chain(general) {
@@ -253,6 +318,15 @@ pub fn to_markdown(report: &Report) -> String {
     out
 }
 
+/// The long name of the report's round, if it is limited to one.
+fn round_name(report: &Report) -> Option<&'static str> {
+    report
+        .round
+        .as_deref()
+        .and_then(|r| r.parse::<Round>().ok())
+        .map(Round::describe)
+}
+
 fn write_note(out: &mut String, note: &NoteView) {
     let round = note.round.as_deref().unwrap_or("no round");
     let _ = writeln!(
@@ -284,4 +358,175 @@ fn write_note(out: &mut String, note: &NoteView) {
 
 fn cell(text: &str) -> String {
     text.replace('|', "\\|").replace('\n', " ")
+}
+
+/// Renders the briefing as a standalone HTML page, fit to print.
+pub fn to_html(report: &Report) -> String {
+    use maud::{DOCTYPE, html};
+    let t = &report.totals;
+    let general = (!report.general.is_empty()).then_some(&report.general);
+    let title = match round_name(report) {
+        Some(round) => format!("Briefing: {} ({round} round)", report.network),
+        None => format!("Briefing: {}", report.network),
+    };
+    let notes = |heading: &str, notes: &[NoteView]| {
+        html! {
+            @if !notes.is_empty() {
+                h4 { (heading) }
+                @for note in notes {
+                    section.note {
+                        p {
+                            strong { (note.topic) }
+                            " (" (note.id) ", " (note.kind) ", "
+                            (note.round.as_deref().unwrap_or("no round")) ")"
+                        }
+                        p { (note.body) }
+                        table.positions {
+                            tr { th { "Institution" } th { "Position" } th { "Comment" } }
+                            @for p in &note.positions {
+                                tr {
+                                    td {
+                                        (p.institution.name)
+                                        @if !p.counts { " (not a current member)" }
+                                    }
+                                    td.(p.position.as_deref().unwrap_or("none")) {
+                                        (p.position.as_deref().unwrap_or("no position yet"))
+                                    }
+                                    td { (p.comment) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let page = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                title { (title) }
+                style { (maud::PreEscaped(PRINT_CSS)) }
+            }
+            body {
+                h1 { (title) }
+                ul.facts {
+                    li { "Network id: " code { (report.network_id) } }
+                    li {
+                        "Members: "
+                        (report.members.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", "))
+                    }
+                    li {
+                        "Document heads: "
+                        @if report.heads.is_empty() { "(empty)" }
+                        @for h in &report.heads { code { (&h[..12.min(h.len())]) } " " }
+                    }
+                    li {
+                        "Assessments: " (t.assessments) " (" (t.open_assessments) " open); notes: "
+                        (t.notes) " (" (t.consensus) " at consensus, " (t.divergence)
+                        " diverging, " (t.open_notes) " open)"
+                    }
+                    @if !report.checkpoint.state_hash.is_empty() {
+                        li.state { "State: " (report.checkpoint.describe()) }
+                    }
+                }
+                @for section in report.categories.iter().chain(general) {
+                    h2 {
+                        @if !section.group.is_empty() {
+                            (taxonomy::group_title(&section.group)) ": "
+                        }
+                        (section.title)
+                    }
+                    (notes("Points of divergence", &section.divergence))
+                    (notes("Consensus reached", &section.consensus))
+                    (notes("Notes still open", &section.open_notes))
+                    @if !section.open_assessments.is_empty() {
+                        h4 { "Open assessments" }
+                        table {
+                            tr {
+                                th { "Id" } th { "Title" } th { "L" } th { "S" } th { "Risk" }
+                                th { "Status" } th { "Author" }
+                            }
+                            @for a in &section.open_assessments {
+                                tr {
+                                    td { code { (a.id) } }
+                                    td { (a.title) }
+                                    td { (score(a.likelihood)) }
+                                    td { (score(a.severity)) }
+                                    td { (score(a.risk)) }
+                                    td { (a.status) }
+                                    td { (a.author.name) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page.into_string() + "\n"
+}
+
+fn score(value: Option<u8>) -> String {
+    value.map_or("-".to_string(), |v| v.to_string())
+}
+
+/// The printed briefing's style: plain, black on white, tables ruled.
+const PRINT_CSS: &str = "body{font-family:Georgia,serif;max-width:50em;margin:2em auto;color:#111}\
+table{border-collapse:collapse;width:100%;margin:.5em 0}\
+td,th{border:1px solid #999;padding:.25em .5em;text-align:left;vertical-align:top}\
+td.disagree{font-weight:bold}section.note{page-break-inside:avoid}\
+code{font-size:.9em}";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::doc::NewNote;
+    use crate::identity::Identity;
+    use crate::model::NoteKind;
+    use crate::roster::{Role, RosterEntry};
+
+    #[test]
+    fn a_round_keeps_only_its_notes_and_the_state_line_says_whether_attested() {
+        let me = Identity::generate().expect("key");
+        let entry = RosterEntry {
+            key: me.public(),
+            name: "A".into(),
+            role: Role::Member,
+        };
+        let genesis = Genesis::create(&me, "Net", vec![entry], None, 0).expect("genesis");
+        let roster = genesis.roster();
+        let mut doc = Document::new(me.public());
+        for (id, round) in [("cn-one", Round::TrackII), ("cn-two", Round::Multilateral)] {
+            let note = NewNote {
+                topic: format!("topic {id}"),
+                body: "b".into(),
+                kind: NoteKind::Agenda,
+                round: Some(round),
+                assessments: Vec::new(),
+            };
+            doc.add_note(id, &note, 1).expect("note");
+        }
+        let not_yet = AttestedBy {
+            state_hash: "x".into(),
+            latest: Some("ck-1".into()),
+            ..AttestedBy::default()
+        };
+        let r = build_with(&doc, &genesis, &roster, Some(Round::TrackII), not_yet);
+        let md = to_markdown(&r);
+        assert!(
+            md.contains("topic cn-one") && !md.contains("topic cn-two"),
+            "{md}"
+        );
+        assert!(md.contains("- Round: Track II"));
+        assert!(md.contains("- State: not yet attested; the latest attested checkpoint, ck-1"));
+        assert!(to_html(&r).contains("(Track II round)"));
+        let all = build(&doc, &genesis, &roster);
+        assert_eq!(all.totals.notes, 2);
+        assert!(
+            !to_markdown(&all).contains("- State:"),
+            "no claim either way"
+        );
+    }
 }

@@ -400,6 +400,7 @@ pub mod live {
                 bootstrap,
                 mdns: false,
                 api: "127.0.0.1:0".parse().expect("addr"),
+                web: Some("127.0.0.1:0".parse().expect("addr")),
             })
             .await
             .unwrap_or_else(|e| panic!("{} does not start: {e}", self.name));
@@ -415,6 +416,12 @@ pub mod live {
 
         pub fn handle(&self) -> NodeHandle {
             self.running.as_ref().expect("running").handle()
+        }
+
+        /// The URL of the node's web view, e.g. `http://127.0.0.1:PORT`.
+        pub fn web_url(&self) -> String {
+            let addr = self.running.as_ref().expect("running").web;
+            format!("http://{}", addr.expect("live nodes serve the web view"))
         }
 
         /// Addresses to bootstrap from this node.

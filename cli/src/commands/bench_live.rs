@@ -100,6 +100,7 @@ impl Live {
                     bootstrap,
                     mdns: false,
                     api: "127.0.0.1:0".parse()?,
+                    web: None,
                 })
                 .await?,
             );

@@ -6,7 +6,11 @@
 //! write assessments, notes, a pair of concurrent edits and their positions
 //! through their own node's local HTTP API; the observer's attempts to write
 //! are refused. The demo prints each node's convergence as it happens, then
-//! the briefing, and checks that all four nodes hold identical state.
+//! the briefing, and checks that all four nodes hold identical state. Two
+//! members sign a checkpoint of that state (the quorum is two), which makes
+//! it attested; the observer's briefing is written with its attestation and
+//! verified offline against the genesis. With `--keep-running` the nodes stay
+//! up and the demo prints the observer's web view URL until Ctrl-C.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -15,9 +19,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 use concord_node::api::{AssessmentInput, NoteInput, Request, Response, UpdateInput};
 use concord_node::bundle::{Bundle, EnvelopeBytes};
+use concord_node::checkpoint::verify::{self, Format};
 use concord_node::config::DataDir;
 use concord_node::doc::{Document, NewAssessment};
 use concord_node::envelope::Envelope;
+use concord_node::genesis::Genesis;
 use concord_node::model::Status;
 use concord_node::node::{self, NodeConfig, RunningNode};
 use concord_node::replica::Replica;
@@ -61,7 +67,7 @@ impl DemoNode {
     }
 }
 
-pub fn run(dir: Option<&Path>) -> anyhow::Result<ExitCode> {
+pub fn run(dir: Option<&Path>, keep_running: bool) -> anyhow::Result<ExitCode> {
     let temp;
     let root: PathBuf = match dir {
         Some(dir) => {
@@ -96,6 +102,7 @@ pub fn run(dir: Option<&Path>) -> anyhow::Result<ExitCode> {
             bootstrap: bootstrap.clone(),
             mdns: false,
             api: "127.0.0.1:0".parse()?,
+            web: Some("127.0.0.1:0".parse()?),
         }))?;
         bootstrap.extend(running.addresses());
         say(&format!(
@@ -116,7 +123,10 @@ pub fn run(dir: Option<&Path>) -> anyhow::Result<ExitCode> {
         node.running = Some(running);
     }
 
-    let result = story(&root, &nodes);
+    let mut result = story(&root, &nodes);
+    if result.is_ok() && keep_running {
+        result = runtime.block_on(keep_serving(&nodes));
+    }
     for node in &mut nodes {
         if let Some(running) = node.running.take() {
             runtime.block_on(running.shutdown())?;
@@ -131,6 +141,34 @@ pub fn run(dir: Option<&Path>) -> anyhow::Result<ExitCode> {
         ))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints every node's web view, the observer's first, and waits for Ctrl-C.
+async fn keep_serving(nodes: &[DemoNode]) -> anyhow::Result<()> {
+    let url = |node: &DemoNode| {
+        node.running
+            .as_ref()
+            .and_then(|r| r.web)
+            .map(|a| format!("http://{a}/"))
+            .unwrap_or_default()
+    };
+    say(&format!(
+        "\nThe nodes keep running. Open the observer's web view:\n\n    {}\n",
+        url(&nodes[3])
+    ))?;
+    for node in &nodes[..3] {
+        say(&format!("  {:<36} {}", node.name, url(node)))?;
+    }
+    say(&format!(
+        "\nThe CLI works against them too, e.g. `concord --data-dir {} checkpoint list`.\n\
+         Stop with Ctrl-C.",
+        nodes[3].dir.root().display()
+    ))?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("cannot wait for Ctrl-C")?;
+    say("\nStopping the nodes…")?;
+    Ok(())
 }
 
 /// Initialises the four institutions and the network, offline.
@@ -322,22 +360,53 @@ fn story(root: &Path, nodes: &[DemoNode]) -> anyhow::Result<()> {
             other => bail!("unexpected answer {other:?}"),
         }
     }
-    let report = match nodes[3].call(Request::Report)? {
-        Response::Report(r) => r,
+
+    // Two of three members sign the state they hold: the quorum is two.
+    say("\nTwo members sign a checkpoint of this state; the quorum is two.")?;
+    let first = nodes[0].written_id(Request::SignCheckpoint { checkpoint: None })?;
+    wait_converged(nodes, 15, started)?;
+    let second = nodes[1].written_id(Request::SignCheckpoint { checkpoint: None })?;
+    ensure!(
+        first == second,
+        "the second member signed {second}, not {first}"
+    );
+    wait_converged(nodes, 16, started)?;
+
+    let briefing = match nodes[3].call(Request::Briefing {
+        round: None,
+        checkpoint: None,
+    })? {
+        Response::Briefing(b) => b,
         other => bail!("unexpected answer {other:?}"),
     };
-    say(&format!("\n{}", report::to_markdown(&report)))?;
+    ensure!(
+        briefing.report.checkpoint.attested,
+        "the observer does not see checkpoint {first} as attested"
+    );
+    let report = &briefing.report;
+    say(&format!("\n{}", report::to_markdown(report)))?;
+    // The observer's briefing, with its attestation, checked offline with
+    // nothing but the genesis: what anyone receiving the file can do.
+    let path = root.join("briefing.md");
+    std::fs::write(
+        &path,
+        verify::export(report, briefing.attestation.as_ref(), Format::Markdown),
+    )?;
+    let genesis = Genesis::decode(&std::fs::read(root.join("genesis.concord"))?)?;
+    let verified = verify::verify_file(&std::fs::read(&path)?, &genesis, &genesis.roster())?;
     say(&format!(
-        "Converged: all {} nodes hold the same 14 signed changes (heads {}), every \
-         signature re-verified on every node, and their reports and lists are identical. \
-         ({:.1} s)",
+        "The observer's briefing ({}) verifies offline against the genesis: checkpoint {}, \
+         signed by {}.",
+        path.display(),
+        verified.checkpoint,
+        verified.signers.join(" and ")
+    ))?;
+    say(&format!(
+        "Converged: all {} nodes hold the same 16 signed changes, every signature \
+         re-verified on every node, their reports and lists are identical, and checkpoint {} \
+         attests the state. ({:.1} s)",
         nodes.len(),
-        report
-            .heads
-            .iter()
-            .map(|h| h[..12].to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
+        verified.checkpoint,
         started.elapsed().as_secs_f64()
     ))
 }

@@ -5,6 +5,7 @@
 mod bench;
 mod bench_live;
 mod bundle;
+mod checkpoint;
 mod demo;
 mod id;
 mod member;
@@ -42,15 +43,28 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             bundle::import(&mut Session::open(&dir)?, &file, json.json)
         }
         Command::Verify(flag) => bundle::verify(&mut Session::open(&dir)?, flag.json),
-        Command::Report { format, out } => {
-            report::run(&mut Session::open(&dir)?, format, out.as_deref())
+        Command::Report {
+            format,
+            round,
+            checkpoint,
+            out,
+        } => report::run(
+            &mut Session::open(&dir)?,
+            format,
+            round,
+            checkpoint,
+            out.as_deref(),
+        ),
+        Command::Checkpoint(cmd) => checkpoint::run(&dir, cmd),
+        Command::History { id, json } => {
+            checkpoint::history(&mut Session::open(&dir)?, id, json.json)
         }
         Command::Run(args) => run::run(&dir, args),
         Command::Status(flag) => status::status(&mut Session::open(&dir)?, flag.json),
         Command::Peers(flag) => status::peers(&mut Session::open(&dir)?, flag.json),
         Command::Member(cmd) => member::run(&mut Session::open(&dir)?, cmd),
         Command::Key(cmd) => member::key(&mut Session::open(&dir)?, cmd),
-        Command::Demo(args) => demo::run(args.dir.as_deref()),
+        Command::Demo(args) => demo::run(args.dir.as_deref(), args.keep_running),
         Command::Bench(args) => bench::run(args),
     }
 }

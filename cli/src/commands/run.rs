@@ -7,6 +7,7 @@ use anyhow::{Context as _, bail};
 use concord_node::config::{Config, DEFAULT_API, DEFAULT_LISTEN, DataDir};
 use concord_node::network::Multiaddr;
 use concord_node::node::{self, NodeConfig};
+use concord_node::web::DEFAULT_WEB;
 
 use crate::args::RunArgs;
 use crate::output;
@@ -34,12 +35,30 @@ pub fn run(dir: &DataDir, args: RunArgs) -> anyhow::Result<ExitCode> {
     if !api.ip().is_loopback() {
         bail!("the local API listens on loopback only; {api} is not a loopback address");
     }
+    let web: Option<SocketAddr> = if args.no_web || (args.web.is_none() && !config.web.enabled) {
+        None
+    } else {
+        Some(match args.web {
+            Some(addr) => addr,
+            None => config
+                .web
+                .listen
+                .as_deref()
+                .unwrap_or(DEFAULT_WEB)
+                .parse()
+                .context("[web] listen in the config is not an address like 127.0.0.1:7412")?,
+        })
+    };
+    if let Some(addr) = web.filter(|a| !a.ip().is_loopback()) {
+        tracing::warn!(%addr, "the web view has no login and listens beyond loopback");
+    }
     let node_config = NodeConfig {
         data_dir: dir.clone(),
         listen: parse_addrs("--listen", &listen)?,
         bootstrap: parse_addrs("--bootstrap", &bootstrap)?,
         mdns: args.mdns || config.network.mdns,
         api,
+        web,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -53,6 +72,9 @@ pub fn run(dir: &DataDir, args: RunArgs) -> anyhow::Result<ExitCode> {
         );
         for addr in node.addresses() {
             lines.push_str(&format!("listening: {addr}\n"));
+        }
+        if let Some(web) = node.web {
+            lines.push_str(&format!("web view:  http://{web}/\n"));
         }
         lines.push_str(&format!(
             "local API: {} (address and token in {})\nStop with Ctrl-C or SIGTERM.",

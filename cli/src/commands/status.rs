@@ -41,6 +41,9 @@ pub fn status(session: &mut Session, json: bool) -> anyhow::Result<ExitCode> {
     if let Some(api) = &status.api {
         let _ = writeln!(out, "local API:  {api}");
     }
+    if let Some(web) = &status.web {
+        let _ = writeln!(out, "web view:   {web}");
+    }
     let _ = writeln!(out, "changes:    {}", status.envelopes);
     let heads: Vec<&str> = status.heads.iter().map(|h| &h[..12.min(h.len())]).collect();
     let _ = writeln!(out, "heads:      {}", heads.join(", "));

@@ -13,9 +13,11 @@ pub mod server;
 use serde::{Deserialize, Serialize};
 
 use crate::ReplicaError;
+use crate::checkpoint::{Briefing, Checkpoints};
 use crate::doc::{AssessmentUpdate, NewAssessment, NewNote};
 use crate::genesis::Genesis;
 use crate::governance::{Governance, MotionKind, Op, Standing};
+use crate::history::History;
 use crate::identity::NodeId;
 use crate::model::{
     AssessmentView, NoteKind, NoteView, Round, Score, Stance, Status, ValueError, format_time,
@@ -131,6 +133,26 @@ pub enum Request {
     Batch {
         requests: Vec<Request>,
     },
+    /// Every checkpoint and how far it is attested.
+    Checkpoints,
+    /// Sign checkpoint `checkpoint` (an id), or the current state.
+    SignCheckpoint {
+        #[serde(default)]
+        checkpoint: Option<String>,
+    },
+    /// The briefing for a round, at an attested checkpoint or now.
+    Briefing {
+        #[serde(default)]
+        round: Option<String>,
+        #[serde(default)]
+        checkpoint: Option<String>,
+    },
+    /// Every change that touched one item.
+    History {
+        id: String,
+    },
+    /// The network's genesis file, for checks made with it.
+    Genesis,
 }
 
 /// A roster change as typed.
@@ -212,6 +234,17 @@ pub enum Response {
     Members(Box<MembersView>),
     Rotated(Rotated),
     Batch(Vec<Response>),
+    Checkpoints(Box<Checkpoints>),
+    Briefing(Box<Briefing>),
+    History(Box<History>),
+    Genesis(GenesisFile),
+}
+
+/// A genesis file, as `Request::Genesis` returns it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GenesisFile {
+    #[serde(with = "base64_bytes")]
+    pub bytes: Vec<u8>,
 }
 
 /// A roster proposal (or key succession) and where it stands.
@@ -425,7 +458,7 @@ impl NetworkView {
 }
 
 /// `concord status`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct StatusView {
     /// False when the node is not running (the CLI read the store directly).
     pub running: bool,
@@ -447,6 +480,9 @@ pub struct StatusView {
     /// Store flushes since the node started (one per acknowledged group of
     /// local writes, one per batch of changes from peers).
     pub flushes: u64,
+    /// The web view's URL, when the running node serves one.
+    #[serde(default)]
+    pub web: Option<String>,
 }
 
 /// One roster entry as `concord peers` shows it.
@@ -649,6 +685,22 @@ pub fn execute(replica: &mut Replica, request: Request) -> Result<Response, Repl
                 identity,
             })
         }
+        Request::Checkpoints => Response::Checkpoints(Box::new(replica.checkpoints()?)),
+        Request::SignCheckpoint { checkpoint } => {
+            let (id, change) = replica.sign_checkpoint(checkpoint.as_deref())?;
+            Response::Written(Written {
+                id,
+                change: change.to_string(),
+            })
+        }
+        Request::Briefing { round, checkpoint } => {
+            let round = round.map(|r| r.parse::<Round>()).transpose()?;
+            Response::Briefing(Box::new(replica.briefing(round, checkpoint.as_deref())?))
+        }
+        Request::History { id } => Response::History(Box::new(replica.history(&id)?)),
+        Request::Genesis => Response::Genesis(GenesisFile {
+            bytes: replica.genesis().ok_or(ReplicaError::NoNetwork)?.encode(),
+        }),
     })
 }
 
@@ -700,6 +752,7 @@ pub fn stopped_status(replica: &Replica) -> StatusView {
         bytes_sent: 0,
         bytes_received: 0,
         flushes: replica.store().flush_count(),
+        web: None,
     }
 }
 
@@ -742,6 +795,7 @@ pub fn is_write(request: &Request) -> bool {
             | Request::AddNote(_)
             | Request::Position { .. }
             | Request::Import { .. }
+            | Request::SignCheckpoint { .. }
             | Request::Batch { .. }
     )
 }

@@ -487,6 +487,9 @@ fn the_demo_runs_a_live_federation_to_convergence() {
         "observers cannot write",
         "Every member refused a change the observer signed anyway",
         "Points of divergence",
+        "holds all 16 changes",
+        "State: attested by checkpoint ck-",
+        "verifies offline against the genesis",
         "Converged: all 4 nodes",
     ] {
         assert!(
@@ -503,7 +506,20 @@ fn the_demo_runs_a_live_federation_to_convergence() {
         .expect("verify");
     let audit: serde_json::Value = serde_json::from_slice(&run.stdout).expect("json");
     assert_eq!(audit["ok"], true);
-    assert_eq!(audit["envelopes"], 14);
+    assert_eq!(audit["envelopes"], 16);
+    // The observer's briefing it kept verifies with nothing but the genesis.
+    let run = std::process::Command::new(support::concord_bin())
+        .args(["checkpoint", "verify"])
+        .arg(kept.join("briefing.md"))
+        .arg("--genesis")
+        .arg(kept.join("genesis.concord"))
+        .output()
+        .expect("checkpoint verify");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
 }
 
 #[test]

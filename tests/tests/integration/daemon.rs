@@ -8,12 +8,12 @@ use serde_json::Value;
 use support::{Federation, Node, concord_bin, path_str};
 
 /// A `concord run` process, stopped with SIGTERM (or killed) when dropped.
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
 }
 
 impl Daemon {
-    fn start(node: &Node, extra: &[&str]) -> Self {
+    pub(crate) fn start(node: &Node, extra: &[&str]) -> Self {
         let child = Command::new(concord_bin())
             .arg("--data-dir")
             .arg(node.dir())
@@ -34,7 +34,7 @@ impl Daemon {
     }
 
     /// Sends SIGTERM and waits for a clean exit.
-    fn stop(mut self) -> Option<i32> {
+    pub(crate) fn stop(mut self) -> Option<i32> {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill")
             .args(["-TERM", &pid])
@@ -64,7 +64,7 @@ impl Drop for Daemon {
     }
 }
 
-fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !condition() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");

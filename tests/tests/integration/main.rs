@@ -2,8 +2,11 @@
 //! fresh temporary data directories (see the `support` crate).
 
 mod bad_input;
+mod browser;
+mod checkpoint;
 mod cli;
 mod convergence;
 mod daemon;
 mod roster;
 mod sync;
+mod web;
