@@ -1271,14 +1271,24 @@ impl Replica {
     ) -> Result<Briefing, ReplicaError> {
         let genesis = self.genesis().ok_or(ReplicaError::NoNetwork)?.clone();
         let roster = self.roster()?.clone();
-        Ok(checkpoint::briefing(
+        let mut briefing = checkpoint::briefing(
             &self.doc,
             &genesis,
             &roster,
             round,
             target,
             &mut self.checkpoint_memo,
-        )?)
+        )?;
+        // With its roster records an attested report checks out offline
+        // under the roster it was signed in, not only the founding one.
+        if let Some(attestation) = &mut briefing.attestation {
+            attestation.records = self
+                .records_wire()
+                .iter()
+                .map(|r| data_encoding::BASE64.encode(&r.0))
+                .collect();
+        }
+        Ok(briefing)
     }
 
     /// Every change that touched item `id`, each stored signature verified.

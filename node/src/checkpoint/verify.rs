@@ -123,6 +123,11 @@ pub struct Attestation {
     /// The document at the checkpoint's heads, in Automerge's saved form.
     #[serde(with = "base64_bytes")]
     pub document: Vec<u8>,
+    /// The roster records the signing node held, each base64 (see
+    /// docs/protocol.md, Roster records): with the genesis they give the
+    /// roster the signatures are counted against.
+    #[serde(default)]
+    pub records: Vec<String>,
 }
 
 impl Attestation {
@@ -144,6 +149,7 @@ impl Attestation {
                 .collect(),
             round: round.map(|r| r.as_str().to_string()),
             document,
+            records: Vec::new(),
         }
     }
 
@@ -315,6 +321,23 @@ fn check_attestation(
             ours: network.to_hex(),
         });
     }
+    let resolved;
+    let roster = if a.records.is_empty() {
+        roster
+    } else {
+        let mut records = Vec::with_capacity(a.records.len());
+        for text in &a.records {
+            let bytes = data_encoding::BASE64
+                .decode(text.as_bytes())
+                .map_err(|_| malformed("a roster record is not base64"))?;
+            let record = crate::governance::Record::decode(&bytes)?;
+            record.check_network(network)?;
+            records.push(record);
+        }
+        let admitted = crate::governance::admit(genesis, records);
+        resolved = crate::governance::resolve(genesis, &admitted).roster;
+        &resolved
+    };
     let heads = a
         .heads
         .iter()
@@ -598,6 +621,7 @@ mod tests {
             }],
             round,
             document,
+            records: Vec::new(),
         }
     }
 

@@ -258,3 +258,58 @@ fn history_lists_every_change_to_an_item() {
     );
     a.refuses(&["history", "ra-nothing0"], "no item with id");
 }
+
+/// A member admitted after the founding co-signs a checkpoint: the report
+/// and the bundle carry the roster records, so both verify offline with only
+/// the genesis, and the report names the newcomer among the signers.
+#[test]
+fn a_checkpoint_co_signed_by_a_member_admitted_later_verifies_offline() {
+    let fed = Federation::new(&["A", "B"], &[]);
+    let (a, b) = (&fed.nodes[0], &fed.nodes[1]);
+    let newcomer = Node::init("N");
+    newcomer.ok(&["network", "join", "--pending", path_str(&fed.genesis)]);
+    // Quorum 2 of 2: A proposes, B approves; then the quorum of 3 is 2.
+    let p = a.json(&[
+        "member",
+        "propose",
+        "add",
+        &newcomer.node_id(),
+        "--name",
+        "N",
+        "--role",
+        "member",
+    ]);
+    b.import(&a.export("a.bundle"));
+    b.ok(&["member", "approve", p["id"].as_str().expect("id")]);
+    support::add_assessment(b, "malicious-use", "Voice cloning for fraud");
+    let from_b = b.export("b.bundle");
+    a.import(&from_b);
+    newcomer.import(&from_b);
+    // A and the newcomer sign the same state: attested (2 of 3 members).
+    a.ok(&["checkpoint", "sign"]);
+    newcomer.import(&a.export("a2.bundle"));
+    newcomer.ok(&["checkpoint", "sign"]);
+    a.import(&newcomer.export("n.bundle"));
+    let file = a.dir().join("briefing.md");
+    a.ok(&["report", "--checkpoint", "latest", "--out", path_str(&file)]);
+    let outsider = Node::uninitialised("outsider");
+    let genesis = path_str(&fed.genesis);
+    let out = outsider.ok(&[
+        "checkpoint",
+        "verify",
+        path_str(&file),
+        "--genesis",
+        genesis,
+    ]);
+    assert!(out.starts_with("OK: report"), "{out}");
+    assert!(out.contains('N'), "{out}");
+    let bundle = a.export("all.bundle");
+    let out = outsider.ok(&[
+        "checkpoint",
+        "verify",
+        path_str(&bundle),
+        "--genesis",
+        genesis,
+    ]);
+    assert!(out.starts_with("OK: bundle"), "{out}");
+}
