@@ -468,7 +468,8 @@ pub fn resolve<'a>(genesis: &Genesis, records: impl IntoIterator<Item = &'a Reco
     let network = genesis.network_id();
     let mut roster = genesis.roster();
     let mut bodies: BTreeMap<RecordId, &Body> = BTreeMap::new();
-    let mut approvals: BTreeMap<RecordId, BTreeMap<PublicKey, (&Seen, i64)>> = BTreeMap::new();
+    let mut approvals: BTreeMap<RecordId, BTreeMap<PublicKey, (&Seen, i64, RecordId)>> =
+        BTreeMap::new();
     for record in records {
         if record.body.network() != network {
             continue;
@@ -481,11 +482,14 @@ pub fn resolve<'a>(genesis: &Genesis, records: impl IntoIterator<Item = &'a Reco
                 at_ms,
                 ..
             } => {
-                // Two approvals by one key (signed twice): the earlier counts.
+                // Two approvals by one key (signed twice): the earlier
+                // counts, and of two at the same time the lower record id.
                 let slot = approvals.entry(*proposal).or_default();
-                let earlier = slot.get(approver).is_some_and(|(_, t)| *t <= *at_ms);
+                let earlier = slot
+                    .get(approver)
+                    .is_some_and(|(_, t, id)| (*t, *id) <= (*at_ms, record.id));
                 if !earlier {
-                    slot.insert(*approver, (seen, *at_ms));
+                    slot.insert(*approver, (seen, *at_ms, record.id));
                 }
             }
             body => {
@@ -646,11 +650,13 @@ enum ChangeKind {
     Add(RosterEntry),
     Remove {
         key: PublicKey,
+        handed: Vec<PublicKey>,
         mark: u64,
         seen_by_all: u64,
     },
     SetRole {
         key: PublicKey,
+        handed: Vec<PublicKey>,
         role: Role,
         mark: u64,
     },
@@ -668,12 +674,36 @@ impl Change {
             ChangeKind::Add(entry) => roster.admit(entry, self.at_ms),
             ChangeKind::Remove {
                 key,
+                handed,
                 mark,
                 seen_by_all,
-            } => roster.depart(&key, Departure::Removed, (mark, seen_by_all), self.at_ms),
-            ChangeKind::SetRole { key, role, mark } => {
-                roster.change_role(&key, role, mark, self.at_ms)
-            }
+            } => match handed.split_first() {
+                // The signers named a key that has since rotated: its chain
+                // closes at what they saw, its successors' chains at nothing.
+                Some((named, rest)) => {
+                    roster.clamp(named, mark);
+                    for k in rest {
+                        roster.clamp(k, 0);
+                    }
+                    roster.depart(&key, Departure::Removed, (0, 0), self.at_ms);
+                }
+                None => roster.depart(&key, Departure::Removed, (mark, seen_by_all), self.at_ms),
+            },
+            ChangeKind::SetRole {
+                key,
+                handed,
+                role,
+                mark,
+            } => match handed.split_first() {
+                Some((named, rest)) if role == Role::Observer => {
+                    roster.clamp(named, mark);
+                    for k in rest {
+                        roster.clamp(k, 0);
+                    }
+                    roster.change_role(&key, role, 0, self.at_ms);
+                }
+                _ => roster.change_role(&key, role, mark, self.at_ms),
+            },
             ChangeKind::SetQuorum(quorum) => roster.set_quorum(quorum),
             ChangeKind::Succeed { old, new, mark } => {
                 let Some(entry) = roster.get(&old).cloned() else {
@@ -689,13 +719,44 @@ impl Change {
 fn judge_proposal(
     roster: &Roster,
     proposer: PublicKey,
-    op: &Op,
+    original: &Op,
     seen: &Seen,
     at_ms: i64,
-    approvals: Option<&BTreeMap<PublicKey, (&Seen, i64)>>,
+    approvals: Option<&BTreeMap<PublicKey, (&Seen, i64, RecordId)>>,
 ) -> Verdict {
     let members = roster.members().count() as u32;
     let quorum = roster.quorum();
+    // A removal or role change follows its target through key rotations, so
+    // a key cannot escape one by handing its place to a successor.
+    let op = &match original {
+        Op::Remove { key } => Op::Remove {
+            key: roster.current_key(key),
+        },
+        Op::SetRole { key, role } => Op::SetRole {
+            key: roster.current_key(key),
+            role: *role,
+        },
+        other => other.clone(),
+    };
+    // Keys the original target handed its place on to, oldest first (empty
+    // when it did not rotate): their spans close too (see `Change::apply`).
+    let named = original.target();
+    let mut handed: Vec<PublicKey> = Vec::new();
+    if let (Some(named), Some(target)) = (named, op.target())
+        && named != target
+    {
+        let mut key = named;
+        while key != target && handed.len() <= roster.former().count() {
+            handed.push(key);
+            key = match roster.former().find(|(k, _)| **k == key) {
+                Some((_, f)) => match f.departure {
+                    Departure::RotatedTo(next) => next,
+                    Departure::Removed => break,
+                },
+                None => break,
+            };
+        }
+    }
     // Does the operation still fit the roster?
     let misfit = match op {
         Op::Add { key, name, .. } => {
@@ -749,14 +810,17 @@ fn judge_proposal(
     if let Some(reason) = misfit {
         return Verdict::Void(reason);
     }
-    // Counted signers: distinct current members.
+    // Counted signers: distinct current members, never the key a removal or
+    // role change is about (nor one it rotated from), so it cannot set its
+    // own cut-off.
+    let excluded = |key: &PublicKey| op.target() == Some(*key) || handed.contains(key);
     let mut counted: Vec<(&PublicKey, &Seen, i64)> = Vec::new();
-    if roster.is_member(&proposer) {
+    if roster.is_member(&proposer) && !excluded(&proposer) {
         counted.push((&proposer, seen, at_ms));
     }
     if let Some(approvals) = approvals {
-        for (key, (seen, signed_ms)) in approvals {
-            if *key != proposer && roster.is_member(key) {
+        for (key, (seen, signed_ms, _)) in approvals {
+            if *key != proposer && roster.is_member(key) && !excluded(key) {
                 counted.push((key, seen, *signed_ms));
             }
         }
@@ -764,16 +828,18 @@ fn judge_proposal(
     if (counted.len() as u32) < quorum {
         return Verdict::Wait;
     }
-    // Every counted signer's view of the target's chain stays valid.
+    // The signatures that completed the quorum (earliest first, ties by
+    // key) decide: what any of them had seen of the target's chain stays
+    // valid, and the change is in force from the last of them. Later
+    // approvals change nothing.
+    counted.sort_by(|a, b| (a.2, a.0).cmp(&(b.2, b.0)));
+    counted.truncate(quorum.max(1) as usize);
     let mark = counted
         .iter()
         .map(|(_, s, _)| s.target_tip)
         .max()
         .unwrap_or(0);
-    // In force from the signature that completed the quorum.
-    let mut times: Vec<i64> = counted.iter().map(|(_, _, t)| *t).collect();
-    times.sort_unstable();
-    let at_ms = times[quorum.max(1) as usize - 1];
+    let at_ms = counted.last().map_or(at_ms, |c| c.2);
     let kind = match op {
         Op::Add { key, name, role } => ChangeKind::Add(RosterEntry {
             key: *key,
@@ -782,6 +848,7 @@ fn judge_proposal(
         }),
         Op::Remove { key } => ChangeKind::Remove {
             key: *key,
+            handed: handed.clone(),
             mark,
             seen_by_all: counted
                 .iter()
@@ -791,6 +858,7 @@ fn judge_proposal(
         },
         Op::SetRole { key, role } => ChangeKind::SetRole {
             key: *key,
+            handed,
             role: *role,
             mark,
         },
@@ -821,39 +889,43 @@ fn judge_succession(
     })
 }
 
-/// Checks a record may be stored under `roster`: it names `network` and its
-/// signer is or was on the roster (a succession: its old key). Records from
-/// strangers are refused so nobody off the roster can fill a node's disk.
-pub fn admissible(record: &Record, network: NetworkId, roster: &Roster) -> Result<(), RecordError> {
-    record.check_network(network)?;
-    let signer = record.body.signers()[0];
-    if roster.knows(&signer) {
-        Ok(())
-    } else {
-        Err(RecordError::Invalid(format!(
-            "record {} is signed by {}, a key that is not on the roster",
-            record.id.short(),
-            signer.node_id()
-        )))
-    }
-}
-
-/// The records of `candidates` that may be held with `genesis`: each signed
-/// by a key that is or was on the roster as the admitted records make it
-/// (in rounds, since one record may admit another's signer). Records of
-/// another network are left out.
+/// The records of `candidates` a node may hold with `genesis`: those of its
+/// network signed by a **known** key. The founding roster's keys are known,
+/// and so is every key an admitted record names as added (`Add`) or as a
+/// successor (`Succeed`). The known set only grows as records are added, so
+/// nodes that see the same candidates, in any order and in any batches,
+/// admit the same records; strangers' records are never stored. (A key
+/// named by a proposal that never takes effect stays known: only members can
+/// name one.)
 pub fn admit(genesis: &Genesis, candidates: Vec<Record>) -> Vec<Record> {
     let network = genesis.network_id();
+    let mut known: BTreeSet<PublicKey> = genesis.body().roster.iter().map(|e| e.key).collect();
     let mut admitted: Vec<Record> = Vec::new();
-    let mut pending = candidates;
+    let mut pending: Vec<Record> = candidates
+        .into_iter()
+        .filter(|r| r.body.network() == network)
+        .collect();
     loop {
-        let roster = resolve(genesis, &admitted).roster;
         let (fits, rest): (Vec<Record>, Vec<Record>) = pending
             .into_iter()
-            .partition(|r| admissible(r, network, &roster).is_ok());
+            .partition(|r| known.contains(&r.body.signers()[0]));
         pending = rest;
         if fits.is_empty() {
             return admitted;
+        }
+        for record in &fits {
+            match &record.body {
+                Body::Propose {
+                    op: Op::Add { key, .. },
+                    ..
+                } => {
+                    known.insert(*key);
+                }
+                Body::Succeed { new, .. } => {
+                    known.insert(*new);
+                }
+                _ => {}
+            }
         }
         admitted.extend(fits);
     }
@@ -1108,7 +1180,97 @@ mod tests {
             &[&stranger],
         )
         .expect("sign");
-        assert!(admissible(&r, n.genesis.network_id(), &n.genesis.roster()).is_err());
+        assert!(admit(&n.genesis, vec![r]).is_empty());
+    }
+
+    #[test]
+    fn a_removed_key_cannot_escape_by_a_back_dated_succession() {
+        let n = net();
+        let remove = n.propose(0, Op::Remove { key: n.key(2) }, None, 1);
+        let approve = n.approve(1, &remove, 1);
+        // Key 2 signs a succession to key 5, back-dated (after: None), and
+        // tries times until its id sorts before the removal's.
+        let escape = (0..256)
+            .map(|t| {
+                Record::sign(
+                    Body::Succeed {
+                        network: n.genesis.network_id(),
+                        old: n.key(2),
+                        new: n.key(5),
+                        after: None,
+                        seen: Seen {
+                            heads: vec![],
+                            target_tip: 1_000_000,
+                        },
+                        at_ms: t,
+                    },
+                    &[&n.ids[2], &n.ids[5]],
+                )
+                .expect("sign")
+            })
+            .find(|r| r.id() < remove.id())
+            .expect("an id below the removal's");
+        let g = resolve(&n.genesis, [&remove, &approve, &escape]);
+        assert!(g.roster.get(&n.key(2)).is_none());
+        assert!(
+            g.roster.get(&n.key(5)).is_none(),
+            "the successor is removed too"
+        );
+        assert!(g.roster.may_write(&n.key(2), 1).is_ok());
+        assert!(g.roster.may_write(&n.key(2), 2).is_err());
+        assert!(g.roster.may_write(&n.key(5), 1).is_err());
+        assert!(matches!(
+            g.motions[&remove.id()].standing,
+            Standing::Applied { .. }
+        ));
+    }
+
+    #[test]
+    fn the_removed_key_cannot_set_its_own_cut_off_and_late_approvals_change_nothing() {
+        let n = net();
+        let remove = n.propose(0, Op::Remove { key: n.key(2) }, None, 3);
+        let own = n.approve(2, &remove, u64::MAX);
+        // The target's own approval does not count toward the quorum...
+        let g = resolve(&n.genesis, [&remove, &own]);
+        assert!(g.roster.is_member(&n.key(2)));
+        let approve = n.approve(1, &remove, 4);
+        let g = resolve(&n.genesis, [&remove, &own, &approve]);
+        assert!(g.roster.may_write(&n.key(2), 4).is_ok());
+        assert!(
+            g.roster.may_write(&n.key(2), 5).is_err(),
+            "nor sets the cut-off"
+        );
+    }
+
+    #[test]
+    fn admission_only_grows_so_it_does_not_depend_on_order() {
+        let n = net();
+        // Key 4 is named by a proposal that is never approved: its records
+        // are still held, by every node alike.
+        let add = n.propose(
+            0,
+            Op::Add {
+                key: n.key(4),
+                name: "Maybe".into(),
+                role: Role::Member,
+            },
+            None,
+            0,
+        );
+        let by_4 = n.propose(4, Op::SetQuorum { quorum: 3 }, None, 0);
+        let stranger = n.propose(5, Op::SetQuorum { quorum: 1 }, None, 0);
+        let ids = |v: Vec<Record>| v.iter().map(Record::id).collect::<BTreeSet<_>>();
+        let a = ids(admit(
+            &n.genesis,
+            vec![by_4.clone(), stranger.clone(), add.clone()],
+        ));
+        let b = ids(admit(
+            &n.genesis,
+            vec![add.clone(), by_4.clone(), stranger.clone()],
+        ));
+        assert_eq!(a, b);
+        assert!(a.contains(&by_4.id()) && a.contains(&add.id()));
+        assert!(!a.contains(&stranger.id()));
     }
 
     proptest! {

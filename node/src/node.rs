@@ -33,7 +33,6 @@ use crate::api::{self, PeerView, Request, Response, StatusView};
 use crate::bundle::EnvelopeBytes;
 use crate::config::DataDir;
 use crate::genesis::NetworkId;
-use crate::governance::RecordError;
 use crate::identity::{NodeId, PublicKey};
 use crate::ingest::IngestError;
 use crate::model::{format_time, now_ms};
@@ -746,9 +745,9 @@ impl NodeLoop {
 
     /// Verifies and stores roster records from `peer`, relays the new ones
     /// and follows the roster. `Err` (a refusal reason) when the peer sent a
-    /// record that is forged, malformed or of another network; a record
-    /// signed by a key we do not know yet is not the sender's fault: pull
-    /// from it, since it must hold the records that admit that key.
+    /// record that is forged, malformed or of another network. Records signed
+    /// by a key not known yet are left out without blame (see
+    /// `governance::admit`); they come again with later exchanges.
     fn take_records(&mut self, peer: PeerId, records: &[EnvelopeBytes]) -> Result<(), String> {
         if records.is_empty() {
             return Ok(());
@@ -759,11 +758,6 @@ impl NodeLoop {
                     tracing::info!(%peer, new = summary.new, changed = summary.roster_changed, "roster records accepted");
                     self.push_records(new, Some(peer), false);
                 }
-                Ok(())
-            }
-            Err(ReplicaError::Record(RecordError::Invalid(reason))) => {
-                tracing::info!(%peer, %reason, "roster record not admissible yet; pulling");
-                self.start_pull(peer);
                 Ok(())
             }
             Err(ReplicaError::Record(e)) => {
@@ -845,6 +839,12 @@ impl NodeLoop {
     /// the addresses it listened on, after pushing our roster records to
     /// every connected peer so they know the new key before it dials.
     async fn restart_network(&mut self) {
+        // The old event loop must never block on a full event channel while
+        // we wait for it: drain (and drop) its events from here on. Peers'
+        // requests meanwhile go unanswered and are retried after the restart.
+        let (_, placeholder) = mpsc::channel(1);
+        let mut old_events = std::mem::replace(&mut self.events, placeholder);
+        let drain = tokio::spawn(async move { while old_events.recv().await.is_some() {} });
         let records = self.replica.records_wire();
         let connected: Vec<PeerId> = self
             .peers
@@ -862,11 +862,20 @@ impl NodeLoop {
             let peer = *peer;
             async move { client.request(peer, request).await }
         });
-        let _ = tokio::time::timeout(ROTATE_PUSH_WAIT, futures::future::join_all(pushes)).await;
+        let answered = tokio::time::timeout(ROTATE_PUSH_WAIT, futures::future::join_all(pushes))
+            .await
+            .map_or(0, |all| all.iter().filter(|r| r.is_ok()).count());
+        if answered == 0 {
+            tracing::warn!(
+                "no peer acknowledged the key succession; until one learns it (a bundle from \
+                 `concord export` imported at a member carries it), peers refuse the new key"
+            );
+        }
         let _ = self.client.shutdown().await;
         if let Some(task) = self.network_task.take() {
             let _ = task.await;
         }
+        drain.abort();
         let listen: Vec<Multiaddr> = std::mem::take(&mut self.listen);
         let built = network::new(
             self.replica.identity().libp2p_keypair(),

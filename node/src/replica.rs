@@ -268,6 +268,7 @@ impl Replica {
             }
             None => None,
         };
+        let identity = finish_rotation(dir, identity, membership.as_ref())?;
         let (doc, tips, invalid) = load_document(&store, identity.public(), membership.as_ref())?;
         Ok(Self {
             dir: dir.clone(),
@@ -534,27 +535,29 @@ impl Replica {
         if fresh.is_empty() {
             return Ok((RecordsSummary::default(), Vec::new()));
         }
-        // A record may be signed by a key that another record in the same
-        // batch admits: admit in rounds until nothing more fits.
-        let mut all = m.records.clone();
-        let mut accepted = Vec::new();
-        loop {
-            let roster = governance::resolve(&m.genesis, all.values()).roster;
-            let (fits, rest): (Vec<Record>, Vec<Record>) = fresh
-                .into_iter()
-                .partition(|r| governance::admissible(r, network, &roster).is_ok());
-            fresh = rest;
-            if fits.is_empty() {
-                break;
-            }
-            for r in fits {
-                all.insert(r.id(), r.clone());
-                accepted.push(r);
-            }
+        // Only records signed by a known key are held (see
+        // `governance::admit`); the others are left out, not refused: they
+        // may come again once their signer is known.
+        let candidates: Vec<Record> = m.records.values().cloned().chain(fresh).collect();
+        let offered = candidates.len();
+        let admitted = governance::admit(&m.genesis, candidates);
+        let accepted: Vec<Record> = admitted
+            .iter()
+            .filter(|r| !m.records.contains_key(&r.id()))
+            .cloned()
+            .collect();
+        if admitted.len() < offered {
+            tracing::debug!(
+                left_out = offered - admitted.len(),
+                "roster records signed by keys not known yet were left out"
+            );
         }
-        if let Some(refused) = fresh.first() {
-            let roster = governance::resolve(&m.genesis, all.values()).roster;
-            governance::admissible(refused, network, &roster)?;
+        if accepted.is_empty() {
+            return Ok((RecordsSummary::default(), Vec::new()));
+        }
+        let mut all = m.records.clone();
+        for r in &accepted {
+            all.insert(r.id(), r.clone());
         }
         let rows: Vec<([u8; 32], Vec<u8>)> =
             accepted.iter().map(|r| (r.id().0, r.encode())).collect();
@@ -1489,6 +1492,42 @@ fn summary(identity: &Identity, config: &Config) -> IdentitySummary {
         public_key: identity.public().to_hex(),
         fingerprint: identity.public().fingerprint(),
     }
+}
+
+/// Completes a key rotation that stopped between storing the succession and
+/// swapping the key files: if a staged new key exists and the roster says
+/// the loaded key was replaced by it, the staged key is installed (the old
+/// one kept beside it) and returned.
+fn finish_rotation(
+    dir: &DataDir,
+    identity: Identity,
+    membership: Option<&Membership>,
+) -> Result<Identity, ReplicaError> {
+    let key_file = dir.key_file();
+    let staged = key_file.with_extension("key.new");
+    let Some(m) = membership.filter(|_| staged.exists()) else {
+        return Ok(identity);
+    };
+    let new = Identity::load(&staged)?;
+    let replaced = m.roster().former().any(|(k, f)| {
+        *k == identity.public()
+            && matches!(f.departure, crate::roster::Departure::RotatedTo(n) if n == new.public())
+    });
+    if !replaced {
+        return Ok(identity);
+    }
+    let retired = key_file.with_extension(format!(
+        "key.retired-{}",
+        identity.public().fingerprint().replace([':', ' '], "")
+    ));
+    fs::rename(&key_file, &retired)
+        .and_then(|()| fs::rename(&staged, &key_file))
+        .map_err(|source| ReplicaError::Io {
+            path: key_file.clone(),
+            source,
+        })?;
+    tracing::warn!(new = %new.node_id(), "finished a key rotation that was interrupted");
+    Ok(new)
 }
 
 /// Every stored roster record, decoded (they were verified when stored).

@@ -239,6 +239,16 @@ impl Roster {
         }
     }
 
+    /// Lets none of `key`'s changes after `mark` count, whatever its spans.
+    pub(crate) fn clamp(&mut self, key: &PublicKey, mark: u64) {
+        if let Some(spans) = self.spans.get_mut(key) {
+            for span in spans.iter_mut() {
+                span.until = Some(span.until.map_or(mark, |u| u.min(mark)));
+            }
+            spans.retain(|s| s.until.is_none_or(|u| u > s.after));
+        }
+    }
+
     /// Takes `key` off the roster; its changes after `mark` no longer count.
     /// `seen_by_all` is the highest change number all signers had seen.
     pub(crate) fn depart(
