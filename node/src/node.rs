@@ -62,6 +62,9 @@ type Answer = (
     Result<Response, ApiError>,
 );
 
+/// Roster-based refusals of one peer's changes tolerated while it holds our
+/// roster records, before it is disconnected as misbehaving.
+const ROSTER_REFUSALS_MAX: u32 = 3;
 /// Most queued API calls committed as one group (one flush).
 const GROUP_COMMIT_MAX: usize = 256;
 /// How long a key rotation waits for peers to take the succession record
@@ -385,6 +388,8 @@ struct PeerState {
     pulled_for_records: Option<[u8; 32]>,
     /// The last ping round trip.
     rtt: Option<Duration>,
+    /// Batches refused under the roster since the peer's last accepted one.
+    roster_refusals: u32,
 }
 
 impl PeerState {
@@ -407,6 +412,7 @@ impl PeerState {
             records: None,
             pulled_for_records: None,
             rtt: None,
+            roster_refusals: 0,
         }
     }
 
@@ -689,6 +695,9 @@ impl NodeLoop {
         }
         match ingested {
             Ok((summary, _)) => {
+                if let Some(state) = self.peers.get_mut(&peer) {
+                    state.roster_refusals = 0;
+                }
                 if summary.new > 0 {
                     tracing::debug!(%peer, new = summary.new, "changes accepted");
                     self.last_sync = Some(now_ms());
@@ -716,8 +725,11 @@ impl NodeLoop {
                 let Some(state) = self.peers.get_mut(&peer) else {
                     return Ingested::Refused(e.to_string());
                 };
-                if state.records == Some(ours) {
-                    tracing::warn!(%peer, error = %e, "peer knows our roster yet sent changes it refuses; disconnecting");
+                // Its records push and a relayed change travel on separate
+                // streams and may cross, so one such refusal is no proof.
+                state.roster_refusals += 1;
+                if state.records == Some(ours) && state.roster_refusals > ROSTER_REFUSALS_MAX {
+                    tracing::warn!(%peer, error = %e, "peer knows our roster yet keeps sending changes it refuses; disconnecting");
                     return Ingested::Refused(e.to_string());
                 }
                 tracing::info!(%peer, error = %e, "changes refused under our roster; sending it our roster records");
