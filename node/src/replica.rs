@@ -141,6 +141,9 @@ pub struct ImportSummary {
     pub new: usize,
     /// Changes this node already had.
     pub already_known: usize,
+    /// Roster records that were new and are now stored (bundles only).
+    #[serde(default)]
+    pub records: usize,
 }
 
 /// The network this node belongs to: its genesis, the roster records held
@@ -874,8 +877,9 @@ impl Replica {
                 theirs: theirs.network_id().to_string(),
             });
         }
-        self.add_records(&bundle.records)?;
-        let (summary, _) = self.ingest_wire(&bundle.envelopes)?;
+        let (records, _) = self.add_records(&bundle.records)?;
+        let (mut summary, _) = self.ingest_wire(&bundle.envelopes)?;
+        summary.records = records.new;
         // A large import is worth a snapshot; a running node saves one when
         // it stops, which covers catch-ups over the network.
         if summary.new >= SNAPSHOT_AFTER {
@@ -1011,6 +1015,7 @@ impl Replica {
             Err(e) => return Err(e.into()),
         };
         let summary = ImportSummary {
+            records: 0,
             new: checked.accepted.len(),
             already_known: checked.already_known,
         };

@@ -70,8 +70,12 @@ pub fn import(session: &mut Session, file: &Path, json: bool) -> anyhow::Result<
     if json {
         output::json(&summary)?;
     } else {
+        let records = match summary.records {
+            0 => String::new(),
+            n => format!(" and {n} new roster record(s)"),
+        };
         output::text(&format!(
-            "Imported {} new change(s) ({} already known)",
+            "Imported {} new change(s){records} ({} already known)",
             summary.new, summary.already_known
         ))?;
     }

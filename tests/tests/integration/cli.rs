@@ -356,7 +356,7 @@ fn export_since_heads_carries_only_newer_changes_and_import_is_idempotent() {
     assert_eq!(b.import(&full)["new"], 1);
     assert_eq!(
         b.import(&full),
-        serde_json::json!({"new": 0, "already_known": 1})
+        serde_json::json!({"new": 0, "already_known": 1, "records": 0})
     );
     let heads = a.json(&["verify"])["heads"]
         .as_array()
@@ -611,7 +611,7 @@ fn roster_changes_by_quorum_through_the_cli_and_bundles() {
     let listed = a.ok(&["member", "proposals"]);
     assert!(listed.contains("needs 1 more"), "{listed}");
     // B learns of it from A's bundle and approves by a short prefix.
-    b.import(&a.export("a.bundle"));
+    assert_eq!(b.import(&a.export("a.bundle"))["records"], 1);
     assert_eq!(b.json(&["member", "proposals"])[0]["id"], id.as_str());
     let approved = b.json(&["member", "approve", &id[..8]]);
     assert_eq!(approved["state"], "applied");
