@@ -178,14 +178,30 @@ impl Client {
         peer: PeerId,
         request: sync::Request,
     ) -> Result<sync::Response, NetworkError> {
+        self.start_request(peer, request).await
+    }
+
+    /// Hands `request` to the event loop now, before the returned future is
+    /// first polled, so it goes out even while the caller is busy; the
+    /// future resolves to the answer.
+    pub fn start_request(
+        &self,
+        peer: PeerId,
+        request: sync::Request,
+    ) -> impl Future<Output = Result<sync::Response, NetworkError>> + Send + 'static {
         let (reply, answer) = oneshot::channel();
-        self.send(Command::Request {
-            peer,
-            request,
-            reply,
-        })
-        .await?;
-        answer.await.map_err(|_| NetworkError::Stopped)?
+        let sent = self
+            .commands
+            .send(Command::Request {
+                peer,
+                request,
+                reply,
+            })
+            .map_err(|_| NetworkError::Stopped);
+        async move {
+            sent?;
+            answer.await.map_err(|_| NetworkError::Stopped)?
+        }
     }
 
     /// Answers a request; with `then_disconnect`, closes the connection to

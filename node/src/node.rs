@@ -948,10 +948,13 @@ impl NodeLoop {
         }
     }
 
+    /// Sends a request at once (the event loop takes it even while this
+    /// loop goes on with other work, such as a flush) and polls the answer
+    /// with the other requests in flight.
     fn send(&mut self, peer: PeerId, purpose: Purpose, request: sync::Request) {
-        let client = self.client.clone();
+        let answer = self.client.start_request(peer, request);
         self.inflight.push(Box::pin(async move {
-            let result = client.request(peer, request).await;
+            let result = answer.await;
             (peer, purpose, result)
         }));
     }
