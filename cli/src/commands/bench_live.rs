@@ -249,10 +249,12 @@ async fn propagation(
         let committed = Instant::now();
         let mut pending: Vec<&NodeHandle> = handles[1..].iter().collect();
         while !pending.is_empty() {
+            // All at once: a node busy with a flush must not delay the
+            // reading of the others.
+            let tips = futures::future::join_all(pending.iter().map(|h| status(h))).await;
             let mut still = Vec::new();
-            for h in pending {
-                let tip = status(h).await?.tips.get(&writer_id).copied().unwrap_or(0);
-                if tip < seq {
+            for (h, s) in pending.into_iter().zip(tips) {
+                if s?.tips.get(&writer_id).copied().unwrap_or(0) < seq {
                     still.push(h);
                 }
             }
@@ -327,8 +329,9 @@ async fn writers(args: &BenchArgs, root: &Path) -> anyhow::Result<Vec<Row>> {
     let mut last: Vec<BTreeMap<String, u64>> = vec![BTreeMap::new(); NODES];
     loop {
         let now = Instant::now();
-        for (i, h) in handles.iter().enumerate() {
-            let tips = status(h).await?.tips;
+        let statuses = futures::future::join_all(handles.iter().map(status)).await;
+        for (i, s) in statuses.into_iter().enumerate() {
+            let tips = s?.tips;
             // Chain numbers this node gained since the last poll.
             for (author, &tip) in &tips {
                 let from = last[i].get(author).copied().unwrap_or(0);
