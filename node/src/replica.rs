@@ -2106,6 +2106,37 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_rotation_interrupted_before_the_key_swap_is_finished_at_the_next_start() {
+        let (dirs, mut r) = federation();
+        let old = r[0].identity().public();
+        let summary = r[0].rotate_key().expect("rotate");
+        let new_id = summary.node_id.clone();
+        let dir = DataDir::new(dirs[0].path());
+        drop(r.remove(0));
+        // Put the key files back as they were before the swap: the
+        // succession is stored, the new key is still staged.
+        let key_file = dir.key_file();
+        let retired = std::fs::read_dir(dir.root())
+            .expect("read dir")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().contains("key.retired-"))
+            .expect("retired key");
+        std::fs::rename(&key_file, key_file.with_extension("key.new")).expect("unstage");
+        std::fs::rename(&retired, &key_file).expect("restore old");
+        let reopened = Replica::open(&dir).expect("reopen");
+        assert_eq!(reopened.identity().node_id().to_string(), new_id);
+        assert_ne!(reopened.identity().public(), old);
+        assert!(!key_file.with_extension("key.new").exists());
+        assert!(
+            reopened
+                .roster()
+                .expect("roster")
+                .is_member(&reopened.identity().public())
+        );
+    }
+
     fn pick(r: &mut [Replica], a: usize, b: usize) -> (&Replica, &mut Replica) {
         assert_ne!(a, b);
         if a < b {
