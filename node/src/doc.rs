@@ -645,7 +645,7 @@ fn put_list(
 }
 
 /// The author of an op: the public key its actor id carries.
-fn author_of(id: &ObjId) -> Option<PublicKey> {
+pub(crate) fn author_of(id: &ObjId) -> Option<PublicKey> {
     match id {
         ObjId::Id(_, actor, _) => {
             let bytes: [u8; 32] = actor.to_bytes().try_into().ok()?;
@@ -655,7 +655,8 @@ fn author_of(id: &ObjId) -> Option<PublicKey> {
     }
 }
 
-fn institution(key: Option<PublicKey>, roster: &Roster) -> Institution {
+/// An author as shown: node id and roster name ("unknown" without a key).
+pub(crate) fn institution(key: Option<PublicKey>, roster: &Roster) -> Institution {
     match key {
         Some(key) => Institution {
             node_id: key.node_id().to_string(),

@@ -716,6 +716,67 @@ impl Change {
     }
 }
 
+/// Why `op` does not fit `roster` as it stands, if it does not: adding a key
+/// that is (or was) on it or a name it uses, removing or changing the role of
+/// a key that is not on it, leaving fewer members than the quorum, setting a
+/// role or quorum already in force, or a quorum outside 1..=members. The
+/// rule voids such a proposal; `Replica::propose` refuses it at once.
+pub fn misfit(op: &Op, roster: &Roster) -> Option<String> {
+    let members = roster.members().count() as u32;
+    let quorum = roster.quorum();
+    match op {
+        Op::Add { key, name, .. } => {
+            if roster.get(key).is_some() {
+                Some(format!("{} is already on the roster", key.node_id()))
+            } else if roster.knows(key) {
+                Some(format!(
+                    "{} was on the roster before; a removed or replaced key cannot come back \
+                     (admit the institution with a new key)",
+                    key.node_id()
+                ))
+            } else if roster.entries().any(|e| e.name == name.trim()) {
+                Some(format!("an entry named {name:?} is already on the roster"))
+            } else {
+                None
+            }
+        }
+        Op::Remove { key } => match roster.role_of(key) {
+            None => Some(format!("{} is not on the roster", key.node_id())),
+            Some(Role::Member) if members - 1 < quorum => Some(format!(
+                "removing {} would leave {} members, fewer than the quorum of {quorum}; lower \
+                 the quorum first",
+                roster.display_name(key),
+                members - 1
+            )),
+            _ => None,
+        },
+        Op::SetRole { key, role } => match roster.role_of(key) {
+            None => Some(format!("{} is not on the roster", key.node_id())),
+            Some(r) if r == *role => Some(format!(
+                "{} already has the role {role}",
+                roster.display_name(key)
+            )),
+            Some(Role::Member) if members - 1 < quorum => Some(format!(
+                "making {} an observer would leave {} members, fewer than the quorum of {quorum}",
+                roster.display_name(key),
+                members - 1
+            )),
+            _ => None,
+        },
+        Op::SetQuorum { quorum: q } => {
+            if *q == 0 || *q > members {
+                Some(format!(
+                    "a quorum of {q} is not between 1 and the {members} members"
+                ))
+            } else if *q == quorum {
+                Some(format!("the quorum is already {q}"))
+            } else {
+                None
+            }
+        }
+    }
+}
+
 fn judge_proposal(
     roster: &Roster,
     proposer: PublicKey,
@@ -724,7 +785,6 @@ fn judge_proposal(
     at_ms: i64,
     approvals: Option<&BTreeMap<PublicKey, (&Seen, i64, RecordId)>>,
 ) -> Verdict {
-    let members = roster.members().count() as u32;
     let quorum = roster.quorum();
     // A removal or role change follows its target through key rotations, so
     // a key cannot escape one by handing its place to a successor.
@@ -748,8 +808,8 @@ fn judge_proposal(
         let mut key = named;
         while key != target && handed.len() <= roster.former().count() {
             handed.push(key);
-            key = match roster.former().find(|(k, _)| **k == key) {
-                Some((_, f)) => match f.departure {
+            key = match roster.former_of(&key) {
+                Some(f) => match f.departure {
                     Departure::RotatedTo(next) => next,
                     Departure::Removed => break,
                 },
@@ -757,56 +817,7 @@ fn judge_proposal(
             };
         }
     }
-    // Does the operation still fit the roster?
-    let misfit = match op {
-        Op::Add { key, name, .. } => {
-            if roster.get(key).is_some() {
-                Some(format!("{} is already on the roster", key.node_id()))
-            } else if roster.knows(key) {
-                Some(format!(
-                    "{} was on the roster before; re-admit the institution with a new key",
-                    key.node_id()
-                ))
-            } else if roster.entries().any(|e| e.name == *name) {
-                Some(format!("an entry named {name:?} is already on the roster"))
-            } else {
-                None
-            }
-        }
-        Op::Remove { key } => match roster.role_of(key) {
-            None => Some(format!("{} is not on the roster", key.node_id())),
-            Some(Role::Member) if members - 1 < quorum => Some(format!(
-                "removing {} would leave {} members, fewer than the quorum of {quorum}",
-                roster.display_name(key),
-                members - 1
-            )),
-            _ => None,
-        },
-        Op::SetRole { key, role } => match roster.role_of(key) {
-            None => Some(format!("{} is not on the roster", key.node_id())),
-            Some(r) if r == *role => Some(format!(
-                "{} already has the role {role}",
-                roster.display_name(key)
-            )),
-            Some(Role::Member) if members - 1 < quorum => Some(format!(
-                "making {} an observer would leave {} members, fewer than the quorum of {quorum}",
-                roster.display_name(key),
-                members - 1
-            )),
-            _ => None,
-        },
-        Op::SetQuorum { quorum: q } => {
-            if *q > members {
-                Some(format!(
-                    "a quorum of {q} is more than the {members} members"
-                ))
-            } else if *q == quorum {
-                Some(format!("the quorum is already {q}"))
-            } else {
-                None
-            }
-        }
-    };
+    let misfit = misfit(op, roster);
     if let Some(reason) = misfit {
         return Verdict::Void(reason);
     }
@@ -887,6 +898,23 @@ fn judge_succession(
         kind: ChangeKind::Succeed { old, new, mark },
         at_ms,
     })
+}
+
+/// The roster that `genesis` and the encoded records of a file (a bundle or
+/// an attested report) resolve to: each record decoded and verified, of
+/// this network, and admitted as a node would (see [`admit`]).
+pub fn roster_from_wire<B: AsRef<[u8]>>(
+    genesis: &Genesis,
+    wire: impl IntoIterator<Item = B>,
+) -> Result<Roster, RecordError> {
+    let network = genesis.network_id();
+    let mut records = Vec::new();
+    for bytes in wire {
+        let record = Record::decode(bytes.as_ref())?;
+        record.check_network(network)?;
+        records.push(record);
+    }
+    Ok(resolve(genesis, &admit(genesis, records)).roster)
 }
 
 /// The records of `candidates` a node may hold with `genesis`: those of its

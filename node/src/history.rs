@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use automerge::{ActorId, ChangeHash, ExpandedChange};
 use serde::{Deserialize, Serialize};
 
-use crate::doc::Document;
+use crate::doc::{Document, institution};
 use crate::identity::PublicKey;
 use crate::model::{Institution, format_time};
 use crate::roster::Roster;
@@ -90,16 +90,7 @@ pub fn of(
             let checked = check(&t.hash);
             HistoryEntry {
                 change: t.hash.to_string(),
-                author: match t.author {
-                    Some(key) => Institution {
-                        node_id: key.node_id().to_string(),
-                        name: roster.display_name(&key),
-                    },
-                    None => Institution {
-                        node_id: String::new(),
-                        name: "unknown".into(),
-                    },
-                },
+                author: institution(t.author, roster),
                 seq: t.seq,
                 at: format_time(t.time),
                 message: t.message,

@@ -38,7 +38,7 @@ use crate::ingest::IngestError;
 use crate::model::{format_time, now_ms};
 use crate::network::{self, Client, Event, NetworkConfig, NetworkError};
 use crate::replica::{Replica, ReplicaError};
-use crate::roster::Role;
+use crate::roster::{Role, Roster};
 use crate::store::StoreError;
 use crate::sync::{self, RESPONSE_TARGET_LEN, Tips, lacking, tips_from_wire, tips_to_wire};
 
@@ -205,12 +205,10 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     let roster = replica.roster()?.clone();
     let me = replica.identity().public();
     let my_peer = replica.identity().libp2p_keypair().public().to_peer_id();
-    let mut peers: HashMap<PeerId, PeerState> = HashMap::new();
-    for entry in roster.entries().filter(|e| e.key != me) {
-        if let Some(peer) = entry.key.node_id().peer_id() {
-            peers.insert(peer, PeerState::new(entry.key, entry.role));
-        }
-    }
+    let mut peers: HashMap<PeerId, PeerState> = roster_peers(&roster, &me)
+        .into_iter()
+        .map(|(peer, (key, role))| (peer, PeerState::new(key, role)))
+        .collect();
     for (key, addrs) in replica
         .store()
         .peer_addresses()
@@ -819,11 +817,7 @@ impl NodeLoop {
         let Ok(roster) = self.replica.roster() else {
             return;
         };
-        let wanted: HashMap<PeerId, (PublicKey, Role)> = roster
-            .entries()
-            .filter(|e| e.key != me)
-            .filter_map(|e| Some((e.key.node_id().peer_id()?, (e.key, e.role))))
-            .collect();
+        let wanted = roster_peers(roster, &me);
         let gone: Vec<PeerId> = self
             .peers
             .keys()
@@ -1247,6 +1241,16 @@ impl NodeLoop {
         }
         views
     }
+}
+
+/// Every roster entry but this node's own, by peer id: whom this node lets
+/// connect and syncs with.
+fn roster_peers(roster: &Roster, me: &PublicKey) -> HashMap<PeerId, (PublicKey, Role)> {
+    roster
+        .entries()
+        .filter(|e| e.key != *me)
+        .filter_map(|e| Some((e.key.node_id().peer_id()?, (e.key, e.role))))
+        .collect()
 }
 
 /// The result of ingesting a peer's envelopes.

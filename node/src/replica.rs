@@ -707,10 +707,7 @@ impl Replica {
         }
         new.save_new(&staged)?;
         self.add_records(&[EnvelopeBytes(record.encode())])?;
-        let retired = key_file.with_extension(format!(
-            "key.retired-{}",
-            me.fingerprint().replace([':', ' '], "")
-        ));
+        let retired = retired_key_file(&key_file, &me);
         fs::rename(&key_file, &retired)
             .and_then(|()| fs::rename(&staged, &key_file))
             .map_err(|source| ReplicaError::Io {
@@ -1177,7 +1174,7 @@ impl Replica {
                 continue;
             }
             entry.accepted += 1;
-            if let Some((_, former)) = roster.former().find(|(k, _)| **k == author) {
+            if let Some(former) = roster.former_of(&author) {
                 let how = match former.departure {
                     Departure::Removed => "removed",
                     Departure::RotatedTo(_) => "replaced",
@@ -1325,13 +1322,10 @@ fn role_label(roster: &Roster, key: &PublicKey) -> Option<String> {
     if let Some(role) = roster.role_of(key) {
         return Some(role.to_string());
     }
-    roster
-        .former()
-        .find(|(k, _)| *k == key)
-        .map(|(_, f)| match f.departure {
-            Departure::Removed => "removed".to_string(),
-            Departure::RotatedTo(_) => "former key".to_string(),
-        })
+    roster.former_of(key).map(|f| match f.departure {
+        Departure::Removed => "removed".to_string(),
+        Departure::RotatedTo(_) => "former key".to_string(),
+    })
 }
 
 /// Re-checks one stored envelope's integrity the way ingest did (signature,
@@ -1356,68 +1350,13 @@ fn audit_one(envelope: &Envelope, network: NetworkId, store: &Store) -> Result<C
 
 /// Refuses, at once, a proposal that could not take effect now.
 fn check_fits(op: &Op, roster: &Roster) -> Result<(), ReplicaError> {
-    let members = roster.members().count() as u32;
-    let bad = |m: String| Err(ReplicaError::BadProposal(m));
-    match op {
-        Op::Add { key, name, .. } => {
-            if roster.get(key).is_some() {
-                return bad(format!("{} is already on the roster", key.node_id()));
-            }
-            if roster.knows(key) {
-                return bad(format!(
-                    "{} was on the roster before; a removed or replaced key cannot come back \
-                     (admit the institution with a new key)",
-                    key.node_id()
-                ));
-            }
-            model::required_text("name", name, crate::genesis::MAX_NAME_LEN)?;
-            if roster.entries().any(|e| e.name == name.trim()) {
-                return bad(format!("an entry named {name:?} is already on the roster"));
-            }
-        }
-        Op::Remove { key } => match roster.role_of(key) {
-            None => return bad(format!("{} is not on the roster", key.node_id())),
-            Some(Role::Member) if members - 1 < roster.quorum() => {
-                return bad(format!(
-                    "removing {} would leave {} members, fewer than the quorum of {}; lower the \
-                     quorum first",
-                    roster.display_name(key),
-                    members - 1,
-                    roster.quorum()
-                ));
-            }
-            _ => {}
-        },
-        Op::SetRole { key, role } => match roster.role_of(key) {
-            None => return bad(format!("{} is not on the roster", key.node_id())),
-            Some(r) if r == *role => {
-                return bad(format!(
-                    "{} already has the role {role}",
-                    roster.display_name(key)
-                ));
-            }
-            Some(Role::Member) if members - 1 < roster.quorum() => {
-                return bad(format!(
-                    "making {} an observer would leave {} members, fewer than the quorum of {}",
-                    roster.display_name(key),
-                    members - 1,
-                    roster.quorum()
-                ));
-            }
-            _ => {}
-        },
-        Op::SetQuorum { quorum } => {
-            if *quorum == 0 || *quorum > members {
-                return bad(format!(
-                    "the quorum must be between 1 and the {members} members"
-                ));
-            }
-            if *quorum == roster.quorum() {
-                return bad(format!("the quorum is already {quorum}"));
-            }
-        }
+    if let Op::Add { name, .. } = op {
+        model::required_text("name", name, crate::genesis::MAX_NAME_LEN)?;
     }
-    Ok(())
+    match governance::misfit(op, roster) {
+        Some(reason) => Err(ReplicaError::BadProposal(reason)),
+        None => Ok(()),
+    }
 }
 
 /// The motion whose id starts with `prefix` (hex, any case).
@@ -1499,6 +1438,14 @@ fn summary(identity: &Identity, config: &Config) -> IdentitySummary {
     }
 }
 
+/// Where a replaced key is kept, beside the key file.
+fn retired_key_file(key_file: &Path, key: &PublicKey) -> std::path::PathBuf {
+    key_file.with_extension(format!(
+        "key.retired-{}",
+        key.fingerprint().replace([':', ' '], "")
+    ))
+}
+
 /// Completes a key rotation that stopped between storing the succession and
 /// swapping the key files: if a staged new key exists and the roster says
 /// the loaded key was replaced by it, the staged key is installed (the old
@@ -1514,17 +1461,14 @@ fn finish_rotation(
         return Ok(identity);
     };
     let new = Identity::load(&staged)?;
-    let replaced = m.roster().former().any(|(k, f)| {
-        *k == identity.public()
-            && matches!(f.departure, crate::roster::Departure::RotatedTo(n) if n == new.public())
-    });
+    let replaced = m
+        .roster()
+        .former_of(&identity.public())
+        .is_some_and(|f| matches!(f.departure, Departure::RotatedTo(n) if n == new.public()));
     if !replaced {
         return Ok(identity);
     }
-    let retired = key_file.with_extension(format!(
-        "key.retired-{}",
-        identity.public().fingerprint().replace([':', ' '], "")
-    ));
+    let retired = retired_key_file(&key_file, &identity.public());
     fs::rename(&key_file, &retired)
         .and_then(|()| fs::rename(&staged, &key_file))
         .map_err(|source| ReplicaError::Io {
@@ -2024,18 +1968,9 @@ mod tests {
         }
         assert!(r[1].document().has_change(&late));
         // Member 1 approves (having seen the late change) and member 0 learns it.
-        let (rec, _) = {
-            let (from, to) = pick(&mut r, 0, 1);
-            let wire = from.records_wire();
-            to.add_records(&wire).expect("records")
-        };
-        assert_eq!(rec.new, 1);
+        assert_eq!(share_records(&mut r, 0, 1).new, 1);
         r[1].approve(&proposal.to_hex()[..8]).expect("approve");
-        {
-            let (from, to) = pick(&mut r, 1, 0);
-            let wire = from.records_wire();
-            to.add_records(&wire).expect("records");
-        }
+        share_records(&mut r, 1, 0);
         for node in [&r[0], &r[1]] {
             let roster = node.roster().expect("roster");
             assert!(roster.get(&doomed).is_none(), "removed on every node");
@@ -2068,11 +2003,7 @@ mod tests {
         let proposal = r[0]
             .propose(governance::Op::Remove { key: doomed })
             .expect("propose");
-        {
-            let (from, to) = pick(&mut r, 0, 1);
-            let wire = from.records_wire();
-            to.add_records(&wire).expect("records");
-        }
+        share_records(&mut r, 0, 1);
         r[1].approve(&proposal.short()).expect("approve");
         // Member 2 writes (its signers had seen nothing of it: cutoff 0).
         let late = assess(&mut r[2], "after removal");
@@ -2082,12 +2013,7 @@ mod tests {
             sync(from, to);
         }
         assert!(r[0].document().has_change(&late));
-        {
-            let (from, to) = pick(&mut r, 1, 0);
-            let wire = from.records_wire();
-            let (summary, _) = to.add_records(&wire).expect("records");
-            assert!(summary.roster_changed);
-        }
+        assert!(share_records(&mut r, 1, 0).roster_changed);
         assert!(!r[0].document().has_change(&late), "recomputed without it");
         assert!(r[0].is_rejected(&late));
         assert_eq!(state(&r[0]), state(&r[1]));
@@ -2135,6 +2061,13 @@ mod tests {
                 .expect("roster")
                 .is_member(&reopened.identity().public())
         );
+    }
+
+    /// Hands replica `a`'s roster records to replica `b`.
+    fn share_records(r: &mut [Replica], a: usize, b: usize) -> RecordsSummary {
+        let (from, to) = pick(r, a, b);
+        let wire = from.records_wire();
+        to.add_records(&wire).expect("records").0
     }
 
     fn pick(r: &mut [Replica], a: usize, b: usize) -> (&Replica, &mut Replica) {

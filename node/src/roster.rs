@@ -177,6 +177,11 @@ impl Roster {
         self.since.get(key).copied()
     }
 
+    /// How `key` left the roster, if it did.
+    pub fn former_of(&self, key: &PublicKey) -> Option<&Former> {
+        self.former.get(key)
+    }
+
     /// Keys that left the roster, ordered by key.
     pub fn former(&self) -> impl Iterator<Item = (&PublicKey, &Former)> {
         self.former.iter()

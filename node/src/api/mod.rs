@@ -814,8 +814,9 @@ pub fn is_roster_change(request: &Request) -> bool {
     )
 }
 
-/// Bundles travel as base64 inside JSON.
-mod base64_bytes {
+/// Byte strings (bundles, genesis files, saved documents) travel as base64
+/// inside JSON.
+pub(crate) mod base64_bytes {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {

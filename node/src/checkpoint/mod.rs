@@ -21,7 +21,7 @@ use automerge::{Automerge, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValu
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::doc::{CheckpointEntry, DocError, Document};
+use crate::doc::{CheckpointEntry, DocError, Document, author_of};
 use crate::genesis::{Genesis, NetworkId};
 use crate::identity::{Identity, NodeId, PublicKey};
 use crate::model::{Round, format_time};
@@ -264,16 +264,6 @@ fn by<'a>(
         .into_iter()
         .rev()
         .find(|(_, id)| author_of(id) == Some(author))
-}
-
-fn author_of(id: &ObjId) -> Option<PublicKey> {
-    match id {
-        ObjId::Id(_, actor, _) => {
-            let bytes: [u8; 32] = actor.to_bytes().try_into().ok()?;
-            PublicKey::from_bytes(bytes).ok()
-        }
-        ObjId::Root => None,
-    }
 }
 
 /// State hashes already computed, by heads: recomputing the state at old

@@ -121,7 +121,7 @@ pub struct Attestation {
     pub signatures: Vec<EmbeddedSignature>,
     pub round: Option<String>,
     /// The document at the checkpoint's heads, in Automerge's saved form.
-    #[serde(with = "base64_bytes")]
+    #[serde(with = "crate::api::base64_bytes")]
     pub document: Vec<u8>,
     /// The roster records the signing node held, each base64 (see
     /// docs/protocol.md, Roster records): with the genesis they give the
@@ -325,17 +325,13 @@ fn check_attestation(
     let roster = if a.records.is_empty() {
         roster
     } else {
-        let mut records = Vec::with_capacity(a.records.len());
-        for text in &a.records {
-            let bytes = data_encoding::BASE64
-                .decode(text.as_bytes())
-                .map_err(|_| malformed("a roster record is not base64"))?;
-            let record = crate::governance::Record::decode(&bytes)?;
-            record.check_network(network)?;
-            records.push(record);
-        }
-        let admitted = crate::governance::admit(genesis, records);
-        resolved = crate::governance::resolve(genesis, &admitted).roster;
+        let wire = a
+            .records
+            .iter()
+            .map(|text| data_encoding::BASE64.decode(text.as_bytes()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| malformed("a roster record is not base64"))?;
+        resolved = crate::governance::roster_from_wire(genesis, &wire)?;
         &resolved
     };
     let heads = a
@@ -524,14 +520,8 @@ fn verify_bundle(
     let roster = if bundle.records.is_empty() {
         roster
     } else {
-        let mut records = Vec::with_capacity(bundle.records.len());
-        for bytes in &bundle.records {
-            let record = crate::governance::Record::decode(&bytes.0)?;
-            record.check_network(network)?;
-            records.push(record);
-        }
-        let admitted = crate::governance::admit(genesis, records);
-        resolved = crate::governance::resolve(genesis, &admitted).roster;
+        resolved =
+            crate::governance::roster_from_wire(genesis, bundle.records.iter().map(|r| &r.0))?;
         &resolved
     };
     let envelopes = bundle
@@ -584,22 +574,6 @@ fn verify_bundle(
         quorum: view.quorum,
         changes: Some(count),
     })
-}
-
-/// Documents travel as base64 inside JSON.
-mod base64_bytes {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&data_encoding::BASE64.encode(bytes))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let text = String::deserialize(d)?;
-        data_encoding::BASE64
-            .decode(text.as_bytes())
-            .map_err(serde::de::Error::custom)
-    }
 }
 
 #[cfg(test)]
