@@ -23,8 +23,9 @@ use concord_node::genesis::Genesis;
 use concord_node::identity::Identity;
 use concord_node::model::{NoteKind, Round, Score, Stance, Status};
 use concord_node::node::{self, NodeConfig};
-use concord_node::replica::Replica;
+use concord_node::replica::{Replica, ReplicaError};
 use concord_node::roster::{Role, RosterEntry};
+use concord_node::store::StoreError;
 use concord_node::sync::{self, RESPONSE_TARGET_LEN, Tips};
 use serde::Serialize;
 
@@ -139,7 +140,7 @@ fn store_benchmarks(args: &BenchArgs, root: &Path) -> anyhow::Result<Vec<Row>> {
     }
     .encode();
     let (ingest_s, ()) = time(|| {
-        let mut replica = Replica::open(&ingest_dir)?;
+        let mut replica = open_replica(&ingest_dir)?.1;
         let summary = replica.import(&bundle)?;
         ensure!(
             summary.new == data.envelopes.len(),
@@ -164,7 +165,7 @@ fn store_benchmarks(args: &BenchArgs, root: &Path) -> anyhow::Result<Vec<Row>> {
 
     // 2. Restart: open the store just written (no re-verification).
     let (open_s, load_s) = {
-        let (open_s, ()) = time(|| Replica::open(&ingest_dir).map(drop).map_err(Into::into))?;
+        let (open_s, _) = open_replica(&ingest_dir)?;
         let (load_s, ()) = time(|| Automerge::load(&saved).map(drop).map_err(Into::into))?;
         (open_s, load_s)
     };
@@ -194,7 +195,7 @@ fn store_benchmarks(args: &BenchArgs, root: &Path) -> anyhow::Result<Vec<Row>> {
     });
 
     // 4. Quiet reconciliation: what two nodes holding the same changes send.
-    let mut holder = Replica::open(&ingest_dir)?;
+    let mut holder = open_replica(&ingest_dir)?.1;
     let network = data.genesis.network_id();
     let same = holder.tips().clone();
     let quiet = exchange_bytes(&mut holder, network, &same)?;
@@ -386,6 +387,24 @@ fn continue_with_comment(
         .find(|a| doc.has_assessment(a))
         .context("no assessment to comment on")?;
     Ok(doc.comment(id, "A comment from the dialogue.", now)?)
+}
+
+/// Opens the replica in `dir`, waiting while the store is still locked by
+/// the replica or node that just closed it (sled lets go of its lock when
+/// its background flusher exits, a moment after the drop). Returns the time
+/// the successful open took, and the replica.
+fn open_replica(dir: &DataDir) -> anyhow::Result<(f64, Replica)> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let start = Instant::now();
+        match Replica::open(dir) {
+            Ok(replica) => return Ok((start.elapsed().as_secs_f64(), replica)),
+            Err(ReplicaError::Store(StoreError::Locked(_))) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// A node directory with a fixed key, joined to the benchmark network.
