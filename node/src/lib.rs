@@ -29,6 +29,7 @@ pub mod bundle;
 pub mod checkpoint;
 pub mod config;
 pub mod doc;
+pub mod engine;
 pub mod envelope;
 pub mod genesis;
 pub mod governance;

@@ -162,14 +162,17 @@ impl Client {
         self.traffic.totals()
     }
 
-    async fn send(&self, command: Command) -> Result<(), NetworkError> {
+    /// Hands a command to the event loop (the queue is unbounded, so this
+    /// never waits).
+    fn command(&self, command: Command) -> Result<(), NetworkError> {
         self.commands
             .send(command)
             .map_err(|_| NetworkError::Stopped)
     }
 
-    pub async fn dial(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), NetworkError> {
-        self.send(Command::Dial { peer, addrs }).await
+    /// Dials `peer` at `addrs`; the outcome comes as an [`Event`].
+    pub fn dial(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), NetworkError> {
+        self.command(Command::Dial { peer, addrs })
     }
 
     /// Sends a request; the returned future resolves with the answer.
@@ -206,44 +209,40 @@ impl Client {
 
     /// Answers a request; with `then_disconnect`, closes the connection to
     /// `peer` once the answer has been sent.
-    pub async fn respond(
+    pub fn respond(
         &self,
         peer: PeerId,
         channel: ResponseChannel<sync::Response>,
         response: sync::Response,
         then_disconnect: bool,
     ) -> Result<(), NetworkError> {
-        self.send(Command::Respond {
+        self.command(Command::Respond {
             peer,
             channel,
             response,
             then_disconnect,
         })
-        .await
     }
 
-    pub async fn disconnect(&self, peer: PeerId) -> Result<(), NetworkError> {
-        self.send(Command::Disconnect { peer }).await
+    /// Closes every connection to `peer`.
+    pub fn disconnect(&self, peer: PeerId) -> Result<(), NetworkError> {
+        self.command(Command::Disconnect { peer })
     }
 
     /// Follows the roster: lets `peer` connect.
     pub fn allow(&self, peer: PeerId) -> Result<(), NetworkError> {
-        self.commands
-            .send(Command::Allow { peer })
-            .map_err(|_| NetworkError::Stopped)
+        self.command(Command::Allow { peer })
     }
 
     /// Follows the roster: refuses `peer` and closes its connections.
     pub fn disallow(&self, peer: PeerId) -> Result<(), NetworkError> {
-        self.commands
-            .send(Command::Disallow { peer })
-            .map_err(|_| NetworkError::Stopped)
+        self.command(Command::Disallow { peer })
     }
 
     /// Stops the event loop after closing its connections.
     pub async fn shutdown(&self) -> Result<(), NetworkError> {
         let (reply, done) = oneshot::channel();
-        self.send(Command::Shutdown { reply }).await?;
+        self.command(Command::Shutdown { reply })?;
         done.await.map_err(|_| NetworkError::Stopped)
     }
 }

@@ -16,7 +16,7 @@
 //!
 //! [`EventLoop`]: crate::network::EventLoop
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::Duration;
@@ -25,32 +25,25 @@ use futures::stream::FuturesUnordered;
 use futures::{Future, StreamExt};
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, block_in_place};
 use tokio::time::Instant;
 
 use crate::api::server::{ApiCall, ApiError, ApiFile};
 use crate::api::{self, PeerView, Request, Response, StatusView};
-use crate::bundle::EnvelopeBytes;
 use crate::config::DataDir;
-use crate::genesis::NetworkId;
+use crate::engine::{Engine, Purpose, Transport, roster_peers};
 use crate::identity::{NodeId, PublicKey};
-use crate::ingest::IngestError;
-use crate::model::{format_time, now_ms};
+use crate::model::format_time;
 use crate::network::{self, Client, Event, NetworkConfig, NetworkError};
 use crate::replica::{Replica, ReplicaError};
-use crate::roster::{Role, Roster};
 use crate::store::StoreError;
-use crate::sync::{self, RESPONSE_TARGET_LEN, Tips, lacking, tips_from_wire, tips_to_wire};
+use crate::sync::{self, Tips, lacking};
 
 /// Bound of the API call queue.
 const API_QUEUE: usize = 64;
-/// Requests in flight to one peer; past this, pushes wait for the next pull.
-const MAX_IN_FLIGHT_PER_PEER: usize = 16;
 /// First and longest wait before redialling a peer.
 const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// How often a connected peer is pulled from even when nothing was pushed.
-const RECONCILE_EVERY: Duration = Duration::from_secs(30);
 /// How often dropped peers are considered for a redial.
 const REDIAL_TICK: Duration = Duration::from_millis(250);
 /// How long `start` waits for a command that holds the store to finish.
@@ -62,9 +55,6 @@ type Answer = (
     Result<Response, ApiError>,
 );
 
-/// Roster-based refusals of one peer's changes tolerated while it holds our
-/// roster records, before it is disconnected as misbehaving.
-const ROSTER_REFUSALS_MAX: u32 = 3;
 /// Most queued API calls committed as one group (one flush).
 const GROUP_COMMIT_MAX: usize = 256;
 /// How long a key rotation waits for peers to take the succession record
@@ -201,31 +191,32 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
             other => break other?,
         }
     };
-    let genesis = replica.genesis().ok_or(NodeError::NoNetwork)?.clone();
-    let roster = replica.roster()?.clone();
+    if replica.genesis().is_none() {
+        return Err(NodeError::NoNetwork);
+    }
     let me = replica.identity().public();
     let my_peer = replica.identity().libp2p_keypair().public().to_peer_id();
-    let mut peers: HashMap<PeerId, PeerState> = roster_peers(&roster, &me)
-        .into_iter()
-        .map(|(peer, (key, role))| (peer, PeerState::new(key, role)))
-        .collect();
+    let mut dials: BTreeMap<PeerId, DialState> =
+        roster_peers(replica.roster()?, &me, Libp2p::peer_of)
+            .into_iter()
+            .map(|(peer, (key, _))| (peer, DialState::new(key)))
+            .collect();
     for (key, addrs) in replica
         .store()
         .peer_addresses()
         .map_err(ReplicaError::from)?
     {
-        if let Some(state) = key.node_id().peer_id().and_then(|p| peers.get_mut(&p)) {
-            state
-                .addrs
+        if let Some(dial) = Libp2p::peer_of(&key).and_then(|p| dials.get_mut(&p)) {
+            dial.addrs
                 .extend(addrs.iter().filter_map(|a| a.parse().ok()));
         }
     }
     for addr in &config.bootstrap {
         let (peer, addr) =
             network::split_peer(addr).ok_or_else(|| NodeError::BadBootstrap(addr.clone()))?;
-        match peers.get_mut(&peer) {
-            Some(state) => {
-                state.addrs.insert(addr);
+        match dials.get_mut(&peer) {
+            Some(dial) => {
+                dial.addrs.insert(addr);
             }
             None => tracing::warn!(%peer, "bootstrap peer is not on the roster; ignoring it"),
         }
@@ -236,7 +227,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         &NetworkConfig {
             listen: config.listen.clone(),
             mdns: config.mdns,
-            allowed: peers.keys().copied().collect(),
+            allowed: dials.keys().copied().collect(),
         },
     )?;
     let network_task = tokio::spawn(event_loop.run());
@@ -321,19 +312,19 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     };
 
     let (shutdown_tx, shutdown_rx) = oneshot::channel();
-    let node_loop = NodeLoop {
-        replica,
+    let transport = Libp2p {
         client,
+        inflight: FuturesUnordered::new(),
+        dials,
+        changed,
+    };
+    let node_loop = NodeLoop {
+        engine: Engine::new(replica, transport, Instant::now().into_std())?,
         events,
         network_task: Some(network_task),
         mdns: config.mdns,
-        network: genesis.network_id(),
-        peers,
         listen: listen.clone(),
         api: api_addr,
-        last_sync: None,
-        inflight: FuturesUnordered::new(),
-        changed,
         web: web_addr,
     };
     let data_dir = dir.clone();
@@ -360,103 +351,111 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
     })
 }
 
-/// What the node knows about one roster peer.
+/// How the node dials one roster peer, and what the network says of it.
 #[derive(Debug)]
-struct PeerState {
+struct DialState {
     key: PublicKey,
-    role: Role,
     addrs: BTreeSet<Multiaddr>,
     /// The addresses last written to the store.
     saved_addrs: BTreeSet<Multiaddr>,
-    connected: bool,
     dialing: bool,
     next_dial: Instant,
     backoff: Duration,
-    last_seen: Option<i64>,
-    /// Their chain tips as of the last exchange.
-    tips: Option<Tips>,
-    pulling: bool,
-    pull_again: bool,
-    in_flight: usize,
-    /// When this node last pulled from the peer.
-    last_pull: Instant,
-    /// The digest of the peer's roster records, from its last pull.
-    records: Option<[u8; 32]>,
-    /// The records digest we last pulled for because it differed from ours.
-    pulled_for_records: Option<[u8; 32]>,
     /// The last ping round trip.
     rtt: Option<Duration>,
-    /// Batches refused under the roster since the peer's last accepted one.
-    roster_refusals: u32,
 }
 
-impl PeerState {
-    fn new(key: PublicKey, role: Role) -> Self {
+impl DialState {
+    fn new(key: PublicKey) -> Self {
         Self {
             key,
-            role,
             addrs: BTreeSet::new(),
             saved_addrs: BTreeSet::new(),
-            connected: false,
             dialing: false,
             next_dial: Instant::now(),
             backoff: BACKOFF_START,
-            last_seen: None,
-            tips: None,
-            pulling: false,
-            pull_again: false,
-            in_flight: 0,
-            last_pull: Instant::now(),
-            records: None,
-            pulled_for_records: None,
             rtt: None,
-            roster_refusals: 0,
         }
     }
 
     fn dropped(&mut self) {
-        self.connected = false;
         self.dialing = false;
         self.next_dial = Instant::now() + self.backoff;
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
     }
 }
 
-/// Why an outbound request was sent.
-#[derive(Clone, Copy, Debug)]
-enum Purpose {
-    Pull,
-    Push,
-}
-
 type Outcome = (PeerId, Purpose, Result<sync::Response, NetworkError>);
 
-struct NodeLoop {
-    replica: Replica,
+/// The engine's transport in a running node: the libp2p event loop, through
+/// its [`Client`], plus the dialling state of every roster peer.
+struct Libp2p {
     client: Client,
+    inflight: FuturesUnordered<Pin<Box<dyn Future<Output = Outcome> + Send>>>,
+    dials: BTreeMap<PeerId, DialState>,
+    /// Bumped whenever there is something new to show, for the web view.
+    changed: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for Libp2p {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Libp2p")
+            .field("inflight", &self.inflight.len())
+            .field("dials", &self.dials)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Transport for Libp2p {
+    type Peer = PeerId;
+
+    fn peer_of(key: &PublicKey) -> Option<PeerId> {
+        key.node_id().peer_id()
+    }
+
+    /// Hands the request to the event loop at once (it goes out even while
+    /// the node loop goes on with other work, such as a flush) and polls the
+    /// answer with the other requests in flight.
+    fn send(&mut self, peer: PeerId, purpose: Purpose, request: sync::Request) {
+        let answer = self.client.start_request(peer, request);
+        self.inflight.push(Box::pin(async move {
+            let result = answer.await;
+            (peer, purpose, result)
+        }));
+    }
+
+    fn disconnect(&mut self, peer: PeerId) {
+        let _ = self.client.disconnect(peer);
+    }
+
+    fn allow(&mut self, peer: PeerId, key: PublicKey) {
+        self.dials.insert(peer, DialState::new(key));
+        let _ = self.client.allow(peer);
+    }
+
+    fn disallow(&mut self, peer: PeerId) {
+        self.dials.remove(&peer);
+        let _ = self.client.disallow(peer);
+    }
+
+    fn changed(&mut self) {
+        self.changed.send_modify(|v| *v += 1);
+    }
+}
+
+struct NodeLoop {
+    engine: Engine<Libp2p>,
     /// Events from the network event loop (replaced when it restarts).
     events: mpsc::Receiver<Event>,
     network_task: Option<JoinHandle<()>>,
     mdns: bool,
-    network: NetworkId,
-    peers: HashMap<PeerId, PeerState>,
     listen: Vec<Multiaddr>,
     api: SocketAddr,
-    last_sync: Option<i64>,
-    inflight: FuturesUnordered<Pin<Box<dyn Future<Output = Outcome> + Send>>>,
-    /// Bumped after every local write, ingest and peer (dis)connection, so
-    /// the web view knows there is something new to show.
-    changed: watch::Sender<u64>,
     /// Where the web view listens, for `status`.
     web: Option<SocketAddr>,
 }
 
 impl NodeLoop {
-    /// Tells the web view there is something new to show.
-    fn notify(&self) {
-        self.changed.send_modify(|v| *v += 1);
-    }
-
     async fn run(
         mut self,
         early: Vec<Event>,
@@ -468,32 +467,37 @@ impl NodeLoop {
         }
         let mut redial = tokio::time::interval(REDIAL_TICK);
         loop {
+            let inflight = &mut self.engine.transport_mut().inflight;
+            let busy = !inflight.is_empty();
             tokio::select! {
                 _ = &mut shutdown => break,
+                Some(outcome) = inflight.next(), if busy => {
+                    self.handle_outcome(outcome);
+                }
                 event = self.events.recv() => match event {
                     Some(event) => self.handle_event(event).await,
                     None => break,
                 },
                 Some(call) = calls.recv() => self.handle_calls(call, &mut calls).await,
-                Some(outcome) = self.inflight.next(), if !self.inflight.is_empty() => {
-                    self.handle_outcome(outcome).await;
-                }
-                _ = redial.tick() => self.redial().await,
+                _ = redial.tick() => self.redial(),
             }
         }
         tracing::info!("shutting down");
-        let _ = self.client.shutdown().await;
+        let client = self.engine.transport().client.clone();
+        let _ = client.shutdown().await;
         if let Some(task) = self.network_task.take() {
             let _ = task.await;
         }
-        if let Err(e) = self.replica.save_snapshot() {
+        let replica = self.engine.into_replica();
+        if let Err(e) = replica.save_snapshot() {
             tracing::warn!(error = %e, "cannot save the document snapshot");
         }
-        self.replica.flush()?;
+        replica.flush()?;
         Ok(())
     }
 
     async fn handle_event(&mut self, event: Event) {
+        let now = Instant::now().into_std();
         match event {
             Event::Listening { addr } => {
                 if !self.listen.contains(&addr) {
@@ -501,342 +505,118 @@ impl NodeLoop {
                 }
             }
             Event::Connected { peer, dialed } => {
-                if !self.peers.contains_key(&peer) {
+                if self.engine.peer(&peer).is_none() {
                     // The allow-list refuses strangers; this is a safety net.
-                    let _ = self.client.disconnect(peer).await;
+                    self.engine.transport_mut().disconnect(peer);
                     return;
                 }
-                if let Some(addr) = dialed {
-                    let mut addr = addr;
+                if let Some(mut addr) = dialed {
                     if matches!(
                         addr.iter().last(),
                         Some(libp2p::multiaddr::Protocol::P2p(_))
                     ) {
                         addr.pop();
                     }
-                    self.learn_addresses(peer, vec![addr]).await;
+                    self.learn_addresses(peer, vec![addr]);
                 }
-                let Some(state) = self.peers.get_mut(&peer) else {
-                    return;
-                };
-                tracing::info!(%peer, "peer connected");
-                self.changed.send_modify(|v| *v += 1);
-                state.connected = true;
-                state.dialing = false;
-                state.backoff = BACKOFF_START;
-                state.last_seen = Some(now_ms());
-                self.start_pull(peer);
+                if let Some(dial) = self.engine.transport_mut().dials.get_mut(&peer) {
+                    dial.dialing = false;
+                    dial.backoff = BACKOFF_START;
+                }
+                block_in_place(|| self.engine.connected(peer, now));
             }
             Event::Disconnected { peer } => {
-                if let Some(state) = self.peers.get_mut(&peer) {
-                    tracing::info!(%peer, "peer disconnected");
-                    self.changed.send_modify(|v| *v += 1);
-                    state.dropped();
-                    state.pulling = false;
-                    state.tips = None;
+                if let Some(dial) = self.engine.transport_mut().dials.get_mut(&peer) {
+                    dial.dropped();
                 }
+                self.engine.disconnected(peer);
             }
             Event::DialFailed { peer, error } => {
-                if let Some(state) = peer.and_then(|p| self.peers.get_mut(&p)) {
-                    tracing::debug!(peer = ?peer, %error, "dial failed");
-                    if !state.connected {
-                        state.dropped();
-                    }
+                let connected = |p: &PeerId| self.engine.peer(p).is_some_and(|s| s.connected);
+                if let Some(peer) = peer
+                    && !connected(&peer)
+                    && let Some(dial) = self.engine.transport_mut().dials.get_mut(&peer)
+                {
+                    tracing::debug!(%peer, %error, "dial failed");
+                    dial.dropped();
                 }
             }
-            Event::Addresses { peer, addrs } => self.learn_addresses(peer, addrs).await,
+            Event::Addresses { peer, addrs } => self.learn_addresses(peer, addrs),
             Event::Request {
                 peer,
                 request,
                 channel,
             } => {
-                let response = self.handle_request(peer, request);
+                let response = block_in_place(|| self.engine.handle_request(peer, request, now));
                 let refused = matches!(response, sync::Response::Refused { .. });
-                let _ = self.client.respond(peer, channel, response, refused).await;
-                self.follow_roster();
+                let client = &self.engine.transport().client;
+                let _ = client.respond(peer, channel, response, refused);
             }
             Event::Rtt { peer, rtt } => {
-                if let Some(state) = self.peers.get_mut(&peer) {
-                    state.rtt = Some(rtt);
+                if let Some(dial) = self.engine.transport_mut().dials.get_mut(&peer) {
+                    dial.rtt = Some(rtt);
                 }
             }
             Event::BadMessage { peer, error } => {
                 tracing::warn!(%peer, %error, "peer sent an undecodable or oversized message; disconnecting");
-                let _ = self.client.disconnect(peer).await;
+                self.engine.transport_mut().disconnect(peer);
             }
         }
     }
 
-    async fn learn_addresses(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
-        let Some(state) = self.peers.get_mut(&peer) else {
+    fn learn_addresses(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        let connected = self.engine.peer(&peer).is_some_and(|s| s.connected);
+        let (replica, transport) = self.engine.parts_mut();
+        let Some(dial) = transport.dials.get_mut(&peer) else {
             return;
         };
-        state.addrs.extend(addrs);
-        if state.addrs != state.saved_addrs {
-            let text: Vec<String> = state.addrs.iter().map(ToString::to_string).collect();
-            match self.replica.store().set_peer_addresses(&state.key, &text) {
-                Ok(()) => state.saved_addrs = state.addrs.clone(),
+        dial.addrs.extend(addrs);
+        if dial.addrs != dial.saved_addrs {
+            let text: Vec<String> = dial.addrs.iter().map(ToString::to_string).collect();
+            match replica.store().set_peer_addresses(&dial.key, &text) {
+                Ok(()) => dial.saved_addrs = dial.addrs.clone(),
                 Err(e) => tracing::warn!(%peer, error = %e, "cannot remember the peer's addresses"),
             }
         }
-        if !state.connected && !state.dialing {
-            state.next_dial = Instant::now();
+        if !connected && !dial.dialing {
+            dial.next_dial = Instant::now();
         }
     }
 
-    /// Answers a peer's request. A `Refused` answer closes the connection.
-    fn handle_request(&mut self, peer: PeerId, request: sync::Request) -> sync::Response {
-        let Some(state) = self.peers.get_mut(&peer) else {
-            return refused("not on the roster");
-        };
-        state.last_seen = Some(now_ms());
-        match request {
-            sync::Request::Pull {
-                network,
-                have,
-                records,
-            } => {
-                if network != self.network {
-                    tracing::warn!(%peer, "pull for another network; disconnecting");
-                    return refused("wrong network");
-                }
-                let theirs = tips_from_wire(&have);
-                let ours = self.replica.records_digest();
-                let records_differ = records != ours;
-                // They may hold records we lack: pull once per digest of theirs.
-                let they_have_more = lacking(&theirs, self.replica.tips()) > 0
-                    || (records_differ && state.pulled_for_records != Some(records));
-                if records_differ {
-                    state.pulled_for_records = Some(records);
-                }
-                state.records = Some(records);
-                state.tips = Some(theirs.clone());
-                let answer = tokio::task::block_in_place(|| {
-                    self.replica.changes_for(&theirs, RESPONSE_TARGET_LEN)
-                });
-                if they_have_more {
-                    self.start_pull(peer);
-                }
-                match answer {
-                    Ok((envelopes, more)) => sync::Response::Changes {
-                        records: if records_differ {
-                            self.replica.records_wire()
-                        } else {
-                            Vec::new()
-                        },
-                        envelopes,
-                        more,
-                        have: tips_to_wire(self.replica.tips()),
-                    },
-                    Err(e) => {
-                        tracing::error!(%peer, error = %e, "cannot read changes to send");
-                        refused("internal error")
-                    }
-                }
-            }
-            sync::Request::Push {
-                network,
-                records,
-                envelopes,
-            } => {
-                if network != self.network {
-                    tracing::warn!(%peer, "push for another network; disconnecting");
-                    return refused("wrong network");
-                }
-                if let Err(reason) = self.take_records(peer, &records) {
-                    return refused(&reason);
-                }
-                match self.ingest(peer, &envelopes) {
-                    Ingested::Accepted(accepted) => sync::Response::Ack {
-                        accepted: u32::try_from(accepted).unwrap_or(u32::MAX),
-                        have: tips_to_wire(self.replica.tips()),
-                    },
-                    Ingested::Incomplete => {
-                        self.start_pull(peer);
-                        sync::Response::Ack {
-                            accepted: 0,
-                            have: tips_to_wire(self.replica.tips()),
-                        }
-                    }
-                    Ingested::Refused(reason) => refused(&reason),
-                    Ingested::Kept(reason) => sync::Response::Ack {
-                        accepted: 0,
-                        have: {
-                            tracing::warn!(%peer, %reason, "push not applied");
-                            tips_to_wire(self.replica.tips())
-                        },
-                    },
-                }
-            }
-        }
+    fn handle_outcome(&mut self, (peer, purpose, result): Outcome) {
+        let now = Instant::now().into_std();
+        let result = result.map_err(|e| e.to_string());
+        block_in_place(|| self.engine.handle_outcome(peer, purpose, result, now));
     }
 
-    /// Verifies and applies envelopes from `peer`, relays what was new, and
-    /// sorts failures into misbehaviour and mere gaps.
-    fn ingest(&mut self, peer: PeerId, envelopes: &[EnvelopeBytes]) -> Ingested {
-        if envelopes.is_empty() {
-            return Ingested::Accepted(0);
-        }
-        // Staged, relayed, then flushed: relaying does not wait for our
-        // disk (every peer verifies on its own), but the answer to the
-        // sender, which says we hold the changes, does.
-        self.replica.begin_group();
-        let ingested = tokio::task::block_in_place(|| self.replica.ingest_wire(envelopes));
-        if let Ok((summary, accepted)) = &ingested
-            && summary.new > 0
-        {
-            self.relay(accepted, Some(peer));
-        }
-        if let Err(e) = tokio::task::block_in_place(|| self.replica.end_group()) {
-            tracing::error!(%peer, error = %e, "cannot flush the store");
-            return Ingested::Kept(e.to_string());
-        }
-        match ingested {
-            Ok((summary, _)) => {
-                if let Some(state) = self.peers.get_mut(&peer) {
-                    state.roster_refusals = 0;
-                }
-                if summary.new > 0 {
-                    tracing::debug!(%peer, new = summary.new, "changes accepted");
-                    self.last_sync = Some(now_ms());
-                    self.notify();
-                }
-                Ingested::Accepted(summary.new)
-            }
-            Err(ReplicaError::Ingest(
-                IngestError::MissingDependency { .. } | IngestError::MissingPredecessor { .. },
-            )) => Ingested::Incomplete,
-            Err(ReplicaError::Ingest(e @ IngestError::Fork(_))) => {
-                tracing::warn!(%peer, error = %e, "fork refused and kept as evidence");
-                Ingested::Kept(e.to_string())
-            }
-            Err(ReplicaError::Ingest(
-                e @ (IngestError::NotAuthorized { .. }
-                | IngestError::NotOnRoster { .. }
-                | IngestError::Observer { .. }
-                | IngestError::BuildsOnRejected { .. }),
-            )) => {
-                // The sender may not know the roster we know yet: send it our
-                // records and pull again once it has them. A peer that holds
-                // our very records and still sends such changes misbehaves.
-                let ours = self.replica.records_digest();
-                let Some(state) = self.peers.get_mut(&peer) else {
-                    return Ingested::Refused(e.to_string());
-                };
-                // Its records push and a relayed change travel on separate
-                // streams and may cross, so one such refusal is no proof.
-                state.roster_refusals += 1;
-                if state.records == Some(ours) && state.roster_refusals > ROSTER_REFUSALS_MAX {
-                    tracing::warn!(%peer, error = %e, "peer knows our roster yet keeps sending changes it refuses; disconnecting");
-                    return Ingested::Refused(e.to_string());
-                }
-                tracing::info!(%peer, error = %e, "changes refused under our roster; sending it our roster records");
-                state.pull_again = true;
-                let records = self.replica.records_wire();
-                self.push_records(records, Some(peer), true);
-                Ingested::Kept(e.to_string())
-            }
-            Err(ReplicaError::Ingest(e)) => {
-                tracing::warn!(%peer, error = %e, "peer sent an invalid envelope; disconnecting");
-                Ingested::Refused(e.to_string())
-            }
-            Err(ReplicaError::Doc(e)) => {
-                // Signed, but Automerge refused or panicked on it: drop the
-                // session; the document was rebuilt from the store.
-                tracing::warn!(%peer, error = %e, "peer's changes do not apply; disconnecting");
-                Ingested::Refused(e.to_string())
-            }
-            Err(e) => {
-                tracing::error!(%peer, error = %e, "cannot apply the peer's changes");
-                Ingested::Kept(e.to_string())
-            }
-        }
-    }
-
-    /// Verifies and stores roster records from `peer`, relays the new ones
-    /// and follows the roster. `Err` (a refusal reason) when the peer sent a
-    /// record that is forged, malformed or of another network. Records signed
-    /// by a key not known yet are left out without blame (see
-    /// `governance::admit`); they come again with later exchanges.
-    fn take_records(&mut self, peer: PeerId, records: &[EnvelopeBytes]) -> Result<(), String> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        match tokio::task::block_in_place(|| self.replica.add_records(records)) {
-            Ok((summary, new)) => {
-                if summary.new > 0 {
-                    tracing::info!(%peer, new = summary.new, changed = summary.roster_changed, "roster records accepted");
-                    self.push_records(new, Some(peer), false);
-                }
-                Ok(())
-            }
-            Err(ReplicaError::Record(e)) => {
-                tracing::warn!(%peer, error = %e, "peer sent a bad roster record; disconnecting");
-                Err(e.to_string())
-            }
-            Err(e) => {
-                tracing::error!(%peer, error = %e, "cannot store roster records");
-                Ok(())
-            }
-        }
-    }
-
-    /// Pushes roster records to every connected peer except `except` (or,
-    /// with `only`, to `except` alone).
-    fn push_records(&mut self, records: Vec<EnvelopeBytes>, peer: Option<PeerId>, only: bool) {
-        if records.is_empty() {
-            return;
-        }
-        let targets: Vec<PeerId> = if only {
-            peer.into_iter().collect()
-        } else {
-            self.peers
-                .iter()
-                .filter(|(p, s)| s.connected && Some(**p) != peer)
-                .map(|(p, _)| *p)
-                .collect()
-        };
-        for target in targets {
-            if let Some(state) = self.peers.get_mut(&target) {
-                state.in_flight += 1;
-            }
-            let request = sync::Request::Push {
-                network: self.network,
-                records: records.clone(),
-                envelopes: Vec::new(),
-            };
-            self.send(target, Purpose::Push, request);
-        }
-    }
-
-    /// Makes the peer table and the network allow-list match the roster in
-    /// force: entries that joined may connect, keys that left are refused
-    /// and disconnected at once.
-    fn follow_roster(&mut self) {
-        let me = self.replica.identity().public();
-        let Ok(roster) = self.replica.roster() else {
-            return;
-        };
-        let wanted = roster_peers(roster, &me);
-        let gone: Vec<PeerId> = self
-            .peers
-            .keys()
-            .filter(|p| !wanted.contains_key(p))
-            .copied()
+    /// Reconciles with quiet peers now and then, and dials the dropped ones
+    /// whose back-off is over.
+    fn redial(&mut self) {
+        let now = Instant::now();
+        self.engine.tick(now.into_std());
+        let connected: BTreeSet<PeerId> = self
+            .engine
+            .peers()
+            .filter(|(_, s)| s.connected)
+            .map(|(p, _)| *p)
             .collect();
-        for peer in gone {
-            tracing::info!(%peer, "left the roster; disconnecting and refusing it from now on");
-            self.peers.remove(&peer);
-            let _ = self.client.disallow(peer);
-        }
-        for (peer, (key, role)) in wanted {
-            match self.peers.get_mut(&peer) {
-                Some(state) => state.role = role,
-                None => {
-                    tracing::info!(%peer, %role, "joined the roster; allowing it to connect");
-                    self.peers.insert(peer, PeerState::new(key, role));
-                    let _ = self.client.allow(peer);
-                }
+        let transport = self.engine.transport_mut();
+        for (peer, dial) in transport.dials.iter_mut() {
+            if connected.contains(peer)
+                || dial.dialing
+                || dial.addrs.is_empty()
+                || dial.next_dial > now
+            {
+                continue;
+            }
+            dial.dialing = true;
+            tracing::debug!(%peer, "dialling");
+            if transport
+                .client
+                .dial(*peer, dial.addrs.iter().cloned().collect())
+                .is_err()
+            {
+                return;
             }
         }
     }
@@ -851,23 +631,24 @@ impl NodeLoop {
         let (_, placeholder) = mpsc::channel(1);
         let mut old_events = std::mem::replace(&mut self.events, placeholder);
         let drain = tokio::spawn(async move { while old_events.recv().await.is_some() {} });
-        let records = self.replica.records_wire();
-        let connected: Vec<PeerId> = self
-            .peers
-            .iter()
+        let records = self.engine.replica().records_wire();
+        let network = self.engine.network();
+        let client = self.engine.transport().client.clone();
+        let pushes = self
+            .engine
+            .peers()
             .filter(|(_, s)| s.connected)
-            .map(|(p, _)| *p)
-            .collect();
-        let pushes = connected.iter().map(|peer| {
-            let client = self.client.clone();
-            let request = sync::Request::Push {
-                network: self.network,
-                records: records.clone(),
-                envelopes: Vec::new(),
-            };
-            let peer = *peer;
-            async move { client.request(peer, request).await }
-        });
+            .map(|(peer, _)| {
+                let client = client.clone();
+                let request = sync::Request::Push {
+                    network,
+                    records: records.clone(),
+                    envelopes: Vec::new(),
+                };
+                let peer = *peer;
+                async move { client.request(peer, request).await }
+            })
+            .collect::<Vec<_>>();
         let answered = tokio::time::timeout(ROTATE_PUSH_WAIT, futures::future::join_all(pushes))
             .await
             .map_or(0, |all| all.iter().filter(|r| r.is_ok()).count());
@@ -877,209 +658,37 @@ impl NodeLoop {
                  `concord export` imported at a member carries it), peers refuse the new key"
             );
         }
-        let _ = self.client.shutdown().await;
+        let _ = client.shutdown().await;
         if let Some(task) = self.network_task.take() {
             let _ = task.await;
         }
         drain.abort();
         let listen: Vec<Multiaddr> = std::mem::take(&mut self.listen);
         let built = network::new(
-            self.replica.identity().libp2p_keypair(),
+            self.engine.replica().identity().libp2p_keypair(),
             &NetworkConfig {
                 listen,
                 mdns: self.mdns,
-                allowed: self.peers.keys().copied().collect(),
+                allowed: self.engine.peers().map(|(p, _)| *p).collect(),
             },
         );
         match built {
             Ok((client, events, event_loop)) => {
-                self.client = client;
+                let transport = self.engine.transport_mut();
+                transport.client = client;
+                // Answers to requests on the old network never come.
+                transport.inflight = FuturesUnordered::new();
+                for dial in transport.dials.values_mut() {
+                    dial.dialing = false;
+                    dial.next_dial = Instant::now();
+                    dial.backoff = BACKOFF_START;
+                }
+                self.engine.reset_connections();
                 self.events = events;
                 self.network_task = Some(tokio::spawn(event_loop.run()));
-                for state in self.peers.values_mut() {
-                    state.connected = false;
-                    state.dialing = false;
-                    state.pulling = false;
-                    state.in_flight = 0;
-                    state.next_dial = Instant::now();
-                    state.backoff = BACKOFF_START;
-                }
-                tracing::info!(node = %self.replica.identity().node_id(), "network restarted under the new key");
+                tracing::info!(node = %self.engine.replica().identity().node_id(), "network restarted under the new key");
             }
             Err(e) => tracing::error!(error = %e, "cannot restart the network under the new key"),
-        }
-    }
-
-    /// Pushes envelopes to every connected peer except `except`.
-    fn relay(&mut self, envelopes: &[EnvelopeBytes], except: Option<PeerId>) {
-        if envelopes.is_empty() {
-            return;
-        }
-        let targets: Vec<PeerId> = self
-            .peers
-            .iter()
-            .filter(|(p, s)| s.connected && Some(**p) != except)
-            .map(|(p, _)| *p)
-            .collect();
-        for chunk in chunks(envelopes, RESPONSE_TARGET_LEN) {
-            for peer in &targets {
-                let Some(state) = self.peers.get_mut(peer) else {
-                    continue;
-                };
-                if state.in_flight >= MAX_IN_FLIGHT_PER_PEER {
-                    // It will get these with its next pull.
-                    state.pull_again = true;
-                    continue;
-                }
-                state.in_flight += 1;
-                let request = sync::Request::Push {
-                    network: self.network,
-                    records: Vec::new(),
-                    envelopes: chunk.to_vec(),
-                };
-                self.send(*peer, Purpose::Push, request);
-            }
-        }
-    }
-
-    /// Sends a request at once (the event loop takes it even while this
-    /// loop goes on with other work, such as a flush) and polls the answer
-    /// with the other requests in flight.
-    fn send(&mut self, peer: PeerId, purpose: Purpose, request: sync::Request) {
-        let answer = self.client.start_request(peer, request);
-        self.inflight.push(Box::pin(async move {
-            let result = answer.await;
-            (peer, purpose, result)
-        }));
-    }
-
-    /// Asks `peer` for what we lack, unless a pull is already under way.
-    fn start_pull(&mut self, peer: PeerId) {
-        let Some(state) = self.peers.get_mut(&peer) else {
-            return;
-        };
-        if !state.connected {
-            return;
-        }
-        if state.pulling {
-            state.pull_again = true;
-            return;
-        }
-        state.pulling = true;
-        state.pull_again = false;
-        state.in_flight += 1;
-        state.last_pull = Instant::now();
-        let request = sync::Request::Pull {
-            network: self.network,
-            have: tips_to_wire(self.replica.tips()),
-            records: self.replica.records_digest(),
-        };
-        self.send(peer, Purpose::Pull, request);
-    }
-
-    async fn handle_outcome(&mut self, (peer, purpose, result): Outcome) {
-        if let Some(state) = self.peers.get_mut(&peer) {
-            state.in_flight = state.in_flight.saturating_sub(1);
-            if matches!(purpose, Purpose::Pull) {
-                state.pulling = false;
-            }
-        }
-        let response = match result {
-            Ok(response) => response,
-            Err(e) => {
-                tracing::debug!(%peer, error = %e, ?purpose, "request failed");
-                if matches!(purpose, Purpose::Push) {
-                    // The peer may lack what we pushed: reconcile instead.
-                    self.start_pull(peer);
-                }
-                return;
-            }
-        };
-        match response {
-            sync::Response::Changes {
-                records,
-                envelopes,
-                more,
-                have,
-            } => {
-                if let Some(state) = self.peers.get_mut(&peer) {
-                    state.tips = Some(tips_from_wire(&have));
-                    state.last_seen = Some(now_ms());
-                }
-                if self.take_records(peer, &records).is_err() {
-                    let _ = self.client.disconnect(peer).await;
-                    return;
-                }
-                self.follow_roster();
-                if !self.peers.contains_key(&peer) {
-                    return;
-                }
-                let outcome = self.ingest(peer, &envelopes);
-                match outcome {
-                    Ingested::Refused(_) => {
-                        let _ = self.client.disconnect(peer).await;
-                        return;
-                    }
-                    Ingested::Incomplete | Ingested::Kept(_) => {
-                        // Pulling again with the same tips would bring the
-                        // same chunk: wait for the next exchange instead.
-                        tracing::warn!(%peer, "catch-up chunk not applied; not pulling it again");
-                        return;
-                    }
-                    Ingested::Accepted(_) => {}
-                }
-                let again = self.peers.get(&peer).is_some_and(|s| s.pull_again);
-                if more || again {
-                    self.start_pull(peer);
-                } else {
-                    self.last_sync = Some(now_ms());
-                    tracing::debug!(%peer, "in sync");
-                }
-            }
-            sync::Response::Ack { have, .. } => {
-                if let Some(state) = self.peers.get_mut(&peer) {
-                    state.tips = Some(tips_from_wire(&have));
-                    state.last_seen = Some(now_ms());
-                    if state.pull_again && !state.pulling {
-                        self.start_pull(peer);
-                    }
-                }
-            }
-            sync::Response::Refused { reason } => {
-                tracing::warn!(%peer, %reason, "peer refused our request");
-            }
-        }
-    }
-
-    async fn redial(&mut self) {
-        let now = Instant::now();
-        // Reconcile with connected peers now and then, so a lost push is
-        // made good even on a quiet network (a few hundred bytes each).
-        let stale: Vec<PeerId> = self
-            .peers
-            .iter()
-            .filter(|(_, s)| s.connected && !s.pulling && now - s.last_pull >= RECONCILE_EVERY)
-            .map(|(p, _)| *p)
-            .collect();
-        for peer in stale {
-            self.start_pull(peer);
-        }
-        let due: Vec<(PeerId, Vec<Multiaddr>)> = self
-            .peers
-            .iter_mut()
-            .filter(|(_, s)| {
-                !s.connected && !s.dialing && !s.addrs.is_empty() && s.next_dial <= now
-            })
-            .map(|(p, s)| {
-                s.dialing = true;
-                (*p, s.addrs.iter().cloned().collect())
-            })
-            .collect();
-        for (peer, addrs) in due {
-            tracing::debug!(%peer, "dialling");
-            if self.client.dial(peer, addrs).await.is_err() {
-                return;
-            }
         }
     }
 
@@ -1097,41 +706,38 @@ impl NodeLoop {
             }
         }
         let mut group: Vec<Answer> = Vec::new();
-        let mut before = self.replica.tips().clone();
+        let mut before = self.engine.replica().tips().clone();
         for call in batch {
             let plain_write = api::is_plain_write(&call.request);
             if !plain_write {
-                self.settle_group(&mut group, &before).await;
+                self.settle_group(&mut group, &before);
                 self.handle_call(call).await;
-                before = self.replica.tips().clone();
+                before = self.engine.replica().tips().clone();
                 continue;
             }
+            let replica = self.engine.replica_mut();
             if group.is_empty() {
-                self.replica.begin_group();
+                replica.begin_group();
             }
             let ApiCall { request, reply } = call;
-            let result = tokio::task::block_in_place(|| api::execute(&mut self.replica, request))
+            let result = block_in_place(|| api::execute(replica, request))
                 .map_err(|e| ApiError::from_error(&e));
             group.push((reply, result));
         }
-        self.settle_group(&mut group, &before).await;
+        self.settle_group(&mut group, &before);
     }
 
     /// Flushes a group of local writes, pushes what they added since
     /// `before`, and answers their callers (with an error for all if the
     /// flush failed: none of them is reported written before it is durable).
-    async fn settle_group(&mut self, group: &mut Vec<Answer>, before: &Tips) {
+    fn settle_group(&mut self, group: &mut Vec<Answer>, before: &Tips) {
         if group.is_empty() {
             return;
         }
-        let flushed = tokio::task::block_in_place(|| self.replica.end_group());
-        match flushed {
+        match block_in_place(|| self.engine.replica_mut().end_group()) {
             Ok(()) => {
                 tracing::debug!(writes = group.len(), "group committed with one flush");
-                match self.replica.changes_for(before, usize::MAX) {
-                    Ok((new, _)) => self.relay(&new, None),
-                    Err(e) => tracing::error!(error = %e, "cannot read the new changes"),
-                }
+                block_in_place(|| self.engine.committed(before));
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot flush the store; the group's writes are not acknowledged");
@@ -1153,7 +759,7 @@ impl NodeLoop {
         let result = match request {
             Request::Status => Ok(Response::Status(Box::new(self.status()))),
             Request::Peers => Ok(Response::Peers(self.peer_views())),
-            Request::RotateKey if !self.peers.values().any(|s| s.connected) => Err(ApiError {
+            Request::RotateKey if !self.engine.any_connected() => Err(ApiError {
                 error: "no peer is connected, so no node would learn the new key and this node \
                         could not reconnect under it; wait until a peer is connected (see \
                         `concord peers`), or stop the node, rotate, and carry the succession \
@@ -1165,25 +771,21 @@ impl NodeLoop {
                 let write = api::is_write(&request);
                 let roster_change = api::is_roster_change(&request);
                 let rotate = matches!(request, Request::RotateKey);
-                let before = self.replica.tips().clone();
-                let records_before = self.replica.records_digest();
-                let result =
-                    tokio::task::block_in_place(|| api::execute(&mut self.replica, request));
-                if roster_change && self.replica.records_digest() != records_before {
-                    let records = self.replica.records_wire();
+                let before = self.engine.replica().tips().clone();
+                let records_before = self.engine.replica().records_digest();
+                let replica = self.engine.replica_mut();
+                let result = block_in_place(|| api::execute(replica, request));
+                let now = Instant::now().into_std();
+                if roster_change && self.engine.replica().records_digest() != records_before {
                     if rotate && result.is_ok() {
                         self.restart_network().await;
+                        self.engine.follow_roster(now);
                     } else {
-                        self.push_records(records, None, false);
+                        self.engine.records_changed(now);
                     }
-                    self.follow_roster();
                 }
                 if write && result.is_ok() {
-                    self.notify();
-                    match self.replica.changes_for(&before, usize::MAX) {
-                        Ok((new, _)) => self.relay(&new, None),
-                        Err(e) => tracing::error!(error = %e, "cannot read the new changes"),
-                    }
+                    block_in_place(|| self.engine.committed(&before));
                 }
                 result.map_err(|e| ApiError::from_error(&e))
             }
@@ -1192,126 +794,60 @@ impl NodeLoop {
     }
 
     fn status(&self) -> StatusView {
-        let mut status = api::stopped_status(&self.replica);
+        let replica = self.engine.replica();
+        let mut status = api::stopped_status(replica);
         status.running = true;
         status.listen = self.listen.iter().map(ToString::to_string).collect();
         status.api = Some(self.api.to_string());
         status.connected = self
-            .peers
-            .values()
-            .filter(|s| s.connected)
-            .map(|s| self.name_of(&s.key))
+            .engine
+            .peers()
+            .filter(|(_, s)| s.connected)
+            .map(|(_, s)| self.name_of(&s.key))
             .collect();
         status.connected.sort();
-        status.last_sync = self.last_sync.map(format_time);
-        (status.bytes_sent, status.bytes_received) = self.client.traffic();
+        status.last_sync = self.engine.last_sync().map(format_time);
+        (status.bytes_sent, status.bytes_received) = self.engine.transport().client.traffic();
         status.web = self.web.map(|addr| format!("http://{addr}/"));
         status
     }
 
     fn name_of(&self, key: &PublicKey) -> String {
-        self.replica
+        self.engine
+            .replica()
             .roster()
             .map(|r| r.display_name(key))
             .unwrap_or_default()
     }
 
     fn peer_views(&self) -> Vec<PeerView> {
-        let ours = self.replica.tips();
-        let mut views = api::stopped_peers(&self.replica);
+        let ours = self.engine.replica().tips();
+        let dials = &self.engine.transport().dials;
+        let mut views = api::stopped_peers(self.engine.replica());
         for view in &mut views {
-            let Some(state) = view
+            let Some(peer) = view
                 .node_id
                 .parse::<NodeId>()
                 .ok()
                 .and_then(|n| n.peer_id())
-                .and_then(|p| self.peers.get(&p))
             else {
                 continue;
             };
+            let Some(state) = self.engine.peer(&peer) else {
+                continue;
+            };
             view.connected = state.connected;
-            view.addresses = state.addrs.iter().map(ToString::to_string).collect();
             view.last_seen = state.last_seen.map(format_time);
             view.role = state.role.to_string();
-            view.rtt_ms = state.rtt.map(|d| d.as_secs_f64() * 1000.0);
+            if let Some(dial) = dials.get(&peer) {
+                view.addresses = dial.addrs.iter().map(ToString::to_string).collect();
+                view.rtt_ms = dial.rtt.map(|d| d.as_secs_f64() * 1000.0);
+            }
             if let Some(theirs) = &state.tips {
                 view.they_lack = Some(lacking(ours, theirs));
                 view.we_lack = Some(lacking(theirs, ours));
             }
         }
         views
-    }
-}
-
-/// Every roster entry but this node's own, by peer id: whom this node lets
-/// connect and syncs with.
-fn roster_peers(roster: &Roster, me: &PublicKey) -> HashMap<PeerId, (PublicKey, Role)> {
-    roster
-        .entries()
-        .filter(|e| e.key != *me)
-        .filter_map(|e| Some((e.key.node_id().peer_id()?, (e.key, e.role))))
-        .collect()
-}
-
-/// The result of ingesting a peer's envelopes.
-enum Ingested {
-    /// Verified and applied; this many were new.
-    Accepted(usize),
-    /// Valid so far, but dependencies are missing: pull from the sender.
-    Incomplete,
-    /// Invalid: the peer is disconnected.
-    Refused(String),
-    /// Not applied, but not the sender's fault (a fork relayed, a local error).
-    Kept(String),
-}
-
-fn refused(reason: &str) -> sync::Response {
-    sync::Response::Refused {
-        reason: reason.to_string(),
-    }
-}
-
-/// Splits envelopes into chunks of at most `target` bytes (a single larger
-/// envelope, up to the 4 MiB change limit, travels alone).
-fn chunks(envelopes: &[EnvelopeBytes], target: usize) -> Vec<&[EnvelopeBytes]> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut bytes = 0;
-    for (i, e) in envelopes.iter().enumerate() {
-        if i > start && bytes + e.0.len() > target {
-            out.push(&envelopes[start..i]);
-            start = i;
-            bytes = 0;
-        }
-        bytes += e.0.len();
-    }
-    if start < envelopes.len() {
-        out.push(&envelopes[start..]);
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chunks_stay_under_the_target_unless_one_envelope_is_larger() {
-        let sizes = [3, 3, 3, 10, 1, 1, 5];
-        let envelopes: Vec<EnvelopeBytes> =
-            sizes.iter().map(|&n| EnvelopeBytes(vec![0; n])).collect();
-        let chunks = chunks(&envelopes, 6);
-        let lens: Vec<Vec<usize>> = chunks
-            .iter()
-            .map(|c| c.iter().map(|e| e.0.len()).collect())
-            .collect();
-        assert_eq!(
-            lens,
-            vec![vec![3, 3], vec![3], vec![10], vec![1, 1], vec![5]]
-        );
-        assert_eq!(
-            chunks.iter().map(|c| c.len()).sum::<usize>(),
-            envelopes.len()
-        );
     }
 }
