@@ -296,6 +296,8 @@ pub fn add_assessment(node: &Node, category: &str, title: &str) -> String {
         .to_string()
 }
 
+pub mod sim;
+
 /// Forging helpers: changes and bundles built with the library, for tests
 /// that feed the binary what a hostile or broken peer might send.
 pub mod forge {

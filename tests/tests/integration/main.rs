@@ -8,5 +8,6 @@ mod cli;
 mod convergence;
 mod daemon;
 mod roster;
+mod simulation;
 mod sync;
 mod web;
