@@ -31,6 +31,7 @@ pub mod config;
 pub mod doc;
 pub mod engine;
 pub mod envelope;
+pub mod faults;
 pub mod genesis;
 pub mod governance;
 pub mod history;

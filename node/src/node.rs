@@ -32,6 +32,7 @@ use crate::api::server::{ApiCall, ApiError, ApiFile};
 use crate::api::{self, PeerView, Request, Response, StatusView};
 use crate::config::DataDir;
 use crate::engine::{Engine, Purpose, Transport, roster_peers};
+use crate::faults::Faults;
 use crate::identity::{NodeId, PublicKey};
 use crate::model::format_time;
 use crate::network::{self, Client, Event, NetworkConfig, NetworkError};
@@ -106,6 +107,9 @@ pub struct NodeConfig {
     pub api: SocketAddr,
     /// Where the read-only web view listens; `None` serves none.
     pub web: Option<SocketAddr>,
+    /// Faults to inject into this node's own sync requests (tests only;
+    /// see [`crate::faults`]).
+    pub faults: Option<Faults>,
 }
 
 /// A cloneable handle for API calls into a running node.
@@ -317,6 +321,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         inflight: FuturesUnordered::new(),
         dials,
         changed,
+        faults: config.faults,
     };
     let node_loop = NodeLoop {
         engine: Engine::new(replica, transport, Instant::now().into_std())?,
@@ -339,6 +344,9 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         ApiFile::remove(data_dir.root());
         result
     });
+    if let Some(faults) = config.faults {
+        tracing::warn!(%faults, "injecting faults into this node's sync requests");
+    }
     tracing::info!(node = %my_peer, api = %api_addr, "node started");
     Ok(RunningNode {
         handle: NodeHandle { calls: calls_tx },
@@ -395,6 +403,7 @@ struct Libp2p {
     dials: BTreeMap<PeerId, DialState>,
     /// Bumped whenever there is something new to show, for the web view.
     changed: watch::Sender<u64>,
+    faults: Option<Faults>,
 }
 
 impl std::fmt::Debug for Libp2p {
@@ -417,6 +426,27 @@ impl Transport for Libp2p {
     /// the node loop goes on with other work, such as a flush) and polls the
     /// answer with the other requests in flight.
     fn send(&mut self, peer: PeerId, purpose: Purpose, request: sync::Request) {
+        if let Some(faults) = self.faults {
+            // Injected faults: the request waits, then goes out or is lost.
+            let client = self.client.clone();
+            let fate = faults.draw();
+            self.inflight.push(Box::pin(async move {
+                let lost = |reason: String| Err(NetworkError::Request { peer, reason });
+                let result = match fate {
+                    Err(e) => lost(e.to_string()),
+                    Ok(fate) => {
+                        tokio::time::sleep(fate.wait).await;
+                        if fate.lost {
+                            lost("lost by injected fault".into())
+                        } else {
+                            client.start_request(peer, request).await
+                        }
+                    }
+                };
+                (peer, purpose, result)
+            }));
+            return;
+        }
         let answer = self.client.start_request(peer, request);
         self.inflight.push(Box::pin(async move {
             let result = answer.await;

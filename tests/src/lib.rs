@@ -403,6 +403,7 @@ pub mod live {
                 mdns: false,
                 api: "127.0.0.1:0".parse().expect("addr"),
                 web: Some("127.0.0.1:0".parse().expect("addr")),
+                faults: None,
             })
             .await
             .unwrap_or_else(|e| panic!("{} does not start: {e}", self.name));

@@ -472,6 +472,7 @@ fn initial_sync(full: &DataDir, fresh: &DataDir, count: usize) -> anyhow::Result
             mdns: false,
             api: "127.0.0.1:0".parse().expect("addr"),
             web: None,
+            faults: None,
         };
         let a = node::start(config(full, Vec::new())).await?;
         let start = Instant::now();

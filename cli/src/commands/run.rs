@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use concord_node::config::{Config, DEFAULT_API, DEFAULT_LISTEN, DataDir};
+use concord_node::faults::Faults;
 use concord_node::network::Multiaddr;
 use concord_node::node::{self, NodeConfig};
 use concord_node::web::DEFAULT_WEB;
@@ -59,6 +60,7 @@ pub fn run(dir: &DataDir, args: RunArgs) -> anyhow::Result<ExitCode> {
         mdns: args.mdns || config.network.mdns,
         api,
         web,
+        faults: Faults::from_env()?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
