@@ -934,17 +934,15 @@ impl Sim {
         }
     }
 
-    /// The nodes that must agree: those on the final roster (as the
-    /// founder's replica knows it).
+    /// The nodes that must agree: those on the roster in force, as the
+    /// first member that is up knows it.
     fn honest(&self) -> Result<Vec<Ix>, String> {
-        let roster = self.nodes[A]
-            .engine
-            .as_ref()
-            .ok_or("A is down")?
-            .replica()
-            .roster()
-            .map_err(|e| e.to_string())?
-            .clone();
+        let replica = [A, B]
+            .iter()
+            .find_map(|&i| self.nodes[i].engine.as_ref())
+            .ok_or("both remaining members are down")?
+            .replica();
+        let roster = replica.roster().map_err(|e| e.to_string())?;
         Ok((0..self.nodes.len())
             .filter(|&i| roster.get(&self.nodes[i].key()).is_some())
             .collect())

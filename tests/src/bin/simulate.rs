@@ -1,6 +1,6 @@
 //! Runs the deterministic simulation (see `support::sim`) for many seeds, or
 //! replays one: `cargo run --release -p tests --bin simulate -- --seeds 1000`
-//! or `... -- --seed 17`. Exits non-zero on the first failing seed, naming it.
+//! or `... -- --seed 17`. Exits non-zero if any seed fails, naming them.
 
 use anyhow::{Result, bail};
 use clap::Parser;
@@ -35,6 +35,7 @@ fn main() -> Result<()> {
     };
     let started = std::time::Instant::now();
     let mut passed = 0;
+    let mut failed = Vec::new();
     for seed in seeds {
         match sim::run(seed, &plan) {
             Ok(outcome) => {
@@ -42,14 +43,21 @@ fn main() -> Result<()> {
                 passed += 1;
             }
             Err(e) => {
-                println!("{passed} passed, 1 failed");
-                bail!("{e}\nreplay it with: cargo run -p tests --bin simulate -- --seed {seed}");
+                println!("FAILED {e}");
+                failed.push(seed);
             }
         }
     }
     println!(
-        "{passed} passed, 0 failed (in {:.1} s)",
+        "{passed} passed, {} failed (in {:.1} s)",
+        failed.len(),
         started.elapsed().as_secs_f64()
     );
+    if let Some(seed) = failed.first() {
+        bail!(
+            "failing seeds: {failed:?}; replay one with: cargo run -p tests --bin simulate -- \
+             --seed {seed}"
+        );
+    }
     Ok(())
 }
