@@ -17,12 +17,18 @@
 //! - [`checkpoint`]: attested checkpoints, the canonical state, and the
 //!   offline check of exported reports and bundles;
 //! - [`history`]: every change that touched one item;
+//! - [`sync`]: the sync protocol's messages;
+//! - [`engine`]: the sync protocol's decisions, per peer, behind a transport;
+//! - [`network`]: the libp2p event loop that owns the swarm;
+//! - [`node`]: the running node: the engine on libp2p, the local API;
+//! - [`faults`]: injected delay and loss, for tests of real processes;
 //! - [`web`]: the read-only web view a running node serves.
 //!
 //! Boundaries: only `store` imports sled; only `identity` (for the `PeerId`
-//! form of a key) imports libp2p; `identity`, `genesis`, `envelope`, `doc`,
-//! `ingest`, `model`, `report`, `checkpoint` and `history` do no IO and
-//! spawn nothing.
+//! form of a key), `network` and `node` import libp2p; `identity`,
+//! `genesis`, `envelope`, `doc`, `ingest`, `model`, `report`, `checkpoint`
+//! and `history` do no IO and spawn nothing; `engine` does IO only through
+//! its replica and its transport.
 
 pub mod api;
 pub mod bundle;
