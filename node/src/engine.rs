@@ -40,6 +40,9 @@ use crate::sync::{self, RESPONSE_TARGET_LEN, Tips, lacking, tips_from_wire, tips
 pub const MAX_IN_FLIGHT_PER_PEER: usize = 16;
 /// How often a connected peer is pulled from even when nothing was pushed.
 pub const RECONCILE_EVERY: Duration = Duration::from_secs(30);
+/// How long after a failed pull it is tried again, while the peer stays
+/// connected (a lost answer must not wait for the next reconcile).
+pub const PULL_RETRY: Duration = Duration::from_secs(2);
 /// Roster-based refusals of one peer's changes tolerated while it holds our
 /// roster records, before it is disconnected as misbehaving.
 pub const ROSTER_REFUSALS_MAX: u32 = 3;
@@ -86,6 +89,8 @@ pub struct PeerState {
     in_flight: usize,
     /// When this node last pulled from the peer.
     last_pull: Instant,
+    /// When to pull again after a pull failed.
+    retry_pull: Option<Instant>,
     /// The digest of the peer's roster records, from its last pull.
     records: Option<[u8; 32]>,
     /// The records digest we last pulled for because it differed from ours.
@@ -106,6 +111,7 @@ impl PeerState {
             pull_again: false,
             in_flight: 0,
             last_pull: now,
+            retry_pull: None,
             records: None,
             pulled_for_records: None,
             roster_refusals: 0,
@@ -240,7 +246,8 @@ impl<T: Transport> Engine<T> {
         }
     }
 
-    /// Time passed: pulls from connected peers not pulled from for
+    /// Time passed: pulls from connected peers whose last pull failed
+    /// [`PULL_RETRY`] ago, or that were not pulled from for
     /// [`RECONCILE_EVERY`], so a lost push is made good even on a quiet
     /// network (a few hundred bytes each).
     pub fn tick(&mut self, now: Instant) {
@@ -248,7 +255,10 @@ impl<T: Transport> Engine<T> {
             .peers
             .iter()
             .filter(|(_, s)| {
-                s.connected && !s.pulling && now.duration_since(s.last_pull) >= RECONCILE_EVERY
+                s.connected
+                    && !s.pulling
+                    && (s.retry_pull.is_some_and(|at| at <= now)
+                        || now.duration_since(s.last_pull) >= RECONCILE_EVERY)
             })
             .map(|(p, _)| *p)
             .collect();
@@ -374,9 +384,15 @@ impl<T: Transport> Engine<T> {
             Ok(response) => response,
             Err(e) => {
                 tracing::debug!(%peer, error = %e, ?purpose, "request failed");
-                if purpose == Purpose::Push {
+                match purpose {
                     // The peer may lack what we pushed: reconcile instead.
-                    self.start_pull(peer, now);
+                    Purpose::Push => self.start_pull(peer, now),
+                    // We may lack what it holds: try again shortly.
+                    Purpose::Pull => {
+                        if let Some(state) = self.peers.get_mut(&peer) {
+                            state.retry_pull = Some(now + PULL_RETRY);
+                        }
+                    }
                 }
                 return;
             }
@@ -678,6 +694,7 @@ impl<T: Transport> Engine<T> {
         state.pull_again = false;
         state.in_flight += 1;
         state.last_pull = now;
+        state.retry_pull = None;
         let request = sync::Request::Pull {
             network: self.network,
             have: tips_to_wire(self.replica.tips()),
@@ -730,6 +747,95 @@ fn chunks(envelopes: &[EnvelopeBytes], target: usize) -> Vec<&[EnvelopeBytes]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::DataDir;
+    use crate::identity::Identity;
+    use crate::roster::RosterEntry;
+
+    /// Records what the engine sends; peers are named by their keys.
+    #[derive(Debug, Default)]
+    struct Recorder {
+        sent: Vec<(PublicKey, Purpose)>,
+    }
+
+    impl Transport for Recorder {
+        type Peer = PublicKey;
+        fn peer_of(key: &PublicKey) -> Option<PublicKey> {
+            Some(*key)
+        }
+        fn send(&mut self, peer: PublicKey, purpose: Purpose, _request: sync::Request) {
+            self.sent.push((peer, purpose));
+        }
+        fn disconnect(&mut self, _peer: PublicKey) {}
+        fn allow(&mut self, _peer: PublicKey, _key: PublicKey) {}
+        fn disallow(&mut self, _peer: PublicKey) {}
+        fn changed(&mut self) {}
+    }
+
+    /// An engine for a fresh member of a two-member network, and the other
+    /// member's key.
+    fn engine(now: Instant) -> (tempfile::TempDir, Engine<Recorder>, PublicKey) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = DataDir::new(dir.path());
+        Replica::init(&data, "Me").expect("init");
+        let mut replica = Replica::open(&data).expect("open");
+        let other = Identity::generate().expect("key").public();
+        let roster = vec![RosterEntry {
+            key: other,
+            name: "Other".into(),
+            role: Role::Member,
+        }];
+        replica
+            .create_network("Engine test", roster, None)
+            .expect("create");
+        let engine = Engine::new(replica, Recorder::default(), now).expect("engine");
+        (dir, engine, other)
+    }
+
+    #[test]
+    fn a_failed_pull_is_tried_again_soon_while_the_peer_stays_connected() {
+        // Found by the simulation: a pull whose answer was lost waited for
+        // the next periodic reconcile, so convergence after a heal could
+        // take over a minute.
+        let t0 = Instant::now();
+        let (_dir, mut engine, other) = engine(t0);
+        assert!(engine.connected(other, t0));
+        assert_eq!(engine.transport().sent, vec![(other, Purpose::Pull)]);
+        engine.handle_outcome(other, Purpose::Pull, Err("timed out".into()), t0);
+        engine.tick(t0 + PULL_RETRY / 2);
+        assert_eq!(engine.transport().sent.len(), 1, "retried too early");
+        engine.tick(t0 + PULL_RETRY);
+        assert_eq!(
+            engine.transport().sent,
+            vec![(other, Purpose::Pull), (other, Purpose::Pull)]
+        );
+        // Once the retry is under way, ticks do not pile more pulls on it.
+        engine.tick(t0 + PULL_RETRY * 2);
+        assert_eq!(engine.transport().sent.len(), 2);
+        // A dropped peer is not pulled from.
+        engine.handle_outcome(other, Purpose::Pull, Err("timed out".into()), t0);
+        engine.disconnected(other);
+        engine.tick(t0 + RECONCILE_EVERY * 2);
+        assert_eq!(engine.transport().sent.len(), 2);
+    }
+
+    #[test]
+    fn a_stranger_is_refused_and_gets_nothing() {
+        let t0 = Instant::now();
+        let (_dir, mut engine, _) = engine(t0);
+        let stranger = Identity::generate().expect("key").public();
+        assert!(!engine.connected(stranger, t0));
+        let pull = sync::Request::Pull {
+            network: engine.network(),
+            have: Vec::new(),
+            records: [0; 32],
+        };
+        let answer = engine.handle_request(stranger, pull, t0);
+        assert!(
+            matches!(&answer, sync::Response::Refused { reason } if reason == "not on the roster"),
+            "{answer:?}"
+        );
+        assert!(engine.transport().sent.is_empty());
+    }
 
     #[test]
     fn chunks_stay_under_the_target_unless_one_envelope_is_larger() {
