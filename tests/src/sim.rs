@@ -84,8 +84,8 @@ pub struct Outcome {
     pub messages: usize,
     pub dropped: usize,
     pub duplicated: usize,
-    /// Virtual time from the last heal until every honest node held the
-    /// same state.
+    /// Virtual time from the end of the last fault (heal or restart) and
+    /// the last write until every honest node held the same state.
     pub converged_after: Duration,
 }
 
@@ -106,7 +106,7 @@ const NAMES: [&str; 5] = ["A", "B", "C", "Observer", "Stranger"];
 const TIMEOUT: Ms = 10_000;
 /// How long after a drop a node redials, as the node's back-off.
 const REDIAL: Ms = 500;
-/// Virtual time allowed for convergence after the last heal.
+/// Virtual time allowed for convergence after the last fault.
 const SETTLE: Ms = 120_000;
 
 /// The engine's transport in the simulation: everything it asks is queued
@@ -246,6 +246,9 @@ struct Sim {
     /// Changes the intruders sign, by intruder, with the next to push.
     intruder: BTreeMap<Ix, (Vec<EnvelopeBytes>, usize)>,
     proposals: BTreeMap<Ix, String>,
+    /// When the last fault ended (a heal, a restarted node back up) or the
+    /// last write was made, whichever is later.
+    quiet_from: Ms,
     /// Replicas opened during setup, taken by each node's first start.
     opened: Vec<Option<Replica>>,
     stats: Outcome,
@@ -274,7 +277,7 @@ impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "seed {}: {} changes converged {:.1} s after the last heal; {} messages ({} dropped, \
+            "seed {}: {} changes converged {:.1} s after the last fault; {} messages ({} dropped, \
              {} duplicated); {} writes refused locally, {} stored changes rejected, {} requests \
              refused; trace {}",
             self.seed,
@@ -413,6 +416,7 @@ impl Sim {
             assessments: Vec::new(),
             intruder,
             proposals: BTreeMap::new(),
+            quiet_from: 0,
             opened,
             stats,
         })
@@ -464,6 +468,7 @@ impl Sim {
             self.at(t, What::Heal);
         }
         let last_heal = t;
+        self.quiet_from = last_heal.max(span);
         for _ in 0..self.plan.restarts {
             let at = self.rng.random_range(0..span);
             let node = self.rng.random_range(A..=OBSERVER);
@@ -491,19 +496,19 @@ impl Sim {
             }
             self.now = due.at;
             self.handle(due.what)?;
-            if self.now >= last_heal.max(span) && self.converged()? {
+            if self.now >= self.quiet_from && self.converged()? {
                 settled_at = Some(self.now);
                 break;
             }
         }
         let Some(settled) = settled_at else {
             return Err(format!(
-                "honest nodes did not converge within {} s of the last heal: {}",
+                "honest nodes did not converge within {} s of the last fault: {}",
                 SETTLE / 1000,
                 self.describe()?
             ));
         };
-        self.stats.converged_after = Duration::from_millis(settled - last_heal.min(settled));
+        self.stats.converged_after = Duration::from_millis(settled - self.quiet_from);
         self.check_final()?;
         self.stats.trace = std::mem::take(&mut self.trace).finalize().into();
         Ok(self.stats)
@@ -610,6 +615,7 @@ impl Sim {
             }
             What::Up { node } => {
                 self.note(&[7, node as u64]);
+                self.quiet_from = self.quiet_from.max(self.now);
                 self.start(node)?;
             }
             What::Redial => {
