@@ -537,8 +537,13 @@ fn five_processes_converge_after_cuts_kills_delay_and_loss_under_load() {
                     cut(&procs, i);
                     cuts += 1;
                     eprintln!(
-                        "netns: {:>5.1} s: cut {} off until the end",
+                        "netns: {:>5.1} s: {} {} until the end",
                         load_began.elapsed().as_secs_f64(),
+                        if lab.is_some() {
+                            "cut the link of"
+                        } else {
+                            "froze"
+                        },
                         procs[i].cli.name
                     );
                     harmed.push((i, Harm::Cut, end));
