@@ -176,6 +176,11 @@ impl Proc {
             if let Ok(status) = self.cli.json(&["status"])
                 && status["running"] == true
             {
+                // `ip netns exec` execs: the child is the node itself, so
+                // its memory is what the test samples.
+                let pid = self.pid().expect("running");
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                assert_eq!(comm.trim(), "concord", "pid {pid} is not the node");
                 if self.listen.ends_with("/tcp/0") {
                     self.listen = status["listen"][0]
                         .as_str()
