@@ -296,6 +296,7 @@ pub fn add_assessment(node: &Node, category: &str, title: &str) -> String {
         .to_string()
 }
 
+pub mod netlab;
 pub mod sim;
 
 /// Forging helpers: changes and bundles built with the library, for tests

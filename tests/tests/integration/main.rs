@@ -7,6 +7,7 @@ mod checkpoint;
 mod cli;
 mod convergence;
 mod daemon;
+mod netns;
 mod roster;
 mod simulation;
 mod sync;
