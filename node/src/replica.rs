@@ -123,6 +123,12 @@ pub enum ReplicaError {
     Checkpoint(#[from] CheckpointError),
     #[error("no item with id {0:?}: ids look like ra-…, cn-… or a category key")]
     UnknownItem(String),
+    #[error(
+        "the store could not flush to disk, so the latest writes are not durable and were not \
+         acknowledged; writes are refused until a flush succeeds (check the disk: space, \
+         permissions, errors in the system log)"
+    )]
+    NotDurable(#[source] StoreError),
 }
 
 /// What `concord init` created.
@@ -213,6 +219,12 @@ pub struct Replica {
     grouping: bool,
     /// Whether the open group staged anything (else ending it needs no flush).
     staged: bool,
+    /// Set when a store write or flush failed: sled may hold (and the
+    /// document shows) changes that are not on disk and were never
+    /// acknowledged. Every write is refused until a flush succeeds, so
+    /// nothing is built on them and nothing is acknowledged before they are
+    /// durable; see [`Replica::require_durable`].
+    unflushed: bool,
     /// Canonical state hashes already computed, for checkpoints.
     checkpoint_memo: StateMemo,
 }
@@ -285,6 +297,7 @@ impl Replica {
             invalid,
             grouping: false,
             staged: false,
+            unflushed: false,
             checkpoint_memo: StateMemo::default(),
         })
     }
@@ -463,6 +476,7 @@ impl Replica {
         edit: impl FnOnce(&mut Document, i64) -> Result<Change, DocError>,
     ) -> Result<ChangeHash, ReplicaError> {
         let network = self.require_writer()?;
+        self.require_durable()?;
         let change = edit(&mut self.doc, now_ms())?;
         let stored = Envelope::sign(&self.identity, network, change.raw_bytes().to_vec())
             .map_err(ReplicaError::from)
@@ -483,9 +497,28 @@ impl Replica {
                     log.push((*hash, self.identity.public(), change.seq()));
                 }
             }
-            Err(_) => self.rebuild()?,
+            Err(e) => {
+                // A failed store write may have left the batch in sled
+                // without its being on disk.
+                if matches!(e, ReplicaError::Store(_)) {
+                    self.unflushed = true;
+                }
+                self.rebuild()?;
+            }
         }
         stored
+    }
+
+    /// Refuses writes while an earlier flush has failed, retrying the flush
+    /// first: once it succeeds, everything stored is durable again and
+    /// writes resume.
+    fn require_durable(&mut self) -> Result<(), ReplicaError> {
+        if self.unflushed {
+            self.store.flush().map_err(ReplicaError::NotDurable)?;
+            self.unflushed = false;
+            tracing::info!("the store flushes again; writes resume");
+        }
+        Ok(())
     }
 
     fn rebuild(&mut self) -> Result<(), ReplicaError> {
@@ -564,24 +597,45 @@ impl Replica {
         }
         let rows: Vec<([u8; 32], Vec<u8>)> =
             accepted.iter().map(|r| (r.id().0, r.encode())).collect();
-        self.store.add_records(&rows)?;
         let before = m.roster().clone();
-        let genesis = m.genesis.clone();
-        self.membership = Some(Membership::new(genesis, all));
-        let after = self.roster()?.clone();
+        let next = Membership::new(m.genesis.clone(), all);
         let summary = RecordsSummary {
             new: accepted.len(),
-            roster_changed: before != after,
+            roster_changed: &before != next.roster(),
         };
-        // Rebuild only when some stored author's rights moved.
+        // Rebuild only when some stored author's rights moved; into
+        // temporaries, before anything is stored, so a failed rebuild leaves
+        // the store, the records and the document as they were.
         let moved = self
             .tips
             .keys()
-            .any(|author| before.spans(author) != after.spans(author));
-        if moved {
+            .any(|author| before.spans(author) != next.roster().spans(author));
+        let rebuilt = if moved {
             tracing::info!("write rights changed; rebuilding the document from the store");
-            self.rebuild()?;
-            self.save_snapshot()?;
+            Some(load_document(
+                &self.store,
+                self.identity.public(),
+                Some(&next),
+            )?)
+        } else {
+            None
+        };
+        self.require_durable()?;
+        if let Err(e) = self.store.add_records(&rows) {
+            self.unflushed = true;
+            return Err(e.into());
+        }
+        self.membership = Some(next);
+        if let Some((doc, tips, invalid)) = rebuilt {
+            self.doc = doc;
+            self.tips = tips;
+            self.invalid = invalid;
+            self.log = None;
+            // The snapshot only speeds up the next start; without it the
+            // next start rebuilds from the envelopes.
+            if let Err(e) = self.save_snapshot() {
+                tracing::warn!(error = %e, "cannot save the rebuilt document's snapshot");
+            }
         }
         Ok((
             summary,
@@ -975,10 +1029,16 @@ impl Replica {
 
     /// Ends a group commit with one flush; after `Ok` every write of the
     /// group is durable.
+    /// If the flush fails, the group's writes stay in memory (and perhaps in
+    /// sled's cache) without being durable: further writes are refused with
+    /// [`ReplicaError::NotDurable`] until a flush succeeds.
     pub fn end_group(&mut self) -> Result<(), ReplicaError> {
         self.grouping = false;
-        if std::mem::take(&mut self.staged) {
-            self.flush()?;
+        if std::mem::take(&mut self.staged)
+            && let Err(e) = self.store.flush()
+        {
+            self.unflushed = true;
+            return Err(ReplicaError::NotDurable(e));
         }
         Ok(())
     }
@@ -990,6 +1050,7 @@ impl Replica {
         network: NetworkId,
         roster: &Roster,
     ) -> Result<(ImportSummary, Vec<Envelope>), ReplicaError> {
+        self.require_durable()?;
         let holding = Holding {
             store: &self.store,
             invalid: &self.invalid,
@@ -1048,6 +1109,9 @@ impl Replica {
                 Ok(())
             });
         if let Err(e) = applied {
+            if matches!(e, ReplicaError::Store(_)) {
+                self.unflushed = true;
+            }
             self.rebuild()?;
             return Err(e);
         }
@@ -2030,6 +2094,96 @@ mod tests {
             "{:?}",
             audit.rejections
         );
+    }
+
+    #[test]
+    fn after_a_failed_group_flush_writes_are_refused_until_a_flush_succeeds() {
+        let (_dirs, mut r) = federation();
+        let durable = assess(&mut r[0], "durable");
+        r[0].begin_group();
+        let staged = assess(&mut r[0], "staged while the disk fails");
+        r[0].store().fail_flushes(true);
+        let err = r[0].end_group().expect_err("the flush fails");
+        assert!(matches!(err, ReplicaError::NotDurable(_)), "{err}");
+        // While the disk still fails, no write goes through: neither a local
+        // edit nor changes from a peer, and nothing more reaches the store.
+        let stored = r[0].change_count();
+        let err = r[0]
+            .add_assessment(NewAssessment {
+                category: "algorithmic-bias".into(),
+                title: "refused".into(),
+                summary: String::new(),
+                likelihood: None,
+                severity: None,
+                mitigations: Vec::new(),
+                status: Status::Draft,
+            })
+            .expect_err("refused");
+        assert!(matches!(err, ReplicaError::NotDurable(_)), "{err}");
+        assert!(err.to_string().contains("writes are refused"), "{err}");
+        let from_peer = assess(&mut r[1], "from a peer");
+        let (bundle, _) = r[1].export(&[]).expect("export");
+        let err = r[0].import(&bundle).expect_err("refused");
+        assert!(matches!(err, ReplicaError::NotDurable(_)), "{err}");
+        assert_eq!(r[0].change_count(), stored);
+        assert!(!r[0].document().has_change(&from_peer));
+        // Once the disk works again the next write flushes first, then goes
+        // on; everything written is durable across a restart.
+        r[0].store().fail_flushes(false);
+        let after = assess(&mut r[0], "after recovery");
+        r[0].import(&bundle).expect("import");
+        let dir = r[0].data_dir().clone();
+        drop(r.remove(0));
+        let reopened = Replica::open(&dir).expect("reopen");
+        for hash in [durable, staged, after, from_peer] {
+            assert!(reopened.document().has_change(&hash), "{hash} is kept");
+        }
+    }
+
+    #[test]
+    fn a_failed_rebuild_after_new_records_leaves_records_and_document_as_they_were() {
+        let (_dirs, mut r) = federation();
+        let doomed = r[2].identity().public();
+        let proposal = r[0]
+            .propose(governance::Op::Remove { key: doomed })
+            .expect("propose");
+        share_records(&mut r, 0, 1);
+        r[1].approve(&proposal.short()).expect("approve");
+        let late = assess(&mut r[2], "after removal");
+        {
+            let (from, to) = pick(&mut r, 2, 0);
+            sync(from, to);
+        }
+        // The removal would rebuild member 0's document without `late`; a
+        // stored envelope that no longer decodes makes that rebuild fail.
+        let original = r[0].store().envelope(&late).expect("read").expect("stored");
+        r[0].store()
+            .put_envelope_bytes(&late, b"not an envelope")
+            .expect("corrupt");
+        let records_before = r[0].store().records().expect("records").len();
+        let state_before = state(&r[0]);
+        let wire = r[1].records_wire();
+        let err = r[0].add_records(&wire).expect_err("the rebuild fails");
+        assert!(
+            matches!(err, ReplicaError::Store(StoreError::Corrupt(_))),
+            "{err}"
+        );
+        // Nothing moved: the records are not stored, the roster and the
+        // document are the old ones, and the change still counts.
+        assert_eq!(
+            r[0].store().records().expect("records").len(),
+            records_before
+        );
+        assert!(r[0].roster().expect("roster").is_member(&doomed));
+        assert!(r[0].document().has_change(&late));
+        assert_eq!(state(&r[0]), state_before);
+        // With the store mended, the same records apply and recompute.
+        r[0].store()
+            .put_envelope_bytes(&late, &original)
+            .expect("mend");
+        assert!(r[0].add_records(&wire).expect("records").0.roster_changed);
+        assert!(!r[0].document().has_change(&late));
+        assert_eq!(state(&r[0]), state(&r[1]));
     }
 
     #[test]

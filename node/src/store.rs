@@ -81,6 +81,10 @@ pub struct Store {
     db: sled::Db,
     /// How many flushes this handle made (group commit makes fewer).
     flushes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Unit tests set this to make every flush fail, as a full or failing
+    /// disk would.
+    #[cfg(test)]
+    failing_flushes: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Store {
@@ -90,6 +94,8 @@ impl Store {
             Ok(db) => Ok(Self {
                 db,
                 flushes: Default::default(),
+                #[cfg(test)]
+                failing_flushes: Default::default(),
             }),
             Err(sled::Error::Io(e))
                 if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock") =>
@@ -256,9 +262,35 @@ impl Store {
 
     /// Flushes to disk, counting the flush.
     fn sync(&self) -> Result<(), StoreError> {
+        #[cfg(test)]
+        if self
+            .failing_flushes
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(sled::Error::Io(std::io::Error::other("injected flush failure")).into());
+        }
         self.db.flush()?;
         self.flushes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Makes every flush fail (`true`) or work again (`false`).
+    #[cfg(test)]
+    pub(crate) fn fail_flushes(&self, fail: bool) {
+        self.failing_flushes
+            .store(fail, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Overwrites a stored envelope's bytes as they are, for tests that need
+    /// a store whose contents do not decode.
+    #[cfg(test)]
+    pub(crate) fn put_envelope_bytes(
+        &self,
+        hash: &ChangeHash,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        self.db.insert(envelope_key(hash), bytes)?;
         Ok(())
     }
 
