@@ -129,6 +129,17 @@ pub enum ReplicaError {
          permissions, errors in the system log)"
     )]
     NotDurable(#[source] StoreError),
+    #[error(
+        "this node's store was recovered empty and is re-syncing from peers: it writes nothing \
+         until then, so it cannot sign a change number it had already used. Once `concord peers` \
+         shows a member with nothing lacking either way, stop the node and run \
+         `concord network resynced`"
+    )]
+    Resyncing,
+    #[error("the store at {0} opens and loads: there is nothing to recover")]
+    NothingToRecover(std::path::PathBuf),
+    #[error("this node's store is not being re-synced (see `concord network recover`)")]
+    NotResyncing,
 }
 
 /// What `concord init` created.
@@ -225,6 +236,10 @@ pub struct Replica {
     /// nothing is built on them and nothing is acknowledged before they are
     /// durable; see [`Replica::require_durable`].
     unflushed: bool,
+    /// The store was recovered empty (`concord network recover`) and
+    /// re-syncs: local writes are refused until the operator says it has
+    /// caught up, see [`Replica::finish_resync`].
+    resyncing: bool,
     /// Canonical state hashes already computed, for checkpoints.
     checkpoint_memo: StateMemo,
 }
@@ -285,6 +300,7 @@ impl Replica {
         };
         let identity = finish_rotation(dir, identity, membership.as_ref())?;
         let (doc, tips, invalid) = load_document(&store, identity.public(), membership.as_ref())?;
+        let resyncing = store.resyncing()?;
         Ok(Self {
             dir: dir.clone(),
             identity,
@@ -298,6 +314,7 @@ impl Replica {
             grouping: false,
             staged: false,
             unflushed: false,
+            resyncing,
             checkpoint_memo: StateMemo::default(),
         })
     }
@@ -391,6 +408,54 @@ impl Replica {
         Ok(genesis)
     }
 
+    /// Recovers from a corrupt store: moves it aside to
+    /// `store.corrupt-<unix seconds>` (kept for inspection), starts an empty
+    /// store joined to `genesis` (as pending with `pending`), and marks it
+    /// re-syncing so that it writes nothing until [`Replica::finish_resync`].
+    /// Refuses a store that opens and loads. Returns where the old store is.
+    pub fn recover_store(
+        dir: &DataDir,
+        genesis: Genesis,
+        pending: bool,
+    ) -> Result<std::path::PathBuf, ReplicaError> {
+        match Self::open(dir) {
+            Ok(_) => return Err(ReplicaError::NothingToRecover(dir.store_dir())),
+            Err(ReplicaError::Store(StoreError::Corrupted { .. } | StoreError::Corrupt(_))) => {}
+            Err(e) => return Err(e),
+        }
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let store = dir.store_dir();
+        let aside = store.with_file_name(format!("store.corrupt-{secs}"));
+        fs::rename(&store, &aside).map_err(|source| ReplicaError::Io {
+            path: store.clone(),
+            source,
+        })?;
+        tracing::warn!(store = %store.display(), aside = %aside.display(), "corrupt store moved aside; starting empty");
+        let mut replica = Self::open(dir)?;
+        replica.join_as(genesis, pending)?;
+        replica.store.set_resyncing(true)?;
+        Ok(aside)
+    }
+
+    /// Whether the store was recovered empty and still re-syncs.
+    pub fn is_resyncing(&self) -> bool {
+        self.resyncing
+    }
+
+    /// Ends the re-sync after a recovery: the operator saw a member with
+    /// nothing lacking either way, so this node holds its own chain as far
+    /// as any peer does, and writes may go on from its tip.
+    pub fn finish_resync(&mut self) -> Result<(), ReplicaError> {
+        if !self.resyncing {
+            return Err(ReplicaError::NotResyncing);
+        }
+        self.store.set_resyncing(false)?;
+        self.resyncing = false;
+        Ok(())
+    }
+
     /// Installs a verified genesis. Joining the same network again is a no-op.
     pub fn join(&mut self, genesis: Genesis) -> Result<(), ReplicaError> {
         self.join_as(genesis, false)
@@ -448,6 +513,9 @@ impl Replica {
 
     fn require_writer(&self) -> Result<NetworkId, ReplicaError> {
         let membership = self.membership.as_ref().ok_or(ReplicaError::NoNetwork)?;
+        if self.resyncing {
+            return Err(ReplicaError::Resyncing);
+        }
         let me = self.identity.public();
         match membership.roster().role_of(&me) {
             Some(Role::Member) => {
@@ -666,6 +734,9 @@ impl Replica {
 
     fn require_member(&self) -> Result<(&Membership, NetworkId), ReplicaError> {
         let m = self.membership.as_ref().ok_or(ReplicaError::NoNetwork)?;
+        if self.resyncing {
+            return Err(ReplicaError::Resyncing);
+        }
         if !m.roster().is_member(&self.identity.public()) {
             return Err(ReplicaError::NotAMember);
         }
