@@ -6,6 +6,7 @@ mod browser;
 mod checkpoint;
 mod cli;
 mod convergence;
+mod crash;
 mod daemon;
 mod roster;
 mod sync;
