@@ -8,6 +8,7 @@ mod cli;
 mod convergence;
 mod crash;
 mod daemon;
+mod hostile;
 mod roster;
 mod sync;
 mod web;
