@@ -7,7 +7,7 @@
 //! from `/proc/<pid>/status`) must stay within a bound.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use concord_node::api::{AssessmentInput, Request, Response};
@@ -16,7 +16,7 @@ use concord_node::genesis::NetworkId;
 use concord_node::identity::Identity;
 use concord_node::network::{Multiaddr, SyncCodec, WireRequest};
 use concord_node::sync;
-use futures::{AsyncRead, AsyncWrite, AsyncWriteExt, StreamExt};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
@@ -483,9 +483,14 @@ impl Opening for Idle {
     }
 }
 
-/// Writes its opening bytes, then neither writes, reads nor closes.
+/// Writes its opening bytes and never closes. With `answers`, goes on to
+/// read the 4-byte length prefix of the answer (counting it) and then no
+/// more; without, hangs after writing.
 #[derive(Clone, Debug)]
-struct Hanging<O>(O);
+struct Hanging<O> {
+    opening: O,
+    answers: Option<Arc<AtomicUsize>>,
+}
 
 impl<O: Opening> request_response::Codec for Hanging<O> {
     type Protocol = StreamProtocol;
@@ -503,8 +508,13 @@ impl<O: Opening> request_response::Codec for Hanging<O> {
     async fn read_response<T: AsyncRead + Unpin + Send>(
         &mut self,
         _: &StreamProtocol,
-        _: &mut T,
+        io: &mut T,
     ) -> std::io::Result<()> {
+        if let Some(answers) = &self.answers {
+            let mut len = [0u8; 4];
+            io.read_exact(&mut len).await?;
+            answers.fetch_add(1, Ordering::Relaxed);
+        }
         hang().await
     }
 
@@ -514,8 +524,12 @@ impl<O: Opening> request_response::Codec for Hanging<O> {
         io: &mut T,
         _: (),
     ) -> std::io::Result<()> {
-        io.write_all(&self.0.opening()).await?;
+        io.write_all(&self.opening.opening()).await?;
         io.flush().await?;
+        if self.answers.is_some() {
+            // On to reading the answer (without closing the stream).
+            return Ok(());
+        }
         hang().await
     }
 
@@ -538,7 +552,10 @@ fn hold_streams<O: Opening>(
     streams: usize,
     until_closed: bool,
 ) -> (Arc<AtomicBool>, std::thread::JoinHandle<Option<Duration>>) {
-    let codec = Hanging(opening);
+    let codec = Hanging {
+        opening,
+        answers: None,
+    };
     let key = arena.hostile.libp2p_keypair();
     let (peer, addr) = (arena.peer, arena.addr.clone());
     spawn_attack(move |stop| {
@@ -577,17 +594,95 @@ fn hold_streams<O: Opening>(
 
 #[test]
 fn requests_whose_answers_are_never_read_do_not_hold_the_node() {
+    const STREAMS: usize = 64;
     let arena = Arena::new();
-    let pull = sync::encode_request(&pull(arena.network));
-    let (stop, attack) = hold_streams(&arena, NeverRead(Some(pull)), 64, false);
+    let answers = Arc::new(AtomicUsize::new(0));
+    let codec = Hanging {
+        opening: NeverRead(Some(sync::encode_request(&pull(arena.network)))),
+        answers: Some(Arc::clone(&answers)),
+    };
+    let key = arena.hostile.libp2p_keypair();
+    let (peer, addr) = (arena.peer, arena.addr.clone());
+    let counted = Arc::clone(&answers);
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let (stop, attack) = spawn_attack(move |stop| {
+        Box::pin(async move {
+            // Two connections (the most one peer may hold), 32 streams each
+            // (the most one connection may carry): 64 pulls of everything.
+            let mut swarm = swarm(key, codec);
+            for _ in 0..2 {
+                let opts = DialOpts::peer_id(peer)
+                    .condition(PeerCondition::Always)
+                    .addresses(vec![addr.clone()])
+                    .build();
+                swarm.dial(opts).expect("dial");
+            }
+            let mut established = 0usize;
+            drive(
+                &mut swarm,
+                &stop,
+                &mut established,
+                |_, n, event| {
+                    if let SwarmEvent::ConnectionEstablished { .. } = event {
+                        *n += 1;
+                    }
+                },
+                |n| *n >= 2,
+            )
+            .await;
+            let began = Instant::now();
+            for _ in 0..STREAMS {
+                swarm.behaviour_mut().send_request(&peer, ());
+            }
+            // Each pull is either answered (and the answer left unread) or
+            // dropped by the node, which the peer sees as a failure.
+            let mut dropped = 0usize;
+            let never = AtomicBool::new(false);
+            drive(
+                &mut swarm,
+                &never,
+                &mut dropped,
+                |_, d, event| {
+                    if let SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                        ..
+                    }) = event
+                    {
+                        *d += 1;
+                    }
+                },
+                |d| *d + counted.load(Ordering::Relaxed) >= STREAMS,
+            )
+            .await;
+            eprintln!(
+                "unread answers: {} answered, {dropped} dropped after {:.1?}",
+                counted.load(Ordering::Relaxed),
+                began.elapsed()
+            );
+            let _ = ready_tx.send(());
+            // Hold the unread answers until the honest member is through.
+            drive(&mut swarm, &stop, &mut (), |_, _, _| {}, |_| false).await;
+            (established, dropped)
+        })
+    });
+    ready
+        .recv_timeout(DEADLINE * 2)
+        .expect("every pull answered or dropped");
     let honest = arena.honest_member_catches_up("unread answers");
     stop.store(true, Ordering::Relaxed);
-    let closed = attack.join().expect("attack");
+    let (established, dropped) = attack.join().expect("attack");
+    let answered = answers.load(Ordering::Relaxed);
+    assert_eq!(established, 2, "two connections");
+    assert_eq!(answered + dropped, STREAMS, "every pull settled");
+    assert!(
+        answered <= concord_node::network::MAX_INBOUND_PER_PEER,
+        "{answered} answers wait for one peer at once"
+    );
     arena.report(
         "unread answers",
         honest,
         &format!(
-            "64 pulls of {PRELOAD} changes never read; connection closed by the node: {closed:?}"
+            "{STREAMS} pulls of {PRELOAD} changes on 2 connections: {answered} answered and \
+             left unread, {dropped} dropped by the node"
         ),
     );
 }
