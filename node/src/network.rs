@@ -250,6 +250,10 @@ impl Client {
         .await
     }
 
+    /// Disconnects `peer` for misbehaviour and bans it (see
+    /// [`BAN_FIRST`]): its connections are refused both ways until the ban
+    /// ends. The node calls this only for peers that misbehaved; roster
+    /// departures go through [`Client::disallow`].
     pub async fn disconnect(&self, peer: PeerId) -> Result<(), NetworkError> {
         self.send(Command::Disconnect { peer }).await
     }
