@@ -965,7 +965,8 @@ pub mod process {
             let config = ureq::Agent::config_builder()
                 .http_status_as_error(false)
                 .timeout_connect(Some(Duration::from_secs(2)))
-                .timeout_global(Some(Duration::from_secs(30)))
+                // A full list or verify of a large store in the debug build.
+                .timeout_global(Some(Duration::from_secs(120)))
                 .build();
             Self {
                 agent: config.into(),
