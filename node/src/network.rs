@@ -394,9 +394,9 @@ pub struct EventLoop {
     close_after_response: HashSet<PeerId>,
     /// Disconnections waiting out [`REFUSAL_GRACE`].
     closing: FuturesUnordered<Pin<Box<dyn Future<Output = PeerId> + Send>>>,
-    /// Every peer banned so far (see [`EventLoop::ban`]); bounded by the
-    /// roster, since only peers that got through the allow-list can
-    /// misbehave.
+    /// Peers banned within the last [`BAN_FORGET`] (see [`EventLoop::ban`]);
+    /// in practice bounded by the roster, since only peers that got through
+    /// the allow-list can misbehave.
     bans: HashMap<PeerId, Ban>,
     /// Bans waiting to expire.
     unbanning: FuturesUnordered<Pin<Box<dyn Future<Output = PeerId> + Send>>>,
@@ -525,15 +525,16 @@ impl EventLoop {
     fn ban(&mut self, peer: PeerId, why: &str) {
         let now = Instant::now();
         let _ = self.swarm.disconnect_peer_id(peer);
+        // Records past forgiving are of no use: drop them, so the map holds
+        // only peers banned within the last day.
+        self.bans
+            .retain(|_, b| now.saturating_duration_since(b.until) <= BAN_FORGET);
         let ban = self.bans.entry(peer).or_insert(Ban {
             strikes: 0,
             until: now,
         });
         if ban.until > now {
             return;
-        }
-        if now.duration_since(ban.until) > BAN_FORGET {
-            ban.strikes = 0;
         }
         ban.strikes += 1;
         let length = BAN_FIRST
