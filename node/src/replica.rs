@@ -292,7 +292,10 @@ impl Replica {
         let store = Store::open(&dir.store_dir())?;
         let membership = match store.genesis()? {
             Some(bytes) => {
-                let genesis = Genesis::decode(&bytes)?;
+                // It was verified when installed: not decoding now means
+                // the store is damaged.
+                let genesis = Genesis::decode(&bytes)
+                    .map_err(|e| StoreError::Corrupt(format!("stored genesis: {e}")))?;
                 let records = load_records(&store)?;
                 Some(Membership::new(genesis, records))
             }
