@@ -268,6 +268,17 @@ pub enum NetworkCommand {
     },
     /// Show the network and its roster
     Show(JsonFlag),
+    /// Recover from a corrupt store: move it aside and start an empty one
+    /// that sync refills from peers (the node must be stopped)
+    Recover {
+        /// The network's genesis file
+        file: PathBuf,
+        /// This node was admitted after the founding (as with `join --pending`)
+        #[arg(long)]
+        pending: bool,
+    },
+    /// After `network recover`: say the node has caught up, so it may write again
+    Resynced,
 }
 
 #[derive(Debug, Args)]

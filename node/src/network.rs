@@ -9,17 +9,27 @@
 //! never interprets documents or envelopes: that is the node's job. A peer off
 //! the allow-list has its connection denied as soon as the handshake names
 //! it, before any protocol stream opens.
+//!
+//! A peer disconnected for misbehaviour (a message that does not decode or
+//! is over the limit, a stream left without a request, anything the node
+//! refuses and disconnects for) is banned: its connections are refused, in
+//! both directions, for [`BAN_FIRST`], doubling with each repeat up to
+//! [`BAN_MAX`], so it cannot reconnect and be refused over and over. Inbound
+//! requests are capped per peer ([`MAX_INBOUND_PER_PEER`]); requests over
+//! the cap go unanswered, so one peer cannot queue unbounded work.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::stream::FuturesUnordered;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::core::ConnectedPoint;
 use libp2p::multiaddr::Protocol;
-use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::request_response::{
+    self, InboundRequestId, OutboundRequestId, ProtocolSupport, ResponseChannel,
+};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
@@ -39,6 +49,10 @@ const MAX_CONNECTIONS: u32 = 256;
 const MAX_CONNECTIONS_PER_PEER: u32 = 2;
 /// Connections still in their handshake.
 const MAX_PENDING: u32 = 64;
+/// How long a connection may take to finish its handshake (TCP, noise,
+/// yamux). A socket that never speaks holds a handshake slot this long, so
+/// it is kept short: a handshake takes a few round trips.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Concurrent sync streams on one connection.
 const MAX_STREAMS: usize = 32;
 /// How long a sync request may take, large catch-up chunks included.
@@ -48,6 +62,20 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// After a refusal is sent, how long the peer has to read it before the
 /// connection closes (closing at once would drop the answer in flight).
 const REFUSAL_GRACE: Duration = Duration::from_millis(500);
+/// A stream must carry its request's length prefix this soon after it
+/// opens; honest peers write it at once. A stream left idle longer is
+/// misbehaviour (it would hold one of the connection's stream slots).
+pub const REQUEST_START_TIMEOUT: Duration = Duration::from_secs(5);
+/// Inbound requests from one peer waiting for their answer to be sent. An
+/// honest node keeps at most 16 requests in flight to a peer; requests over
+/// this cap are dropped unanswered (each answer may hold up to
+/// [`sync::RESPONSE_TARGET_LEN`] bytes until the peer reads it).
+pub const MAX_INBOUND_PER_PEER: usize = 32;
+/// First ban of a misbehaving peer; each further one doubles, up to
+/// [`BAN_MAX`]. A peer with no ban for [`BAN_FORGET`] starts afresh.
+pub const BAN_FIRST: Duration = Duration::from_secs(30);
+pub const BAN_MAX: Duration = Duration::from_secs(3600);
+const BAN_FORGET: Duration = Duration::from_secs(24 * 3600);
 
 /// Errors setting up the network.
 #[derive(Debug, thiserror::Error)]
@@ -224,7 +252,10 @@ impl Client {
         })
     }
 
-    /// Closes every connection to `peer`.
+    /// Disconnects `peer` for misbehaviour and bans it (see
+    /// [`BAN_FIRST`]): its connections are refused both ways until the ban
+    /// ends. The node calls this only for peers that misbehaved; roster
+    /// departures go through [`Client::disallow`].
     pub fn disconnect(&self, peer: PeerId) -> Result<(), NetworkError> {
         self.command(Command::Disconnect { peer })
     }
@@ -252,6 +283,8 @@ struct Behaviour {
     // First, so a connection from a peer off the roster is refused before any
     // other behaviour sees it.
     allowed: allow_block_list::Behaviour<allow_block_list::AllowedPeers>,
+    // Peers banned for misbehaviour, even if on the roster.
+    banned: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     limits: connection_limits::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
@@ -287,6 +320,7 @@ pub fn new(
             };
             Ok(Behaviour {
                 allowed: allow_block_list::Behaviour::default(),
+                banned: allow_block_list::Behaviour::default(),
                 limits: connection_limits::Behaviour::new(
                     connection_limits::ConnectionLimits::default()
                         .with_max_established(Some(MAX_CONNECTIONS))
@@ -313,6 +347,7 @@ pub fn new(
         })
         .map_err(|e| transport(&e))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
+        .with_connection_timeout(HANDSHAKE_TIMEOUT)
         .build();
     for peer in &config.allowed {
         swarm.behaviour_mut().allowed.allow_peer(*peer);
@@ -340,6 +375,9 @@ pub fn new(
             pending: HashMap::new(),
             close_after_response: HashSet::new(),
             closing: FuturesUnordered::new(),
+            bans: HashMap::new(),
+            unbanning: FuturesUnordered::new(),
+            inbound: HashMap::new(),
         },
     ))
 }
@@ -354,6 +392,22 @@ pub struct EventLoop {
     close_after_response: HashSet<PeerId>,
     /// Disconnections waiting out [`REFUSAL_GRACE`].
     closing: FuturesUnordered<Pin<Box<dyn Future<Output = PeerId> + Send>>>,
+    /// Peers banned within the last [`BAN_FORGET`] (see [`EventLoop::ban`]);
+    /// in practice bounded by the roster, since only peers that got through
+    /// the allow-list can misbehave.
+    bans: HashMap<PeerId, Ban>,
+    /// Bans waiting to expire.
+    unbanning: FuturesUnordered<Pin<Box<dyn Future<Output = PeerId> + Send>>>,
+    /// Inbound requests whose answer is not sent yet, and their peer.
+    inbound: HashMap<InboundRequestId, PeerId>,
+}
+
+/// A peer's ban record.
+#[derive(Clone, Copy, Debug)]
+struct Ban {
+    /// Bans so far (since the last time it was forgotten).
+    strikes: u32,
+    until: Instant,
 }
 
 impl std::fmt::Debug for EventLoop {
@@ -371,7 +425,10 @@ impl EventLoop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.handle_swarm_event(event).await,
                 Some(peer) = self.closing.next(), if !self.closing.is_empty() => {
-                    let _ = self.swarm.disconnect_peer_id(peer);
+                    self.ban(peer, "refused");
+                }
+                Some(peer) = self.unbanning.next(), if !self.unbanning.is_empty() => {
+                    self.unban(peer);
                 }
                 command = self.commands.recv() => match command {
                     Some(Command::Shutdown { reply }) => {
@@ -443,13 +500,12 @@ impl EventLoop {
                     if sent {
                         self.close_after_response.insert(peer);
                     } else {
-                        let _ = self.swarm.disconnect_peer_id(peer);
+                        self.ban(peer, "refused");
                     }
                 }
             }
-            Command::Disconnect { peer } => {
-                let _ = self.swarm.disconnect_peer_id(peer);
-            }
+            // The node disconnects a peer only for misbehaviour.
+            Command::Disconnect { peer } => self.ban(peer, "misbehaved"),
             Command::Allow { peer } => {
                 self.swarm.behaviour_mut().allowed.allow_peer(peer);
             }
@@ -458,6 +514,47 @@ impl EventLoop {
                 let _ = self.swarm.disconnect_peer_id(peer);
             }
             Command::Shutdown { .. } => {}
+        }
+    }
+
+    /// Closes `peer`'s connections and refuses new ones, in both directions,
+    /// for a while that doubles with each ban (see [`BAN_FIRST`]). A peer
+    /// already banned is only disconnected again: one offence, one strike.
+    fn ban(&mut self, peer: PeerId, why: &str) {
+        let now = Instant::now();
+        let _ = self.swarm.disconnect_peer_id(peer);
+        // Records past forgiving are of no use: drop them, so the map holds
+        // only peers banned within the last day.
+        self.bans
+            .retain(|_, b| now.saturating_duration_since(b.until) <= BAN_FORGET);
+        let ban = self.bans.entry(peer).or_insert(Ban {
+            strikes: 0,
+            until: now,
+        });
+        if ban.until > now {
+            return;
+        }
+        ban.strikes += 1;
+        let length = BAN_FIRST
+            .saturating_mul(1 << (ban.strikes - 1).min(16))
+            .min(BAN_MAX);
+        ban.until = now + length;
+        tracing::warn!(%peer, reason = why, strikes = ban.strikes, ban = ?length, "peer banned: its connections are refused until the ban ends");
+        self.swarm.behaviour_mut().banned.block_peer(peer);
+        self.unbanning.push(Box::pin(async move {
+            tokio::time::sleep(length).await;
+            peer
+        }));
+    }
+
+    fn unban(&mut self, peer: PeerId) {
+        if self
+            .bans
+            .get(&peer)
+            .is_some_and(|b| b.until <= Instant::now())
+        {
+            tracing::info!(%peer, "ban ended");
+            self.swarm.behaviour_mut().banned.unblock_peer(peer);
         }
     }
 
@@ -539,8 +636,15 @@ impl EventLoop {
                 request_response::Message::Request {
                     request: WireRequest::Valid(request),
                     channel,
-                    ..
+                    request_id,
                 } => {
+                    let waiting = self.inbound.values().filter(|p| **p == peer).count();
+                    if waiting >= MAX_INBOUND_PER_PEER {
+                        // Dropping the channel answers nothing.
+                        tracing::debug!(%peer, waiting, "too many requests waiting; one dropped");
+                        return;
+                    }
+                    self.inbound.insert(request_id, peer);
                     self.emit(Event::Request {
                         peer,
                         request,
@@ -552,8 +656,9 @@ impl EventLoop {
                     request: WireRequest::Invalid(error),
                     ..
                 } => {
-                    // Dropping the channel answers nothing; the node closes
-                    // the connection.
+                    // Dropping the channel answers nothing; the peer is
+                    // banned and the node is told.
+                    self.ban(peer, "sent a bad message");
                     self.emit(Event::BadMessage { peer, error }).await;
                 }
                 request_response::Message::Response {
@@ -578,13 +683,22 @@ impl EventLoop {
                     }));
                 }
             }
-            request_response::Event::InboundFailure { peer, error, .. } => {
+            request_response::Event::InboundFailure {
+                peer,
+                error,
+                request_id,
+                ..
+            } => {
                 tracing::debug!(%peer, %error, "inbound sync request failed");
+                self.inbound.remove(&request_id);
                 if self.close_after_response.remove(&peer) {
-                    let _ = self.swarm.disconnect_peer_id(peer);
+                    self.ban(peer, "refused");
                 }
             }
-            request_response::Event::ResponseSent { peer, .. } => {
+            request_response::Event::ResponseSent {
+                peer, request_id, ..
+            } => {
+                self.inbound.remove(&request_id);
                 if self.close_after_response.remove(&peer) {
                     self.closing.push(Box::pin(async move {
                         tokio::time::sleep(REFUSAL_GRACE).await;
@@ -665,6 +779,14 @@ fn too_large(len: usize) -> std::io::Error {
 async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
+    read_body(io, len).await
+}
+
+/// Reads a frame's body once its length prefix `len` has been read.
+async fn read_body<T: AsyncRead + Unpin + Send>(
+    io: &mut T,
+    len: [u8; 4],
+) -> std::io::Result<Vec<u8>> {
     let len = u32::from_be_bytes(len) as usize;
     if len > MAX_MESSAGE_LEN {
         return Err(too_large(len));
@@ -713,7 +835,17 @@ impl request_response::Codec for SyncCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        match read_frame(io).await {
+        let mut len = [0u8; 4];
+        match tokio::time::timeout(REQUEST_START_TIMEOUT, io.read_exact(&mut len)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Ok(WireRequest::Invalid(format!(
+                    "no request within {REQUEST_START_TIMEOUT:?} of opening the stream"
+                )));
+            }
+        }
+        match read_body(io, len).await {
             Ok(body) => {
                 Traffic::count(&self.traffic.received, body.len());
                 Ok(match sync::decode_request(&body) {

@@ -123,6 +123,23 @@ pub enum ReplicaError {
     Checkpoint(#[from] CheckpointError),
     #[error("no item with id {0:?}: ids look like ra-…, cn-… or a category key")]
     UnknownItem(String),
+    #[error(
+        "the store could not flush to disk, so the latest writes are not durable and were not \
+         acknowledged; writes are refused until a flush succeeds (check the disk: space, \
+         permissions, errors in the system log)"
+    )]
+    NotDurable(#[source] StoreError),
+    #[error(
+        "this node's store was recovered empty and is re-syncing from peers: it writes nothing \
+         until then, so it cannot sign a change number it had already used. Once `concord peers` \
+         shows a member with nothing lacking either way, stop the node and run \
+         `concord network resynced`"
+    )]
+    Resyncing,
+    #[error("the store at {0} opens and loads: there is nothing to recover")]
+    NothingToRecover(std::path::PathBuf),
+    #[error("this node's store is not being re-synced (see `concord network recover`)")]
+    NotResyncing,
 }
 
 /// What `concord init` created.
@@ -213,6 +230,16 @@ pub struct Replica {
     grouping: bool,
     /// Whether the open group staged anything (else ending it needs no flush).
     staged: bool,
+    /// Set when a store write or flush failed: sled may hold (and the
+    /// document shows) changes that are not on disk and were never
+    /// acknowledged. Every write is refused until a flush succeeds, so
+    /// nothing is built on them and nothing is acknowledged before they are
+    /// durable; see [`Replica::require_durable`].
+    unflushed: bool,
+    /// The store was recovered empty (`concord network recover`) and
+    /// re-syncs: local writes are refused until the operator says it has
+    /// caught up, see [`Replica::finish_resync`].
+    resyncing: bool,
     /// Canonical state hashes already computed, for checkpoints.
     checkpoint_memo: StateMemo,
 }
@@ -265,7 +292,10 @@ impl Replica {
         let store = Store::open(&dir.store_dir())?;
         let membership = match store.genesis()? {
             Some(bytes) => {
-                let genesis = Genesis::decode(&bytes)?;
+                // It was verified when installed: not decoding now means
+                // the store is damaged.
+                let genesis = Genesis::decode(&bytes)
+                    .map_err(|e| StoreError::Corrupt(format!("stored genesis: {e}")))?;
                 let records = load_records(&store)?;
                 Some(Membership::new(genesis, records))
             }
@@ -273,6 +303,7 @@ impl Replica {
         };
         let identity = finish_rotation(dir, identity, membership.as_ref())?;
         let (doc, tips, invalid) = load_document(&store, identity.public(), membership.as_ref())?;
+        let resyncing = store.resyncing()?;
         Ok(Self {
             dir: dir.clone(),
             identity,
@@ -285,6 +316,8 @@ impl Replica {
             invalid,
             grouping: false,
             staged: false,
+            unflushed: false,
+            resyncing,
             checkpoint_memo: StateMemo::default(),
         })
     }
@@ -378,6 +411,54 @@ impl Replica {
         Ok(genesis)
     }
 
+    /// Recovers from a corrupt store: moves it aside to
+    /// `store.corrupt-<unix seconds>` (kept for inspection), starts an empty
+    /// store joined to `genesis` (as pending with `pending`), and marks it
+    /// re-syncing so that it writes nothing until [`Replica::finish_resync`].
+    /// Refuses a store that opens and loads. Returns where the old store is.
+    pub fn recover_store(
+        dir: &DataDir,
+        genesis: Genesis,
+        pending: bool,
+    ) -> Result<std::path::PathBuf, ReplicaError> {
+        match Self::open(dir) {
+            Ok(_) => return Err(ReplicaError::NothingToRecover(dir.store_dir())),
+            Err(ReplicaError::Store(StoreError::Corrupted { .. } | StoreError::Corrupt(_))) => {}
+            Err(e) => return Err(e),
+        }
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let store = dir.store_dir();
+        let aside = store.with_file_name(format!("store.corrupt-{secs}"));
+        fs::rename(&store, &aside).map_err(|source| ReplicaError::Io {
+            path: store.clone(),
+            source,
+        })?;
+        tracing::warn!(store = %store.display(), aside = %aside.display(), "corrupt store moved aside; starting empty");
+        let mut replica = Self::open(dir)?;
+        replica.join_as(genesis, pending)?;
+        replica.store.set_resyncing(true)?;
+        Ok(aside)
+    }
+
+    /// Whether the store was recovered empty and still re-syncs.
+    pub fn is_resyncing(&self) -> bool {
+        self.resyncing
+    }
+
+    /// Ends the re-sync after a recovery: the operator saw a member with
+    /// nothing lacking either way, so this node holds its own chain as far
+    /// as any peer does, and writes may go on from its tip.
+    pub fn finish_resync(&mut self) -> Result<(), ReplicaError> {
+        if !self.resyncing {
+            return Err(ReplicaError::NotResyncing);
+        }
+        self.store.set_resyncing(false)?;
+        self.resyncing = false;
+        Ok(())
+    }
+
     /// Installs a verified genesis. Joining the same network again is a no-op.
     pub fn join(&mut self, genesis: Genesis) -> Result<(), ReplicaError> {
         self.join_as(genesis, false)
@@ -435,6 +516,9 @@ impl Replica {
 
     fn require_writer(&self) -> Result<NetworkId, ReplicaError> {
         let membership = self.membership.as_ref().ok_or(ReplicaError::NoNetwork)?;
+        if self.resyncing {
+            return Err(ReplicaError::Resyncing);
+        }
         let me = self.identity.public();
         match membership.roster().role_of(&me) {
             Some(Role::Member) => {
@@ -463,6 +547,7 @@ impl Replica {
         edit: impl FnOnce(&mut Document, i64) -> Result<Change, DocError>,
     ) -> Result<ChangeHash, ReplicaError> {
         let network = self.require_writer()?;
+        self.require_durable()?;
         let change = edit(&mut self.doc, now_ms())?;
         let stored = Envelope::sign(&self.identity, network, change.raw_bytes().to_vec())
             .map_err(ReplicaError::from)
@@ -483,9 +568,28 @@ impl Replica {
                     log.push((*hash, self.identity.public(), change.seq()));
                 }
             }
-            Err(_) => self.rebuild()?,
+            Err(e) => {
+                // A failed store write may have left the batch in sled
+                // without its being on disk.
+                if matches!(e, ReplicaError::Store(_)) {
+                    self.unflushed = true;
+                }
+                self.rebuild()?;
+            }
         }
         stored
+    }
+
+    /// Refuses writes while an earlier flush has failed, retrying the flush
+    /// first: once it succeeds, everything stored is durable again and
+    /// writes resume.
+    fn require_durable(&mut self) -> Result<(), ReplicaError> {
+        if self.unflushed {
+            self.store.flush().map_err(ReplicaError::NotDurable)?;
+            self.unflushed = false;
+            tracing::info!("the store flushes again; writes resume");
+        }
+        Ok(())
     }
 
     fn rebuild(&mut self) -> Result<(), ReplicaError> {
@@ -564,24 +668,45 @@ impl Replica {
         }
         let rows: Vec<([u8; 32], Vec<u8>)> =
             accepted.iter().map(|r| (r.id().0, r.encode())).collect();
-        self.store.add_records(&rows)?;
         let before = m.roster().clone();
-        let genesis = m.genesis.clone();
-        self.membership = Some(Membership::new(genesis, all));
-        let after = self.roster()?.clone();
+        let next = Membership::new(m.genesis.clone(), all);
         let summary = RecordsSummary {
             new: accepted.len(),
-            roster_changed: before != after,
+            roster_changed: &before != next.roster(),
         };
-        // Rebuild only when some stored author's rights moved.
+        // Rebuild only when some stored author's rights moved; into
+        // temporaries, before anything is stored, so a failed rebuild leaves
+        // the store, the records and the document as they were.
         let moved = self
             .tips
             .keys()
-            .any(|author| before.spans(author) != after.spans(author));
-        if moved {
+            .any(|author| before.spans(author) != next.roster().spans(author));
+        let rebuilt = if moved {
             tracing::info!("write rights changed; rebuilding the document from the store");
-            self.rebuild()?;
-            self.save_snapshot()?;
+            Some(load_document(
+                &self.store,
+                self.identity.public(),
+                Some(&next),
+            )?)
+        } else {
+            None
+        };
+        self.require_durable()?;
+        if let Err(e) = self.store.add_records(&rows) {
+            self.unflushed = true;
+            return Err(e.into());
+        }
+        self.membership = Some(next);
+        if let Some((doc, tips, invalid)) = rebuilt {
+            self.doc = doc;
+            self.tips = tips;
+            self.invalid = invalid;
+            self.log = None;
+            // The snapshot only speeds up the next start; without it the
+            // next start rebuilds from the envelopes.
+            if let Err(e) = self.save_snapshot() {
+                tracing::warn!(error = %e, "cannot save the rebuilt document's snapshot");
+            }
         }
         Ok((
             summary,
@@ -612,6 +737,9 @@ impl Replica {
 
     fn require_member(&self) -> Result<(&Membership, NetworkId), ReplicaError> {
         let m = self.membership.as_ref().ok_or(ReplicaError::NoNetwork)?;
+        if self.resyncing {
+            return Err(ReplicaError::Resyncing);
+        }
         if !m.roster().is_member(&self.identity.public()) {
             return Err(ReplicaError::NotAMember);
         }
@@ -975,10 +1103,16 @@ impl Replica {
 
     /// Ends a group commit with one flush; after `Ok` every write of the
     /// group is durable.
+    /// If the flush fails, the group's writes stay in memory (and perhaps in
+    /// sled's cache) without being durable: further writes are refused with
+    /// [`ReplicaError::NotDurable`] until a flush succeeds.
     pub fn end_group(&mut self) -> Result<(), ReplicaError> {
         self.grouping = false;
-        if std::mem::take(&mut self.staged) {
-            self.flush()?;
+        if std::mem::take(&mut self.staged)
+            && let Err(e) = self.store.flush()
+        {
+            self.unflushed = true;
+            return Err(ReplicaError::NotDurable(e));
         }
         Ok(())
     }
@@ -990,6 +1124,7 @@ impl Replica {
         network: NetworkId,
         roster: &Roster,
     ) -> Result<(ImportSummary, Vec<Envelope>), ReplicaError> {
+        self.require_durable()?;
         let holding = Holding {
             store: &self.store,
             invalid: &self.invalid,
@@ -1048,6 +1183,9 @@ impl Replica {
                 Ok(())
             });
         if let Err(e) = applied {
+            if matches!(e, ReplicaError::Store(_)) {
+                self.unflushed = true;
+            }
             self.rebuild()?;
             return Err(e);
         }
@@ -2030,6 +2168,96 @@ mod tests {
             "{:?}",
             audit.rejections
         );
+    }
+
+    #[test]
+    fn after_a_failed_group_flush_writes_are_refused_until_a_flush_succeeds() {
+        let (_dirs, mut r) = federation();
+        let durable = assess(&mut r[0], "durable");
+        r[0].begin_group();
+        let staged = assess(&mut r[0], "staged while the disk fails");
+        r[0].store().fail_flushes(true);
+        let err = r[0].end_group().expect_err("the flush fails");
+        assert!(matches!(err, ReplicaError::NotDurable(_)), "{err}");
+        // While the disk still fails, no write goes through: neither a local
+        // edit nor changes from a peer, and nothing more reaches the store.
+        let stored = r[0].change_count();
+        let err = r[0]
+            .add_assessment(NewAssessment {
+                category: "algorithmic-bias".into(),
+                title: "refused".into(),
+                summary: String::new(),
+                likelihood: None,
+                severity: None,
+                mitigations: Vec::new(),
+                status: Status::Draft,
+            })
+            .expect_err("refused");
+        assert!(matches!(err, ReplicaError::NotDurable(_)), "{err}");
+        assert!(err.to_string().contains("writes are refused"), "{err}");
+        let from_peer = assess(&mut r[1], "from a peer");
+        let (bundle, _) = r[1].export(&[]).expect("export");
+        let err = r[0].import(&bundle).expect_err("refused");
+        assert!(matches!(err, ReplicaError::NotDurable(_)), "{err}");
+        assert_eq!(r[0].change_count(), stored);
+        assert!(!r[0].document().has_change(&from_peer));
+        // Once the disk works again the next write flushes first, then goes
+        // on; everything written is durable across a restart.
+        r[0].store().fail_flushes(false);
+        let after = assess(&mut r[0], "after recovery");
+        r[0].import(&bundle).expect("import");
+        let dir = r[0].data_dir().clone();
+        drop(r.remove(0));
+        let reopened = Replica::open(&dir).expect("reopen");
+        for hash in [durable, staged, after, from_peer] {
+            assert!(reopened.document().has_change(&hash), "{hash} is kept");
+        }
+    }
+
+    #[test]
+    fn a_failed_rebuild_after_new_records_leaves_records_and_document_as_they_were() {
+        let (_dirs, mut r) = federation();
+        let doomed = r[2].identity().public();
+        let proposal = r[0]
+            .propose(governance::Op::Remove { key: doomed })
+            .expect("propose");
+        share_records(&mut r, 0, 1);
+        r[1].approve(&proposal.short()).expect("approve");
+        let late = assess(&mut r[2], "after removal");
+        {
+            let (from, to) = pick(&mut r, 2, 0);
+            sync(from, to);
+        }
+        // The removal would rebuild member 0's document without `late`; a
+        // stored envelope that no longer decodes makes that rebuild fail.
+        let original = r[0].store().envelope(&late).expect("read").expect("stored");
+        r[0].store()
+            .put_envelope_bytes(&late, b"not an envelope")
+            .expect("corrupt");
+        let records_before = r[0].store().records().expect("records").len();
+        let state_before = state(&r[0]);
+        let wire = r[1].records_wire();
+        let err = r[0].add_records(&wire).expect_err("the rebuild fails");
+        assert!(
+            matches!(err, ReplicaError::Store(StoreError::Corrupt(_))),
+            "{err}"
+        );
+        // Nothing moved: the records are not stored, the roster and the
+        // document are the old ones, and the change still counts.
+        assert_eq!(
+            r[0].store().records().expect("records").len(),
+            records_before
+        );
+        assert!(r[0].roster().expect("roster").is_member(&doomed));
+        assert!(r[0].document().has_change(&late));
+        assert_eq!(state(&r[0]), state_before);
+        // With the store mended, the same records apply and recompute.
+        r[0].store()
+            .put_envelope_bytes(&late, &original)
+            .expect("mend");
+        assert!(r[0].add_records(&wire).expect("records").0.roster_changed);
+        assert!(!r[0].document().has_change(&late));
+        assert_eq!(state(&r[0]), state(&r[1]));
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //! - `r` ‖ record id (32) → roster record bytes (see [`crate::governance`]);
 //! - `t` ‖ author key (32) → highest stored seq (u64 big-endian);
 //! - `p` ‖ peer key (32) → remembered addresses;
-//! - `d` → the document snapshot (see [`Snapshot`]).
+//! - `d` → the document snapshot (see [`Snapshot`]);
+//! - `k` → present while a store recovered empty re-syncs (see
+//!   [`Store::set_resyncing`]).
 //!
 //! A batch of envelopes is written with one atomic `apply_batch` and then
 //! flushed; nothing is reported stored before the flush returns. Only this
@@ -26,6 +28,7 @@ use crate::ingest::Known;
 
 const KEY_GENESIS: &[u8] = b"g";
 const KEY_SNAPSHOT: &[u8] = b"d";
+const KEY_RESYNCING: &[u8] = b"k";
 const PREFIX_ENVELOPE: u8 = b'e';
 const PREFIX_SEQ: u8 = b's';
 const PREFIX_EVIDENCE: u8 = b'x';
@@ -43,6 +46,16 @@ pub enum StoreError {
     Locked(PathBuf),
     #[error("cannot open the store at {path}")]
     Open {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    #[error(
+        "the store at {path} is corrupt and was left untouched; to rebuild it from peers, run \
+         `concord network recover GENESIS_FILE`: it moves the store aside and starts an empty \
+         one that sync refills (see docs/reliability.md)"
+    )]
+    Corrupted {
         path: PathBuf,
         #[source]
         source: sled::Error,
@@ -81,6 +94,10 @@ pub struct Store {
     db: sled::Db,
     /// How many flushes this handle made (group commit makes fewer).
     flushes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Unit tests set this to make every flush fail, as a full or failing
+    /// disk would.
+    #[cfg(test)]
+    failing_flushes: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Store {
@@ -90,11 +107,20 @@ impl Store {
             Ok(db) => Ok(Self {
                 db,
                 flushes: Default::default(),
+                #[cfg(test)]
+                failing_flushes: Default::default(),
             }),
             Err(sled::Error::Io(e))
                 if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock") =>
             {
                 Err(StoreError::Locked(path.to_path_buf()))
+            }
+            Err(source @ sled::Error::Corruption { .. }) => {
+                tracing::error!(path = %path.display(), error = %source, "the store is corrupt");
+                Err(StoreError::Corrupted {
+                    path: path.to_path_buf(),
+                    source,
+                })
             }
             Err(source) => Err(StoreError::Open {
                 path: path.to_path_buf(),
@@ -105,6 +131,22 @@ impl Store {
 
     pub fn genesis(&self) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.db.get(KEY_GENESIS)?.map(|v| v.to_vec()))
+    }
+
+    /// Marks (or unmarks) the store as recovered empty and re-syncing, and
+    /// flushes.
+    pub fn set_resyncing(&self, resyncing: bool) -> Result<(), StoreError> {
+        if resyncing {
+            self.db.insert(KEY_RESYNCING, &[1u8])?;
+        } else {
+            self.db.remove(KEY_RESYNCING)?;
+        }
+        self.sync()
+    }
+
+    /// Whether the store was recovered empty and is re-syncing.
+    pub fn resyncing(&self) -> Result<bool, StoreError> {
+        Ok(self.db.contains_key(KEY_RESYNCING)?)
     }
 
     /// Installs the genesis and flushes.
@@ -256,9 +298,35 @@ impl Store {
 
     /// Flushes to disk, counting the flush.
     fn sync(&self) -> Result<(), StoreError> {
+        #[cfg(test)]
+        if self
+            .failing_flushes
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(sled::Error::Io(std::io::Error::other("injected flush failure")).into());
+        }
         self.db.flush()?;
         self.flushes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Makes every flush fail (`true`) or work again (`false`).
+    #[cfg(test)]
+    pub(crate) fn fail_flushes(&self, fail: bool) {
+        self.failing_flushes
+            .store(fail, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Overwrites a stored envelope's bytes as they are, for tests that need
+    /// a store whose contents do not decode.
+    #[cfg(test)]
+    pub(crate) fn put_envelope_bytes(
+        &self,
+        hash: &ChangeHash,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        self.db.insert(envelope_key(hash), bytes)?;
         Ok(())
     }
 

@@ -798,3 +798,251 @@ pub mod rogue {
         }
     }
 }
+
+/// `concord run` as a separate process, driven through its local API over
+/// HTTP (no CLI process per call), killable with SIGKILL, and measurable
+/// through `/proc/<pid>/status`.
+pub mod process {
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use concord_node::api::server::{ApiError, ApiFile};
+    use concord_node::api::{Request, Response};
+
+    use super::concord_bin;
+
+    /// How long a node may take to serve its API after it was spawned.
+    pub const START_DEADLINE: Duration = Duration::from_secs(30);
+
+    /// A running `concord run`.
+    #[derive(Debug)]
+    pub struct Proc {
+        child: Child,
+        dir: PathBuf,
+        stderr: PathBuf,
+        api: Api,
+    }
+
+    /// Why a node did not come up.
+    #[derive(Debug)]
+    pub struct StartFailure {
+        pub code: Option<i32>,
+        pub stderr: String,
+    }
+
+    impl Proc {
+        /// Spawns `concord --data-dir DIR run --listen /ip4/127.0.0.1/tcp/0
+        /// EXTRA...` and waits until its API answers. Its stderr goes to
+        /// `DIR/run-stderr.log` (replaced at each start).
+        pub fn start(dir: &Path, extra: &[&str]) -> Result<Self, StartFailure> {
+            let stderr_path = dir.join("run-stderr.log");
+            let stderr = std::fs::File::create(&stderr_path).expect("stderr log");
+            let mut child = Command::new(concord_bin())
+                .arg("--data-dir")
+                .arg(dir)
+                .args(["run", "--listen", "/ip4/127.0.0.1/tcp/0"])
+                .args(extra)
+                .env_remove("CONCORD_DATA_DIR")
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(stderr)
+                .spawn()
+                .expect("spawn concord run");
+            let deadline = Instant::now() + START_DEADLINE;
+            loop {
+                if let Some(status) = child.try_wait().expect("wait") {
+                    return Err(StartFailure {
+                        code: status.code(),
+                        stderr: std::fs::read_to_string(&stderr_path).unwrap_or_default(),
+                    });
+                }
+                // A file left by an earlier (killed) run names another pid.
+                if let Some(file) = ApiFile::read(dir).filter(|f| f.pid == child.id()) {
+                    let api = Api::new(&file);
+                    if api.call(&Request::Status).is_ok() {
+                        return Ok(Self {
+                            child,
+                            dir: dir.to_path_buf(),
+                            stderr: stderr_path,
+                            api,
+                        });
+                    }
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "concord run in {} did not serve its API within {START_DEADLINE:?}:\n{}",
+                        dir.display(),
+                        std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+
+        pub fn pid(&self) -> u32 {
+            self.child.id()
+        }
+
+        pub fn dir(&self) -> &Path {
+            &self.dir
+        }
+
+        /// A client of this node's API, usable from other threads.
+        pub fn api(&self) -> Api {
+            self.api.clone()
+        }
+
+        /// What the node wrote to stderr so far.
+        pub fn stderr(&self) -> String {
+            std::fs::read_to_string(&self.stderr).unwrap_or_default()
+        }
+
+        /// SIGKILL, then reaps the process.
+        pub fn kill(mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+
+        /// SIGTERM, then waits for the exit code.
+        pub fn stop(mut self) -> Option<i32> {
+            let sent = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status()
+                .expect("kill");
+            assert!(sent.success());
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Some(status) = self.child.try_wait().expect("wait") {
+                    return status.code();
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the node did not stop on SIGTERM"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+
+        /// Whether the process is still running.
+        pub fn alive(&mut self) -> bool {
+            matches!(self.child.try_wait(), Ok(None))
+        }
+
+        /// (VmRSS, VmHWM) of the process, in KiB, from `/proc/<pid>/status`.
+        pub fn memory_kib(&self) -> (u64, u64) {
+            let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+                .expect("/proc/<pid>/status");
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                    .unwrap_or_else(|| panic!("no {name} in /proc status"))
+            };
+            (field("VmRSS:"), field("VmHWM:"))
+        }
+    }
+
+    impl Drop for Proc {
+        fn drop(&mut self) {
+            if let Ok(None) = self.child.try_wait() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+
+    /// The local API of a running node.
+    #[derive(Clone, Debug)]
+    pub struct Api {
+        agent: ureq::Agent,
+        url: String,
+        token: String,
+    }
+
+    impl Api {
+        fn new(file: &ApiFile) -> Self {
+            let config = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_connect(Some(Duration::from_secs(2)))
+                // A full list or verify of a large store in the debug build.
+                .timeout_global(Some(Duration::from_secs(120)))
+                .build();
+            Self {
+                agent: config.into(),
+                url: format!("http://{}/v1/rpc", file.address),
+                token: file.token.clone(),
+            }
+        }
+
+        /// One call; `Err` holds the node's error or the transport failure.
+        pub fn call(&self, request: &Request) -> Result<Response, String> {
+            let mut answer = self
+                .agent
+                .post(&self.url)
+                .header("Authorization", &format!("Bearer {}", self.token))
+                .send_json(request)
+                .map_err(|e| format!("no answer: {e}"))?;
+            let status = answer.status();
+            let body = answer
+                .body_mut()
+                .with_config()
+                .limit(1 << 30)
+                .read_to_vec()
+                .map_err(|e| format!("answer cut short: {e}"))?;
+            if status.is_success() {
+                serde_json::from_slice(&body).map_err(|e| format!("malformed answer: {e}"))
+            } else {
+                Err(serde_json::from_slice::<ApiError>(&body)
+                    .map(|e| e.error)
+                    .unwrap_or_else(|_| format!("HTTP {status}")))
+            }
+        }
+
+        /// The node's status; panics if it does not answer.
+        pub fn status(&self) -> concord_node::api::StatusView {
+            match self.call(&Request::Status) {
+                Ok(Response::Status(s)) => *s,
+                other => panic!("status: {other:?}"),
+            }
+        }
+    }
+
+    /// A small seeded generator (splitmix64), so a failing run can be
+    /// replayed from the seed it prints.
+    #[derive(Clone, Debug)]
+    pub struct Rng(u64);
+
+    impl Rng {
+        /// Seeded from `var` if set, else from the clock; prints the seed.
+        pub fn from_env(var: &str) -> Self {
+            let seed = std::env::var(var)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| {
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(1, |d| d.as_nanos() as u64)
+                });
+            eprintln!("seed: {var}={seed}");
+            Self(seed)
+        }
+
+        pub fn next_u64(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+
+        /// Uniform in `0..n` (n > 0).
+        pub fn below(&mut self, n: u64) -> u64 {
+            self.next_u64() % n
+        }
+    }
+}

@@ -1,4 +1,4 @@
-//! `concord network create|join|show`.
+//! `concord network create|join|show|recover|resynced`.
 
 use std::fs;
 use std::process::ExitCode;
@@ -7,7 +7,7 @@ use anyhow::{Context as _, bail};
 use concord_node::api::{NetworkView, Request, Response};
 use concord_node::config::DataDir;
 use concord_node::genesis::Genesis;
-use concord_node::replica::{parse_node_id, read_file};
+use concord_node::replica::{Replica, parse_node_id, read_file};
 use concord_node::roster::{Role, RosterEntry};
 
 use super::unexpected;
@@ -16,6 +16,23 @@ use crate::output;
 use crate::session::Session;
 
 pub fn run(dir: &DataDir, cmd: NetworkCommand) -> anyhow::Result<ExitCode> {
+    // The store does not open when it needs recovering: no session.
+    if let NetworkCommand::Recover { file, pending } = &cmd {
+        let bytes = read_file(file)?;
+        let genesis = Genesis::decode(&bytes)
+            .with_context(|| format!("{} is not a valid genesis", file.display()))?;
+        let network = genesis.network_id();
+        let aside = Replica::recover_store(dir, genesis, *pending)?;
+        output::text(&format!(
+            "The corrupt store was moved to {}.\n\
+             An empty store joined to network {network} is in its place. Start the node with \
+             `concord run --bootstrap <a member's address>`: sync refills the store. Writes are \
+             refused until you run `concord network resynced` (node stopped), once \
+             `concord peers` shows a member with nothing lacking either way.",
+            aside.display()
+        ))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut session = Session::open(dir)?;
     match cmd {
         NetworkCommand::Create {
@@ -86,6 +103,14 @@ pub fn run(dir: &DataDir, cmd: NetworkCommand) -> anyhow::Result<ExitCode> {
                 genesis.name(),
                 genesis.network_id()
             ))?;
+        }
+        NetworkCommand::Recover { .. } => {}
+        NetworkCommand::Resynced => {
+            let Some(replica) = session.local() else {
+                bail!("the node is running: stop it, then run `concord network resynced`");
+            };
+            replica.finish_resync()?;
+            output::text("Re-sync finished: this node writes again.")?;
         }
         NetworkCommand::Show(flag) => {
             let view = match session.call(Request::NetworkShow)? {
