@@ -146,6 +146,11 @@ pub fn run(dir: Option<&Path>, keep_running: bool) -> anyhow::Result<ExitCode> {
 
 /// Prints every node's web view, the observer's first, and waits for Ctrl-C.
 async fn keep_serving(nodes: &[DemoNode]) -> anyhow::Result<()> {
+    // Listen for Ctrl-C before saying to press it: a SIGINT that came
+    // before the handler would kill the demo without stopping the nodes.
+    #[cfg(unix)]
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot listen for Ctrl-C")?;
     let url = |node: &DemoNode| {
         node.running
             .as_ref()
@@ -165,6 +170,9 @@ async fn keep_serving(nodes: &[DemoNode]) -> anyhow::Result<()> {
          Stop with Ctrl-C.",
         nodes[3].dir.root().display()
     ))?;
+    #[cfg(unix)]
+    interrupt.recv().await;
+    #[cfg(not(unix))]
     tokio::signal::ctrl_c()
         .await
         .context("cannot wait for Ctrl-C")?;
