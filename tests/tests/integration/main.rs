@@ -7,6 +7,7 @@ mod checkpoint;
 mod cli;
 mod convergence;
 mod daemon;
+mod fuzz_corpus;
 mod roster;
 mod sync;
 mod web;
