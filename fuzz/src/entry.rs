@@ -73,6 +73,8 @@ fn refused(e: impl Display) -> String {
 /// signature against the fixture network, and read the change header the
 /// ingest path follows before any signature is checked.
 pub fn envelope(data: &[u8]) -> Outcome {
+    // The header reader runs before any signature check, on whatever follows
+    // the envelope's 97-byte header (version, key, signature).
     let _ = change_header(data.get(97..).unwrap_or_default());
     let envelope = Envelope::decode(data).map_err(refused)?;
     assert_eq!(
@@ -178,6 +180,8 @@ pub fn ingest(data: &[u8]) -> Outcome {
     with_fixture(|replica| match request {
         Request::Pull { have, .. } => {
             let theirs = sync::tips_from_wire(&have);
+            // As the event loop does: whether to pull from them in turn.
+            let _ = sync::lacking(&theirs, replica.tips());
             let (envelopes, _more) = replica
                 .changes_for(&theirs, sync::RESPONSE_TARGET_LEN)
                 .map_err(refused)?;
@@ -199,8 +203,8 @@ pub fn ingest(data: &[u8]) -> Outcome {
 /// which the entry signs with the fixture's keys before handing them over.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Signed {
-    /// Signed by the fixture keys each body names; a body naming another
-    /// key is sent unsigned (and refused).
+    /// Signed by the fixture keys each body names; a body naming a key the
+    /// fixture does not hold refuses the whole input.
     pub records: Vec<Body>,
     /// (signer index into the fixture's keys, chunk data after the header).
     pub changes: Vec<(u8, Vec<u8>)>,
