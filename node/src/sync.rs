@@ -72,11 +72,13 @@ pub fn tips_from_wire(wire: &[ChainTip]) -> Tips {
     tips
 }
 
-/// How many changes `ours` holds that `theirs` lacks.
+/// How many changes `ours` holds that `theirs` lacks, saturating at
+/// `u64::MAX`: a peer's tips are whatever it sends, and two authors near
+/// `u64::MAX` must not overflow the sum.
 pub fn lacking(ours: &Tips, theirs: &Tips) -> u64 {
     ours.iter()
         .map(|(author, seq)| seq.saturating_sub(theirs.get(author).copied().unwrap_or(0)))
-        .sum()
+        .fold(0, u64::saturating_add)
 }
 
 /// A request from one node to another.
@@ -169,6 +171,36 @@ mod tests {
         assert_eq!(lacking(&ours, &theirs), 3 + 3);
         assert_eq!(lacking(&theirs, &ours), 9);
         assert_eq!(lacking(&ours, &ours), 0);
+    }
+
+    /// Found by the `sync_request` fuzz target: a `Pull` whose tips name
+    /// two authors at huge sequence numbers overflowed the sum (a panic in
+    /// the event loop with overflow checks, a wrong answer without).
+    #[test]
+    fn lacking_saturates_on_a_peers_huge_tips() {
+        let theirs = Tips::from([(key(1), u64::MAX), (key(2), u64::MAX - 1)]);
+        assert_eq!(lacking(&theirs, &Tips::new()), u64::MAX);
+        assert_eq!(lacking(&Tips::new(), &theirs), 0);
+        let wire = [
+            ChainTip {
+                author: key(1),
+                seq: u64::MAX,
+            },
+            ChainTip {
+                author: key(2),
+                seq: 1 << 63,
+            },
+        ];
+        let pull = Request::Pull {
+            network: NetworkId([0; 32]),
+            have: wire.to_vec(),
+            records: [0; 32],
+        };
+        let Request::Pull { have, .. } = decode_request(&encode_request(&pull)).expect("decode")
+        else {
+            panic!("a pull decodes as a pull");
+        };
+        assert_eq!(lacking(&tips_from_wire(&have), &Tips::new()), u64::MAX);
     }
 
     proptest! {

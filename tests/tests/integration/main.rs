@@ -8,6 +8,7 @@ mod cli;
 mod convergence;
 mod crash;
 mod daemon;
+mod fuzz_corpus;
 mod hostile;
 mod netns;
 mod roster;

@@ -1,0 +1,8 @@
+//! Fuzz target `ingest_signed`: see `concord_fuzz::entry::ingest_signed` for what it feeds.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(init: concord_fuzz::init(), |data: &[u8]| {
+    let _ = concord_fuzz::entry::ingest_signed(data);
+});

@@ -1,0 +1,8 @@
+//! Fuzz target `record`: see `concord_fuzz::entry::record` for what it feeds.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(init: concord_fuzz::init(), |data: &[u8]| {
+    let _ = concord_fuzz::entry::record(data);
+});

@@ -1,0 +1,8 @@
+//! Fuzz target `sync_response`: see `concord_fuzz::entry::sync_response` for what it feeds.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(init: concord_fuzz::init(), |data: &[u8]| {
+    let _ = concord_fuzz::entry::sync_response(data);
+});

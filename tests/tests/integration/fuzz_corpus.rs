@@ -1,0 +1,144 @@
+//! Replays the fuzz targets' inputs on stable: the seeds built from the
+//! fixture network, every committed corpus input (`fuzz/corpus/<target>/`)
+//! and single-byte mutations of the seeds, through the same entry points the
+//! cargo-fuzz targets call (`fuzz/src/entry.rs`, included by path). So an
+//! input that once crashed the node stays a regression test in
+//! `cargo test --workspace`, on any toolchain.
+
+#[path = "../../../fuzz/src/entry.rs"]
+mod entry;
+
+use std::path::PathBuf;
+
+use sha2::{Digest, Sha256};
+
+fn corpus_dir(target: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target)
+}
+
+fn run(target: &str, data: &[u8]) -> entry::Outcome {
+    let outcome = entry::run(target, data).unwrap_or_else(|| panic!("no target {target}"));
+    if let Err(message) = &outcome {
+        assert!(
+            !message.trim().is_empty(),
+            "{target}: a refusal without a message"
+        );
+    }
+    outcome
+}
+
+#[test]
+fn every_seed_is_accepted() {
+    let seeds = entry::seeds();
+    for target in entry::TARGETS {
+        assert!(
+            seeds.iter().any(|(t, _)| *t == target),
+            "no seed for target {target}"
+        );
+    }
+    for (target, data) in seeds {
+        assert_eq!(run(target, &data), Ok(()), "seed of {target} refused");
+    }
+}
+
+/// The file name of a seed in the corpus: `seed-` and the first 16 hex
+/// digits of its SHA-256.
+fn seed_name(data: &[u8]) -> String {
+    let hash = Sha256::digest(data);
+    let hex: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("seed-{hex}")
+}
+
+/// Every seed is in the committed corpus, so a change to the fixture or to a
+/// wire format shows here. `CONCORD_WRITE_FUZZ_SEEDS=1` writes the missing
+/// ones (then `cargo fuzz cmin` and commit).
+#[test]
+fn every_seed_is_in_the_committed_corpus() {
+    let write = std::env::var_os("CONCORD_WRITE_FUZZ_SEEDS").is_some();
+    let mut missing = Vec::new();
+    for (target, data) in entry::seeds() {
+        let path = corpus_dir(target).join(seed_name(&data));
+        if std::fs::read(&path).ok().as_deref() == Some(data.as_slice()) {
+            continue;
+        }
+        if write {
+            std::fs::create_dir_all(corpus_dir(target)).expect("create the corpus folder");
+            std::fs::write(&path, &data).expect("write a seed");
+        } else {
+            missing.push(path.display().to_string());
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "seeds missing from the corpus (CONCORD_WRITE_FUZZ_SEEDS=1 writes them): {missing:?}"
+    );
+}
+
+#[test]
+fn committed_corpus_replays_without_a_panic() {
+    for target in entry::TARGETS {
+        let dir = corpus_dir(target);
+        let entries = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("corpus of {target} at {}: {e}", dir.display()));
+        let (mut accepted, mut refused) = (0, 0);
+        for file in entries {
+            let path = file.expect("corpus entry").path();
+            let data = std::fs::read(&path).expect("read a corpus input");
+            match run(target, &data) {
+                Ok(()) => accepted += 1,
+                Err(_) => refused += 1,
+            }
+        }
+        assert!(accepted > 0, "{target}: no corpus input is accepted");
+        assert!(refused > 0, "{target}: no corpus input is refused");
+    }
+}
+
+#[test]
+fn flipped_bytes_of_the_seeds_are_refused_or_accepted_never_a_panic() {
+    for (target, data) in entry::seeds() {
+        // At most ~200 positions a seed, spread over all of it.
+        let step = (data.len() / 200).max(1);
+        for i in (0..data.len()).step_by(step) {
+            for flip in [0x01, 0x80, 0xff] {
+                let mut bad = data.clone();
+                bad[i] ^= flip;
+                let _ = run(target, &bad);
+            }
+        }
+        for len in (0..data.len()).step_by(step) {
+            let _ = run(target, &data[..len]);
+        }
+    }
+}
+
+/// Found by `ingest_signed` (a one-bit mutation of member 2's signed
+/// comment): a change that Automerge 0.12 applies with its operations out of
+/// order. Automerge checks the order only with `debug_assert!`, so in a
+/// build with debug assertions (this test's) it panics inside `apply`, and
+/// the node refuses the batch with `DocError::Panicked` and rebuilds the
+/// document from the store. A release build applies it unchecked: see
+/// "Fuzzing" in docs/reliability.md.
+#[test]
+fn a_signed_change_that_breaks_automerges_op_order_is_refused() {
+    let path = corpus_dir("ingest_signed").join("regression-automerge-op-order");
+    let data = std::fs::read(&path).expect("read the regression input");
+    let outcome = run("ingest_signed", &data);
+    if cfg!(debug_assertions) {
+        let message = outcome.expect_err("refused");
+        assert!(
+            message.contains("panicked"),
+            "refused for another reason: {message}"
+        );
+    }
+    // The node is left as it was: its seeds are accepted again.
+    for (target, data) in entry::seeds() {
+        assert_eq!(
+            run(target, &data),
+            Ok(()),
+            "seed of {target} after the refusal"
+        );
+    }
+}
