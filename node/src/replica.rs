@@ -2134,22 +2134,27 @@ mod tests {
         assert!(r[0].store().envelope(&later).expect("read").is_none());
     }
 
-    #[test]
-    fn state_is_recomputed_when_a_removal_arrives_after_the_change() {
-        let (_dirs, mut r) = federation();
+    /// Members 0 and 1 remove member 2 (member 1 holding both records),
+    /// member 2 then writes, and member 0 takes that change before it has
+    /// the approval. Returns the late change.
+    fn late_change_before_its_removal(r: &mut [Replica]) -> ChangeHash {
         let doomed = r[2].identity().public();
         let proposal = r[0]
             .propose(governance::Op::Remove { key: doomed })
             .expect("propose");
-        share_records(&mut r, 0, 1);
+        share_records(r, 0, 1);
         r[1].approve(&proposal.short()).expect("approve");
         // Member 2 writes (its signers had seen nothing of it: cutoff 0).
         let late = assess(&mut r[2], "after removal");
-        // Member 0 gets the change first, then the records.
-        {
-            let (from, to) = pick(&mut r, 2, 0);
-            sync(from, to);
-        }
+        let (from, to) = pick(r, 2, 0);
+        sync(from, to);
+        late
+    }
+
+    #[test]
+    fn state_is_recomputed_when_a_removal_arrives_after_the_change() {
+        let (_dirs, mut r) = federation();
+        let late = late_change_before_its_removal(&mut r);
         assert!(r[0].document().has_change(&late));
         assert!(share_records(&mut r, 1, 0).roster_changed);
         assert!(!r[0].document().has_change(&late), "recomputed without it");
@@ -2217,17 +2222,7 @@ mod tests {
     #[test]
     fn a_failed_rebuild_after_new_records_leaves_records_and_document_as_they_were() {
         let (_dirs, mut r) = federation();
-        let doomed = r[2].identity().public();
-        let proposal = r[0]
-            .propose(governance::Op::Remove { key: doomed })
-            .expect("propose");
-        share_records(&mut r, 0, 1);
-        r[1].approve(&proposal.short()).expect("approve");
-        let late = assess(&mut r[2], "after removal");
-        {
-            let (from, to) = pick(&mut r, 2, 0);
-            sync(from, to);
-        }
+        let late = late_change_before_its_removal(&mut r);
         // The removal would rebuild member 0's document without `late`; a
         // stored envelope that no longer decodes makes that rebuild fail.
         let original = r[0].store().envelope(&late).expect("read").expect("stored");
@@ -2248,7 +2243,11 @@ mod tests {
             r[0].store().records().expect("records").len(),
             records_before
         );
-        assert!(r[0].roster().expect("roster").is_member(&doomed));
+        assert!(
+            r[0].roster()
+                .expect("roster")
+                .is_member(&r[2].identity().public())
+        );
         assert!(r[0].document().has_change(&late));
         assert_eq!(state(&r[0]), state_before);
         // With the store mended, the same records apply and recompute.

@@ -634,7 +634,16 @@ pub mod rogue {
         pub disconnected: bool,
     }
 
-    fn swarm<C>(key: identity::Keypair, codec: C) -> Swarm<request_response::Behaviour<C>>
+    /// A libp2p peer speaking the sync protocol with `codec` over TCP,
+    /// noise and yamux, as the node does: the rogue's, and the hostile
+    /// tests' attackers'.
+    pub fn swarm<C>(
+        key: identity::Keypair,
+        codec: C,
+        support: ProtocolSupport,
+        config: request_response::Config,
+        idle: Duration,
+    ) -> Swarm<request_response::Behaviour<C>>
     where
         C: request_response::Codec<Protocol = StreamProtocol> + Clone + Send + 'static,
     {
@@ -649,13 +658,12 @@ pub mod rogue {
             .with_behaviour(|_| {
                 request_response::Behaviour::with_codec(
                     codec,
-                    [(StreamProtocol::new(sync::PROTOCOL), ProtocolSupport::Full)],
-                    request_response::Config::default()
-                        .with_request_timeout(Duration::from_secs(10)),
+                    [(StreamProtocol::new(sync::PROTOCOL), support)],
+                    config,
                 )
             })
             .unwrap_or_else(|e| panic!("behaviour: {e}"))
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
             .build()
     }
 
@@ -668,7 +676,13 @@ pub mod rogue {
     where
         C: request_response::Codec<Protocol = StreamProtocol> + Clone + Send + 'static,
     {
-        let mut swarm = swarm(key, codec);
+        let mut swarm = swarm(
+            key,
+            codec,
+            ProtocolSupport::Full,
+            request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+            Duration::from_secs(60),
+        );
         let (peer, _) = concord_node::network::split_peer(&addr).expect("address ends in /p2p");
         swarm.dial(addr).unwrap_or_else(|e| panic!("dial: {e}"));
         swarm.behaviour_mut().send_request(&peer, request);
@@ -909,22 +923,7 @@ pub mod process {
 
         /// SIGTERM, then waits for the exit code.
         pub fn stop(mut self) -> Option<i32> {
-            let sent = Command::new("kill")
-                .args(["-TERM", &self.child.id().to_string()])
-                .status()
-                .expect("kill");
-            assert!(sent.success());
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                if let Some(status) = self.child.try_wait().expect("wait") {
-                    return status.code();
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "the node did not stop on SIGTERM"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            sigterm_and_wait(&mut self.child, Duration::from_secs(30))
         }
 
         /// Whether the process is still running.
@@ -1012,37 +1011,40 @@ pub mod process {
         }
     }
 
-    /// A small seeded generator (splitmix64), so a failing run can be
-    /// replayed from the seed it prints.
-    #[derive(Clone, Debug)]
-    pub struct Rng(u64);
-
-    impl Rng {
-        /// Seeded from `var` if set, else from the clock; prints the seed.
-        pub fn from_env(var: &str) -> Self {
-            let seed = std::env::var(var)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or_else(|| {
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(1, |d| d.as_nanos() as u64)
-                });
-            eprintln!("seed: {var}={seed}");
-            Self(seed)
+    /// Sends SIGTERM to `child` and waits up to `limit` for its exit code;
+    /// panics if it is still running then.
+    pub fn sigterm_and_wait(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success());
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the process did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
+    }
 
-        pub fn next_u64(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-
-        /// Uniform in `0..n` (n > 0).
-        pub fn below(&mut self, n: u64) -> u64 {
-            self.next_u64() % n
-        }
+    /// A seeded generator, seeded from `var` if set, else from the clock;
+    /// prints the seed, so a failing run can be replayed.
+    pub fn seeded_rng(var: &str) -> rand_pcg::Pcg64 {
+        use rand::SeedableRng;
+        let seed = std::env::var(var)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            });
+        eprintln!("seed: {var}={seed}");
+        rand_pcg::Pcg64::seed_from_u64(seed)
     }
 }

@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use concord_node::api::{AssessmentInput, Request, Response};
+use rand::RngExt;
 use support::Federation;
-use support::process::{Api, Proc, Rng};
+use support::process::{Api, Proc, seeded_rng};
 
 /// Concurrent writers per round.
 const WRITERS: usize = 4;
@@ -110,7 +111,7 @@ fn acknowledged_writes_survive_sigkill_at_random_moments() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(DEFAULT_ROUNDS);
-    let mut rng = Rng::from_env("CONCORD_CRASH_SEED");
+    let mut rng = seeded_rng("CONCORD_CRASH_SEED");
     let seed_note = "replay with the seed printed above";
     let fed = Federation::new(&["A"], &[]);
     let dir = fed.nodes[0].dir();
@@ -147,7 +148,7 @@ fn acknowledged_writes_survive_sigkill_at_random_moments() {
             envelopes = now;
             break;
         }
-        let kill_after = Duration::from_millis(rng.below(MAX_KILL_DELAY_MS + 1));
+        let kill_after = Duration::from_millis(rng.random_range(0..=MAX_KILL_DELAY_MS));
         let results = Arc::new(Mutex::new(Vec::new()));
         let writers: Vec<_> = (0..WRITERS)
             .map(|w| {

@@ -35,23 +35,7 @@ impl Daemon {
 
     /// Sends SIGTERM and waits for a clean exit.
     pub(crate) fn stop(mut self) -> Option<i32> {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill");
-        assert!(sent.success());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status.code();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the node did not stop on SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        support::process::sigterm_and_wait(&mut self.child, Duration::from_secs(20))
     }
 }
 

@@ -20,7 +20,7 @@ use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::{PeerId, StreamProtocol, Swarm, identity, noise, tcp, yamux};
+use libp2p::{PeerId, StreamProtocol, Swarm, identity};
 use support::process::Proc;
 use support::rogue::{self, Outcome};
 use support::{Federation, forge};
@@ -168,33 +168,20 @@ fn spawn_attack<T: Send + 'static>(
     (stop, handle)
 }
 
+/// An attacker's swarm: the rogue's, outbound only, allowed many streams.
 fn swarm<C>(key: identity::Keypair, codec: C) -> Swarm<request_response::Behaviour<C>>
 where
     C: request_response::Codec<Protocol = StreamProtocol> + Clone + Send + 'static,
 {
-    libp2p::SwarmBuilder::with_existing_identity(key)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .expect("transport")
-        .with_behaviour(|_| {
-            request_response::Behaviour::with_codec(
-                codec,
-                [(
-                    StreamProtocol::new(sync::PROTOCOL),
-                    ProtocolSupport::Outbound,
-                )],
-                request_response::Config::default()
-                    .with_request_timeout(DEADLINE * 2)
-                    .with_max_concurrent_streams(1024),
-            )
-        })
-        .expect("behaviour")
-        .with_swarm_config(|c| c.with_idle_connection_timeout(DEADLINE))
-        .build()
+    support::rogue::swarm(
+        key,
+        codec,
+        ProtocolSupport::Outbound,
+        request_response::Config::default()
+            .with_request_timeout(DEADLINE * 2)
+            .with_max_concurrent_streams(1024),
+        DEADLINE,
+    )
 }
 
 /// Drives `swarm` until `done` says so, or `stop` is set, or the deadline.
