@@ -1,7 +1,7 @@
 //! The deterministic simulation (`support::sim`): five nodes running the
 //! real sync engine over a seeded in-memory bus with drops, duplicates,
 //! reordering, partitions, restarts and removals. More seeds:
-//! `cargo run --release -p tests --bin simulate -- --seeds 1000`.
+//! `cargo run --release -p tests --example simulate -- --seeds 1000`.
 
 use std::sync::Mutex;
 
@@ -47,7 +47,7 @@ fn fifty_seeds_converge_with_no_change_accepted_from_anyone_not_allowed() {
     let failures: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     assert!(
         failures.is_empty(),
-        "{} of {seeds} seeds failed (replay one with `cargo run -p tests --bin simulate -- \
+        "{} of {seeds} seeds failed (replay one with `cargo run -p tests --example simulate -- \
          --seed N`):\n{}",
         failures.len(),
         failures

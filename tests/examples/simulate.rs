@@ -1,5 +1,5 @@
 //! Runs the deterministic simulation (see `support::sim`) for many seeds, or
-//! replays one: `cargo run --release -p tests --bin simulate -- --seeds 1000`
+//! replays one: `cargo run --release -p tests --example simulate -- --seeds 1000`
 //! or `... -- --seed 17`. Exits non-zero if any seed fails, naming them.
 
 use anyhow::{Result, bail};
@@ -55,7 +55,7 @@ fn main() -> Result<()> {
     );
     if let Some(seed) = failed.first() {
         bail!(
-            "failing seeds: {failed:?}; replay one with: cargo run -p tests --bin simulate -- \
+            "failing seeds: {failed:?}; replay one with: cargo run -p tests --example simulate -- \
              --seed {seed}"
         );
     }
