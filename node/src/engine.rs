@@ -339,27 +339,21 @@ impl<T: Transport> Engine<T> {
                 if let Err(reason) = self.take_records(peer, &records) {
                     return refused(&reason);
                 }
-                let have = |replica: &Replica| tips_to_wire(replica.tips());
-                match self.ingest(peer, &envelopes) {
-                    Ingested::Accepted(accepted) => sync::Response::Ack {
-                        accepted: u32::try_from(accepted).unwrap_or(u32::MAX),
-                        have: have(&self.replica),
-                    },
+                let accepted = match self.ingest(peer, &envelopes) {
+                    Ingested::Accepted(accepted) => accepted,
                     Ingested::Incomplete => {
                         self.start_pull(peer, now);
-                        sync::Response::Ack {
-                            accepted: 0,
-                            have: have(&self.replica),
-                        }
+                        0
                     }
-                    Ingested::Refused(reason) => refused(&reason),
+                    Ingested::Refused(reason) => return refused(&reason),
                     Ingested::Kept(reason) => {
                         tracing::warn!(%peer, %reason, "push not applied");
-                        sync::Response::Ack {
-                            accepted: 0,
-                            have: have(&self.replica),
-                        }
+                        0
                     }
+                };
+                sync::Response::Ack {
+                    accepted: u32::try_from(accepted).unwrap_or(u32::MAX),
+                    have: tips_to_wire(self.replica.tips()),
                 }
             }
         }

@@ -161,7 +161,8 @@ enum Command {
         /// Close the connection once the response is sent (a refusal).
         then_disconnect: bool,
     },
-    Disconnect {
+    /// Closes `peer`'s connections and bans it for misbehaviour.
+    Ban {
         peer: PeerId,
     },
     /// Lets `peer` connect from now on (it joined the roster).
@@ -256,8 +257,8 @@ impl Client {
     /// [`BAN_FIRST`]): its connections are refused both ways until the ban
     /// ends. The node calls this only for peers that misbehaved; roster
     /// departures go through [`Client::disallow`].
-    pub fn disconnect(&self, peer: PeerId) -> Result<(), NetworkError> {
-        self.command(Command::Disconnect { peer })
+    pub fn ban(&self, peer: PeerId) -> Result<(), NetworkError> {
+        self.command(Command::Ban { peer })
     }
 
     /// Follows the roster: lets `peer` connect.
@@ -504,8 +505,7 @@ impl EventLoop {
                     }
                 }
             }
-            // The node disconnects a peer only for misbehaviour.
-            Command::Disconnect { peer } => self.ban(peer, "misbehaved"),
+            Command::Ban { peer } => self.ban(peer, "misbehaved"),
             Command::Allow { peer } => {
                 self.swarm.behaviour_mut().allowed.allow_peer(peer);
             }

@@ -455,7 +455,8 @@ impl Transport for Libp2p {
     }
 
     fn disconnect(&mut self, peer: PeerId) {
-        let _ = self.client.disconnect(peer);
+        // The engine disconnects a peer only for misbehaviour.
+        let _ = self.client.ban(peer);
     }
 
     fn allow(&mut self, peer: PeerId, key: PublicKey) {
