@@ -179,11 +179,14 @@ pub struct ChangeHeader {
     pub deps: Vec<ChangeHash>,
     pub actor: Vec<u8>,
     pub seq: u64,
+    /// The counter of the change's first operation (Automerge's `startOp`).
+    pub start_op: u64,
 }
 
-/// Reads the dependencies, actor id and sequence number at the start of a
-/// change chunk's data (Automerge's layout: LEB128 count then 32-byte hashes;
-/// LEB128 length then actor bytes; LEB128 seq). Bounded: a count or length
+/// Reads the dependencies, actor id, sequence number and start op at the
+/// start of a change chunk's data (Automerge's layout: LEB128 count then
+/// 32-byte hashes; LEB128 length then actor bytes; LEB128 seq; LEB128 start
+/// op). Bounded: a count or length
 /// larger than the bytes left is refused before anything is allocated.
 pub fn change_header(chunk: &[u8]) -> Result<ChangeHeader, EnvelopeError> {
     let bad = |what| EnvelopeError::BadChunk(what);
@@ -209,10 +212,12 @@ pub fn change_header(chunk: &[u8]) -> Result<ChangeHeader, EnvelopeError> {
     }
     let (actor, mut tail) = rest.split_at(len);
     let seq = leb128::read::unsigned(&mut tail).map_err(|_| bad("bad sequence number"))?;
+    let start_op = leb128::read::unsigned(&mut tail).map_err(|_| bad("bad start op"))?;
     Ok(ChangeHeader {
         deps,
         actor: actor.to_vec(),
         seq,
+        start_op,
     })
 }
 

@@ -7,18 +7,21 @@
 //! the parsed hash is the signed hash; the actor id is the author's key; the
 //! author has not signed a different change with the same sequence number (a
 //! fork); the change's predecessor in its author's chain and all its
-//! dependencies are already stored or in the same batch.
+//! dependencies are already stored or in the same batch; and every operation
+//! is one Automerge could have made on Concord's document, against the batch
+//! and the stored changes ([`opcheck`]).
 //!
 //! Pure: what the store holds comes in through [`Known`]; no IO here.
 
 use std::collections::{HashMap, HashSet};
 
-use automerge::{Change, ChangeHash};
+use automerge::{ActorId, Change, ChangeHash};
 
 use crate::doc::{DocError, parse_change};
 use crate::envelope::{ChangeHeader, Envelope, EnvelopeError, change_header};
 use crate::genesis::NetworkId;
 use crate::identity::PublicKey;
+use crate::opcheck::{self, BadOp};
 use crate::roster::{NotAuthorized, Roster};
 
 /// What the store already holds, as the checks need it.
@@ -32,6 +35,51 @@ pub trait Known {
     /// author's rights were revoked before it, or it builds on such a change).
     fn is_rejected(&self, _hash: &ChangeHash) -> bool {
         false
+    }
+    /// A stored change, parsed, for the operation checks ([`opcheck`]).
+    /// Without it, a batch's operations may refer only to each other.
+    fn change(&self, _hash: &ChangeHash) -> Option<Change> {
+        None
+    }
+}
+
+/// The stored changes as [`opcheck`] looks operations up in them: the
+/// change holding an operation is found by its author's chain, whose start
+/// ops grow with the sequence number. Rejected changes are not in the
+/// document, so their operations are not found.
+struct StoredOps<'a, K>(&'a K);
+
+impl<K: Known> opcheck::Ops for StoredOps<'_, K> {
+    fn change_with_op(&self, actor: &ActorId, counter: u64) -> Option<Change> {
+        let bytes: [u8; 32] = actor.to_bytes().try_into().ok()?;
+        let author = PublicKey::from_bytes(bytes).ok()?;
+        let start = |seq: u64| -> Option<u64> {
+            let hash = self.0.hash_at(&author, seq)?;
+            Some(self.0.header_of(&hash)?.start_op)
+        };
+        // The last change whose start op is at most `counter`: double the
+        // sequence number past it, then halve the gap. Chains have no gaps.
+        if start(1)? > counter {
+            return None;
+        }
+        let (mut below, mut above) = (1u64, 2u64);
+        while start(above).is_some_and(|s| s <= counter) {
+            below = above;
+            above = above.checked_mul(2)?;
+        }
+        while above - below > 1 {
+            let mid = below + (above - below) / 2;
+            if start(mid).is_some_and(|s| s <= counter) {
+                below = mid;
+            } else {
+                above = mid;
+            }
+        }
+        let hash = self.0.hash_at(&author, below)?;
+        if self.0.is_rejected(&hash) {
+            return None;
+        }
+        self.0.change(&hash)
     }
 }
 
@@ -123,6 +171,12 @@ pub enum IngestError {
         hash: ChangeHash,
         name: String,
         seq: u64,
+    },
+    #[error("change {} by {name} holds an operation Automerge could not have made: {source}", .source.change)]
+    BadOperation {
+        name: String,
+        #[source]
+        source: BadOp,
     },
 }
 
@@ -309,9 +363,63 @@ pub fn check_batch(
             }
         }
     }
+    let hashes: Vec<ChangeHash> = parsed.iter().map(|a| a.envelope.hash()).collect();
+    let changes: Vec<&Change> = causal_indices(&hashes, |i| parsed[i].change.deps())
+        .into_iter()
+        .map(|i| &parsed[i].change)
+        .collect();
+    let started = std::time::Instant::now();
+    let ops_checked = opcheck::check(&changes, &StoredOps(known));
+    tracing::debug!(changes = changes.len(), elapsed = ?started.elapsed(), "operations checked");
+    ops_checked.map_err(|source| {
+        let author = parsed
+            .iter()
+            .find(|a| a.envelope.hash() == source.change)
+            .map(|a| a.envelope.author());
+        IngestError::BadOperation {
+            name: author.map_or_else(String::new, |a| roster.display_name(&a)),
+            source,
+        }
+    })?;
     checked.unchecked = vouched;
     checked.accepted = parsed;
     Ok(checked)
+}
+
+/// Indices of `hashes` in an order where each comes after those of its
+/// dependencies that are among them (Kahn's algorithm, stable for sorted
+/// input).
+pub fn causal_indices<'a>(
+    hashes: &[ChangeHash],
+    deps: impl Fn(usize) -> &'a [ChangeHash],
+) -> Vec<usize> {
+    let index: HashMap<ChangeHash, usize> =
+        hashes.iter().enumerate().map(|(i, h)| (*h, i)).collect();
+    let mut waiting = vec![0usize; hashes.len()];
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); hashes.len()];
+    for (i, wait) in waiting.iter_mut().enumerate() {
+        for dep in deps(i) {
+            if let Some(&j) = index.get(dep) {
+                *wait += 1;
+                dependents[j].push(i);
+            }
+        }
+    }
+    let mut ready: Vec<usize> = (0..hashes.len())
+        .filter(|&i| waiting[i] == 0)
+        .rev()
+        .collect();
+    let mut out = Vec::with_capacity(hashes.len());
+    while let Some(i) = ready.pop() {
+        out.push(i);
+        for &d in dependents[i].iter().rev() {
+            waiting[d] -= 1;
+            if waiting[d] == 0 {
+                ready.push(d);
+            }
+        }
+    }
+    out
 }
 
 /// Whether the author's change number `seq - 1`, `target`, is among `deps`
@@ -522,6 +630,8 @@ mod tests {
         hashes: HashSet<ChangeHash>,
         chain: HashMap<(PublicKey, u64), ChangeHash>,
         deps: HashMap<ChangeHash, ChangeHeader>,
+        /// Stored changes, when the test keeps their bodies.
+        bodies: Option<HashMap<ChangeHash, Change>>,
     }
 
     impl Known for Mem {
@@ -534,16 +644,76 @@ mod tests {
         fn header_of(&self, hash: &ChangeHash) -> Option<ChangeHeader> {
             self.deps.get(hash).cloned()
         }
+        fn change(&self, hash: &ChangeHash) -> Option<Change> {
+            self.bodies.as_ref()?.get(hash).cloned()
+        }
     }
 
     impl Mem {
         fn store(&mut self, checked: &Checked) {
             for a in &checked.accepted {
-                self.hashes.insert(a.envelope.hash());
-                self.chain
-                    .insert((a.envelope.author(), a.seq), a.envelope.hash());
+                let hash = a.envelope.hash();
+                self.hashes.insert(hash);
+                self.chain.insert((a.envelope.author(), a.seq), hash);
+                let header = change_header(a.envelope.change_bytes()).expect("a header");
+                self.deps.insert(hash, header);
+                if let Some(bodies) = &mut self.bodies {
+                    bodies.insert(hash, a.change.clone());
+                }
             }
         }
+    }
+
+    /// Member M's assessment and `comments` comments on it, one change
+    /// each: every comment is inserted after the one before, an element
+    /// made by an earlier change.
+    fn comment_chain(f: &Fixture, comments: usize) -> Vec<Envelope> {
+        let mut doc = Document::new(f.member.public());
+        let mut out = vec![changes_on(&mut doc, "c", 1).remove(0)];
+        for i in 0..comments {
+            let change = doc
+                .comment("ra-c0", &format!("comment {i}"), i as i64)
+                .expect("comment");
+            out.push(change.raw_bytes().to_vec());
+        }
+        out.into_iter().map(|c| sign(&f.member, c)).collect()
+    }
+
+    #[test]
+    fn operations_on_stored_changes_are_found_along_the_authors_chain() {
+        let f = fixture();
+        let envs = comment_chain(&f, 40);
+        let mut mem = Mem {
+            bodies: Some(HashMap::new()),
+            ..Mem::default()
+        };
+        // Batches of 7, so each refers to elements made in many earlier
+        // changes, found by searching the chain.
+        for batch in envs.chunks(7) {
+            let checked = check_batch(batch.to_vec(), NET, &f.roster, &mem).expect("valid");
+            assert_eq!(checked.accepted.len(), batch.len());
+            mem.store(&checked);
+        }
+    }
+
+    #[test]
+    fn an_operation_on_something_not_stored_is_refused_and_named() {
+        let f = fixture();
+        let envs = comment_chain(&f, 3);
+        // The store keeps no bodies: the comments' list is nowhere.
+        let mut mem = Mem::default();
+        let first = check_batch(envs[..1].to_vec(), NET, &f.roster, &mem).expect("valid");
+        mem.store(&first);
+        let err = check_batch(envs[1..].to_vec(), NET, &f.roster, &mem).expect_err("refused");
+        assert!(
+            matches!(&err, IngestError::BadOperation { source, .. } if source.why == opcheck::Why::NoSuchObject),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("targets an object this node does not hold"),
+            "{err}"
+        );
     }
 
     const NET: NetworkId = NetworkId([9; 32]);
@@ -582,7 +752,11 @@ mod tests {
 
     /// `count` chained changes with `actor` as Automerge actor.
     fn changes(actor: PublicKey, label: &str, count: usize) -> Vec<Vec<u8>> {
-        let mut doc = Document::new(actor);
+        changes_on(&mut Document::new(actor), label, count)
+    }
+
+    /// `count` new assessments written on `doc`, one change each.
+    fn changes_on(doc: &mut Document, label: &str, count: usize) -> Vec<Vec<u8>> {
         (0..count)
             .map(|i| {
                 let new = NewAssessment {

@@ -46,6 +46,7 @@ pub mod ingest;
 pub mod model;
 pub mod network;
 pub mod node;
+pub mod opcheck;
 pub mod replica;
 pub mod report;
 pub mod roster;

@@ -7,7 +7,7 @@
 //! the document was touched fails, the document is rebuilt from the store, so
 //! memory never holds what the store does not.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::Path;
 
@@ -263,6 +263,9 @@ impl Known for Holding<'_> {
     }
     fn is_rejected(&self, hash: &ChangeHash) -> bool {
         self.invalid.contains(hash)
+    }
+    fn change(&self, hash: &ChangeHash) -> Option<Change> {
+        self.store.change(hash)
     }
 }
 
@@ -1714,7 +1717,7 @@ fn admit(
         return changes;
     }
     let hashes: Vec<ChangeHash> = changes.iter().map(Change::hash).collect();
-    let order = causal_indices(&hashes, |i| changes[i].deps());
+    let order = ingest::causal_indices(&hashes, |i| changes[i].deps());
     let mut keep = vec![false; changes.len()];
     for &i in &order {
         let c = &changes[i];
@@ -1738,46 +1741,10 @@ const SNAPSHOT_AFTER: usize = 1000;
 /// the batch (batches from peers usually arrive sorted).
 fn causal_order(accepted: &[ingest::Accepted]) -> Vec<&ingest::Accepted> {
     let hashes: Vec<ChangeHash> = accepted.iter().map(|a| a.envelope.hash()).collect();
-    causal_indices(&hashes, |i| accepted[i].change.deps())
+    ingest::causal_indices(&hashes, |i| accepted[i].change.deps())
         .into_iter()
         .map(|i| &accepted[i])
         .collect()
-}
-
-/// Indices of `hashes` in an order where each comes after those of its
-/// dependencies that are among them (Kahn's algorithm, stable for sorted
-/// input).
-fn causal_indices<'a>(
-    hashes: &[ChangeHash],
-    deps: impl Fn(usize) -> &'a [ChangeHash],
-) -> Vec<usize> {
-    let index: HashMap<ChangeHash, usize> =
-        hashes.iter().enumerate().map(|(i, h)| (*h, i)).collect();
-    let mut waiting = vec![0usize; hashes.len()];
-    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); hashes.len()];
-    for (i, wait) in waiting.iter_mut().enumerate() {
-        for dep in deps(i) {
-            if let Some(&j) = index.get(dep) {
-                *wait += 1;
-                dependents[j].push(i);
-            }
-        }
-    }
-    let mut ready: Vec<usize> = (0..hashes.len())
-        .filter(|&i| waiting[i] == 0)
-        .rev()
-        .collect();
-    let mut out = Vec::with_capacity(hashes.len());
-    while let Some(i) = ready.pop() {
-        out.push(i);
-        for &d in dependents[i].iter().rev() {
-            waiting[d] -= 1;
-            if waiting[d] == 0 {
-                ready.push(d);
-            }
-        }
-    }
-    out
 }
 
 /// A short random id with a type prefix, e.g. `ra-k3j9x2qd`.

@@ -19,9 +19,10 @@
 
 use std::path::{Path, PathBuf};
 
-use automerge::ChangeHash;
+use automerge::{Change, ChangeHash};
 use serde::{Deserialize, Serialize};
 
+use crate::doc::parse_change;
 use crate::envelope::{ChangeHeader, Envelope, change_header};
 use crate::identity::PublicKey;
 use crate::ingest::Known;
@@ -387,6 +388,12 @@ impl Known for Store {
         let value = self.db.get(seq_key(author, seq)).ok()??;
         let bytes: [u8; 32] = value.as_ref().try_into().ok()?;
         Some(ChangeHash(bytes))
+    }
+
+    fn change(&self, hash: &ChangeHash) -> Option<Change> {
+        let bytes = self.db.get(envelope_key(hash)).ok()??;
+        let envelope = Envelope::decode(&bytes).ok()?;
+        parse_change(envelope.change_bytes()).ok()
     }
 }
 

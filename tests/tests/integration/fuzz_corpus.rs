@@ -114,25 +114,23 @@ fn flipped_bytes_of_the_seeds_are_refused_or_accepted_never_a_panic() {
     }
 }
 
-/// Found by `ingest_signed` (a one-bit mutation of member 2's signed
-/// comment): a change that Automerge 0.12 applies with its operations out of
-/// order. Automerge checks the order only with `debug_assert!`, so in a
-/// build with debug assertions (this test's) it panics inside `apply`, and
-/// the node refuses the batch with `DocError::Panicked` and rebuilds the
-/// document from the store. A release build applies it unchecked: see
-/// "Fuzzing" in docs/reliability.md.
+/// Found by `ingest_signed` (a one-bit mutation of member 3's signed note):
+/// a change whose insert into the note's list of assessments names the note
+/// (a map) as its object. Automerge 0.12 applied it with its op set out of
+/// order: with debug assertions its own check panicked, and in a release
+/// build it was applied silently. The node's operation check
+/// (`concord_node::opcheck`) now refuses it in every build, before Automerge
+/// sees it, and names the operation.
 #[test]
 fn a_signed_change_that_breaks_automerges_op_order_is_refused() {
     let path = corpus_dir("ingest_signed").join("regression-automerge-op-order");
     let data = std::fs::read(&path).expect("read the regression input");
-    let outcome = run("ingest_signed", &data);
-    if cfg!(debug_assertions) {
-        let message = outcome.expect_err("refused");
-        assert!(
-            message.contains("panicked"),
-            "refused for another reason: {message}"
-        );
-    }
+    let message = run("ingest_signed", &data).expect_err("refused");
+    assert!(
+        message.contains("could not have made")
+            && message.contains("addresses a map by list element"),
+        "refused for another reason: {message}"
+    );
     // The node is left as it was: its seeds are accepted again.
     for (target, data) in entry::seeds() {
         assert_eq!(

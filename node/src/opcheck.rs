@@ -1,0 +1,740 @@
+//! The operations of incoming changes, checked against the document before
+//! Automerge applies them.
+//!
+//! Automerge trusts a change to have been made by Automerge: that each
+//! operation names an object that exists, addresses a map by key and a list
+//! by element, and overwrites only operations on the same key or element. A
+//! change built by hand and signed with a member's key can break any of
+//! these. Automerge 0.12 then panics or, in a release build, applies it
+//! silently with its operations out of order; a document in that state saves
+//! and loads into something else, and nodes that applied the same changes in
+//! different batches disagree. (The `ingest_signed` fuzz target found the
+//! first such change; see "Fuzzing" in docs/reliability.md.)
+//!
+//! So every operation of an incoming change must be one Automerge could have
+//! made, on a document of the shape Concord writes:
+//! - it makes a map or a list, puts a plain value, or deletes (Concord's
+//!   document has no text, tables, counters or marks);
+//! - its object is the root, or an object made by an older operation;
+//! - it addresses a map by key and never inserts into one; it addresses a
+//!   list by element: an insert at the head or after an element of that same
+//!   list, or an update of such an element;
+//! - an insert puts a value or makes an object, and overwrites nothing; a
+//!   delete overwrites something;
+//! - each operation it overwrites is older, on the same object and key or
+//!   element, and not a deletion.
+//!
+//! "Older" means a smaller Lamport counter, which every operation Automerge
+//! makes has over what it builds on. The operations referred to are looked
+//! up in the batch and then, through [`Ops`], in the document's stored
+//! changes; an operation nobody holds is refused.
+
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use automerge::legacy::{self, ElementId, Key, ObjectId, OpType};
+use automerge::{ActorId, Change, ChangeHash, ExpandedChange, ObjType, ScalarValue};
+
+/// Where the operations a batch refers to, but does not hold, are found.
+pub trait Ops {
+    /// The change in the document that holds `actor`'s operation number
+    /// `counter`, if there is one.
+    fn change_with_op(&self, actor: &ActorId, counter: u64) -> Option<Change>;
+}
+
+/// No document: every operation referred to must be in the batch.
+impl Ops for () {
+    fn change_with_op(&self, _: &ActorId, _: u64) -> Option<Change> {
+        None
+    }
+}
+
+/// An operation that breaks one of the rules in the module documentation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("operation {index} ({op}) {why}")]
+pub struct BadOp {
+    /// The change that holds it.
+    pub change: ChangeHash,
+    /// Its position in the change, from 0.
+    pub index: usize,
+    /// Its id, `counter@actor`.
+    pub op: String,
+    pub why: Why,
+}
+
+/// Which rule an operation breaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Why {
+    #[error("cannot be decoded")]
+    Undecodable,
+    #[error("uses {0}, which Concord's document never holds")]
+    Unsupported(&'static str),
+    #[error("targets an object that is not older than itself")]
+    ObjectNotOlder,
+    #[error("targets an object this node does not hold")]
+    NoSuchObject,
+    #[error("addresses a map by list element")]
+    ElementInMap,
+    #[error("addresses a list by map key")]
+    KeyInList,
+    #[error("updates the head of a list, which is no element")]
+    HeadUpdated,
+    #[error("refers to a list element that is not older than itself")]
+    ElementNotOlder,
+    #[error("refers to a list element this node does not hold in that list")]
+    NoSuchElement,
+    #[error("inserts a deletion")]
+    InsertedDelete,
+    #[error("inserts a new element yet overwrites earlier values")]
+    InsertOverwrites,
+    #[error("deletes without naming what it deletes")]
+    DeletesNothing,
+    #[error("overwrites an operation that is not older than itself")]
+    OverwritesNewer,
+    #[error("overwrites an operation this node does not hold")]
+    OverwritesUnknown,
+    #[error("overwrites an operation on another object, key or element")]
+    OverwritesElsewhere,
+    #[error("overwrites a deletion")]
+    OverwritesDelete,
+}
+
+/// Checks every operation of `changes`, a batch in causal order (each
+/// change after those of its dependencies that are in the batch), against
+/// the changes before it and the document behind `ops`. Refuses the batch
+/// at the first operation that breaks a rule. An operation may refer only to
+/// operations before it: its change's earlier ones, earlier changes' and the
+/// document's.
+pub fn check(changes: &[&Change], ops: &impl Ops) -> Result<(), BadOp> {
+    let mut checker = Checker {
+        ops,
+        actors: HashMap::new(),
+        actor_ids: Vec::new(),
+        keys: HashMap::new(),
+        index: HashMap::new(),
+    };
+    for change in changes {
+        checker.check(change.hash(), &decode(change)?)?;
+    }
+    Ok(())
+}
+
+/// Automerge's own decoder, which panics on some values a parsed change can
+/// still hold (an unknown action, a non-numeric increment).
+fn decode(change: &Change) -> Result<ExpandedChange, BadOp> {
+    catch_unwind(AssertUnwindSafe(|| change.decode())).map_err(|_| BadOp {
+        change: change.hash(),
+        index: 0,
+        op: format!("{}@{}", change.start_op(), change.actor_id()),
+        why: Why::Undecodable,
+    })
+}
+
+/// An operation id with its actor interned.
+type Id = (u32, u64);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Obj {
+    Root,
+    Made(Id),
+}
+
+/// Where in its object an operation acts: a map key (interned), or a list
+/// element (for an insert, the element it makes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Key(u32),
+    Element(Id),
+    Head,
+}
+
+#[derive(Debug)]
+struct Info {
+    obj: Obj,
+    slot: Slot,
+    insert: bool,
+    makes: Option<ObjType>,
+    deletes: bool,
+}
+
+struct Checker<'a, O> {
+    ops: &'a O,
+    actors: HashMap<ActorId, u32>,
+    actor_ids: Vec<ActorId>,
+    keys: HashMap<String, u32>,
+    /// Every operation checked so far, and those of the stored changes
+    /// fetched.
+    index: HashMap<Id, Info>,
+}
+
+impl<O: Ops> Checker<'_, O> {
+    fn actor(&mut self, actor: &ActorId) -> u32 {
+        if let Some(n) = self.actors.get(actor) {
+            return *n;
+        }
+        let n = u32::try_from(self.actor_ids.len()).expect("fewer actors than operations");
+        self.actors.insert(actor.clone(), n);
+        self.actor_ids.push(actor.clone());
+        n
+    }
+
+    fn key(&mut self, key: &str) -> u32 {
+        if let Some(n) = self.keys.get(key) {
+            return *n;
+        }
+        let n = u32::try_from(self.keys.len()).expect("fewer keys than operations");
+        self.keys.insert(key.to_string(), n);
+        n
+    }
+
+    fn id(&mut self, id: &legacy::OpId) -> Id {
+        (self.actor(id.actor()), id.counter())
+    }
+
+    fn obj(&mut self, obj: &ObjectId) -> Obj {
+        match obj {
+            ObjectId::Root => Obj::Root,
+            ObjectId::Id(id) => Obj::Made(self.id(id)),
+        }
+    }
+
+    /// Indexes every operation of a stored change.
+    fn add(&mut self, change: &ExpandedChange) {
+        let actor = self.actor(&change.actor_id);
+        let start = change.start_op.get();
+        for (i, op) in change.operations.iter().enumerate() {
+            self.add_op((actor, start + i as u64), op);
+        }
+    }
+
+    fn add_op(&mut self, id: Id, op: &legacy::Op) {
+        let slot = match &op.key {
+            _ if op.insert => Slot::Element(id),
+            Key::Map(key) => Slot::Key(self.key(key)),
+            Key::Seq(ElementId::Head) => Slot::Head,
+            Key::Seq(ElementId::Id(e)) => Slot::Element(self.id(e)),
+        };
+        let info = Info {
+            obj: self.obj(&op.obj),
+            slot,
+            insert: op.insert,
+            makes: op.obj_type(),
+            deletes: matches!(op.action, OpType::Delete),
+        };
+        self.index.insert(id, info);
+    }
+
+    /// The operation `id`: checked already, or else from the document.
+    fn find(&mut self, id: Id) -> Option<&Info> {
+        if !self.index.contains_key(&id) {
+            let actor = self.actor_ids[id.0 as usize].clone();
+            let change = self.ops.change_with_op(&actor, id.1)?;
+            let expanded = decode(&change).ok()?;
+            self.add(&expanded);
+        }
+        self.index.get(&id)
+    }
+
+    fn check(&mut self, hash: ChangeHash, change: &ExpandedChange) -> Result<(), BadOp> {
+        let actor = self.actor(&change.actor_id);
+        let start = change.start_op.get();
+        for (index, op) in change.operations.iter().enumerate() {
+            let counter = start + index as u64;
+            let bad = |why| BadOp {
+                change: hash,
+                index,
+                op: format!("{counter}@{}", change.actor_id),
+                why,
+            };
+            self.check_op((actor, counter), op).map_err(bad)?;
+            self.add_op((actor, counter), op);
+        }
+        Ok(())
+    }
+
+    fn check_op(&mut self, id: Id, op: &legacy::Op) -> Result<(), Why> {
+        match &op.action {
+            OpType::Make(ObjType::Map | ObjType::List) | OpType::Delete => {}
+            OpType::Put(ScalarValue::Counter(_)) => return Err(Why::Unsupported("a counter")),
+            OpType::Put(_) => {}
+            OpType::Make(ObjType::Text) => return Err(Why::Unsupported("text")),
+            OpType::Make(ObjType::Table) => return Err(Why::Unsupported("a table")),
+            OpType::Increment(_) => return Err(Why::Unsupported("an increment")),
+            OpType::MarkBegin(_) | OpType::MarkEnd(_) => return Err(Why::Unsupported("a mark")),
+        }
+        let deletes = matches!(op.action, OpType::Delete);
+        let obj = self.obj(&op.obj);
+        let is_list = match obj {
+            Obj::Root => false,
+            Obj::Made(o) => {
+                if o.1 >= id.1 {
+                    return Err(Why::ObjectNotOlder);
+                }
+                match self.find(o).and_then(|info| info.makes) {
+                    Some(ObjType::List) => true,
+                    Some(ObjType::Map) => false,
+                    _ => return Err(Why::NoSuchObject),
+                }
+            }
+        };
+        let slot = match (&op.key, is_list) {
+            (Key::Map(key), false) if !op.insert => Slot::Key(self.key(key)),
+            (_, false) => return Err(Why::ElementInMap),
+            (Key::Map(_), true) => return Err(Why::KeyInList),
+            (Key::Seq(ElementId::Head), true) if op.insert => Slot::Element(id),
+            (Key::Seq(ElementId::Head), true) => return Err(Why::HeadUpdated),
+            (Key::Seq(ElementId::Id(e)), true) => {
+                let e = self.id(e);
+                if e.1 >= id.1 {
+                    return Err(Why::ElementNotOlder);
+                }
+                match self.find(e) {
+                    Some(info) if info.insert && info.obj == obj => {}
+                    _ => return Err(Why::NoSuchElement),
+                }
+                if op.insert {
+                    Slot::Element(id)
+                } else {
+                    Slot::Element(e)
+                }
+            }
+        };
+        if op.insert {
+            if deletes {
+                return Err(Why::InsertedDelete);
+            }
+            if !op.pred.is_empty() {
+                return Err(Why::InsertOverwrites);
+            }
+        }
+        if deletes && op.pred.is_empty() {
+            return Err(Why::DeletesNothing);
+        }
+        for pred in op.pred.iter() {
+            let pred = self.id(pred);
+            if pred.1 >= id.1 {
+                return Err(Why::OverwritesNewer);
+            }
+            let Some(info) = self.find(pred) else {
+                return Err(Why::OverwritesUnknown);
+            };
+            if info.obj != obj || info.slot != slot {
+                return Err(Why::OverwritesElsewhere);
+            }
+            if info.deletes {
+                return Err(Why::OverwritesDelete);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+
+    use automerge::legacy::{OpId, SortedVec};
+    use automerge::transaction::Transactable;
+    use automerge::{Automerge, AutomergeError, ROOT, ReadDoc, ValueRef};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The document's own changes as [`Ops`] (a scan: fine for a test).
+    struct DocOps<'a>(&'a Automerge);
+
+    impl Ops for DocOps<'_> {
+        fn change_with_op(&self, actor: &ActorId, counter: u64) -> Option<Change> {
+            self.0.get_changes(&[]).into_iter().find(|c| {
+                c.actor_id() == actor
+                    && (c.start_op().get()..c.start_op().get() + c.len() as u64).contains(&counter)
+            })
+        }
+    }
+
+    fn actor(byte: u8) -> ActorId {
+        ActorId::from(vec![byte; 32])
+    }
+
+    fn opid(id: &automerge::ObjId) -> OpId {
+        let text = id.to_string();
+        let (counter, actor) = text.split_once('@').expect("counter@actor");
+        OpId(
+            counter.parse().expect("counter"),
+            ActorId::from(hex::decode(actor).expect("hex")),
+        )
+    }
+
+    /// A document shaped like Concord's: an assessment with a title, a list
+    /// of mitigations (one edited, one deleted) and of comments, positions,
+    /// and a note; with the ids of its objects, list elements and values.
+    struct Base {
+        doc: Automerge,
+        objects: Vec<OpId>,
+        elements: Vec<OpId>,
+        values: Vec<OpId>,
+    }
+
+    fn base() -> Base {
+        let mut doc = Automerge::new().with_actor(actor(0xaa));
+        doc.transact::<_, _, AutomergeError>(|tx| {
+            let a = tx.put_object(ROOT, "a/x", ObjType::Map)?;
+            tx.put(&a, "title", "T")?;
+            let list = tx.put_object(&a, "mitigations", ObjType::List)?;
+            for (i, s) in ["one", "two", "three"].into_iter().enumerate() {
+                tx.insert(&list, i, s)?;
+            }
+            let comments = tx.put_object(&a, "comments", ObjType::List)?;
+            let comment = tx.insert_object(&comments, 0, ObjType::Map)?;
+            tx.put(&comment, "text", "hi")?;
+            let positions = tx.put_object(&a, "positions", ObjType::Map)?;
+            tx.put(&positions, "k", 1)?;
+            tx.put(ROOT, "n/y", "s")?;
+            Ok(())
+        })
+        .expect("first change");
+        doc.transact::<_, _, AutomergeError>(|tx| {
+            let (_, a) = tx.get(ROOT, "a/x")?.expect("assessment");
+            tx.put(&a, "title", "T2")?;
+            let (_, list) = tx.get(&a, "mitigations")?.expect("list");
+            tx.delete(&list, 1)?;
+            tx.put(&list, 0, "uno")?;
+            Ok(())
+        })
+        .expect("second change");
+        let mut base = Base {
+            doc,
+            objects: Vec::new(),
+            elements: Vec::new(),
+            values: Vec::new(),
+        };
+        let root = ROOT;
+        base.walk(&root);
+        base
+    }
+
+    impl Base {
+        fn walk(&mut self, obj: &automerge::ObjId) {
+            let items: Vec<(automerge::ObjId, bool)> = match self.doc.object_type(obj) {
+                Ok(ObjType::List) => self
+                    .doc
+                    .list_range(obj, ..)
+                    .map(|i| (i.id(), matches!(i.value, ValueRef::Object(_))))
+                    .collect(),
+                _ => self
+                    .doc
+                    .map_range(obj, ..)
+                    .map(|i| (i.id(), matches!(i.value, ValueRef::Object(_))))
+                    .collect(),
+            };
+            let in_list = matches!(self.doc.object_type(obj), Ok(ObjType::List));
+            for (id, is_object) in items {
+                if in_list {
+                    self.elements.push(opid(&id));
+                }
+                if is_object {
+                    self.objects.push(opid(&id));
+                    self.walk(&id);
+                } else {
+                    self.values.push(opid(&id));
+                }
+            }
+        }
+    }
+
+    /// One of four edits Concord makes, by `who`, on top of `doc`.
+    fn honest(doc: &Automerge, variant: u8, who: u8) -> Change {
+        let mut fork = doc.fork().with_actor(actor(who));
+        fork.transact::<_, _, AutomergeError>(|tx| {
+            let (_, a) = tx.get(ROOT, "a/x")?.expect("assessment");
+            let (_, list) = tx.get(&a, "mitigations")?.expect("list");
+            let (_, comments) = tx.get(&a, "comments")?.expect("comments");
+            match variant % 4 {
+                0 => {
+                    tx.put(&a, "title", "B")?;
+                    tx.insert(&list, 1, "b")?;
+                }
+                1 => {
+                    let comment = tx.insert_object(&comments, 1, ObjType::Map)?;
+                    tx.put(&comment, "text", "x")?;
+                    tx.put(&comment, "at", 5)?;
+                }
+                2 => {
+                    let note = tx.put_object(ROOT, "n/z", ObjType::Map)?;
+                    let refs = tx.put_object(&note, "assessments", ObjType::List)?;
+                    tx.insert(&refs, 0, "a/x")?;
+                    tx.put(&note, "topic", "u")?;
+                }
+                _ => {
+                    tx.delete(&list, 0)?;
+                    tx.put(&a, "zzz", "y")?;
+                    tx.delete(&a, "title")?;
+                }
+            }
+            Ok(())
+        })
+        .expect("honest change");
+        fork.get_last_local_change().expect("a change")
+    }
+
+    /// What a hand-built change may change in one operation.
+    #[derive(Debug, Clone)]
+    struct Mutation {
+        op: u8,
+        field: u8,
+        choice: u8,
+        pick: u16,
+    }
+
+    fn mutation() -> impl Strategy<Value = Mutation> {
+        (any::<u8>(), 0..5u8, any::<u8>(), any::<u16>()).prop_map(|(op, field, choice, pick)| {
+            Mutation {
+                op,
+                field,
+                choice,
+                pick,
+            }
+        })
+    }
+
+    /// Applies `mutations` to `change`, drawing ids from the base document,
+    /// the change itself and `concurrent` (another author's change).
+    fn mutate(base: &Base, change: &Change, concurrent: &Change, mutations: &[Mutation]) -> Change {
+        let mut expanded = change.decode();
+        let ids = |c: &Change| -> Vec<OpId> {
+            (0..c.len() as u64)
+                .map(|i| OpId(c.start_op().get() + i, c.actor_id().clone()))
+                .collect()
+        };
+        let own = ids(change);
+        let other = ids(concurrent);
+        let unknown = OpId(999, actor(0xdd));
+        for m in mutations {
+            let pick = |pool: &[OpId]| pool[usize::from(m.pick) % pool.len()].clone();
+            let fresh = |c: u8| {
+                if c.is_multiple_of(2) {
+                    pick(&own)
+                } else {
+                    pick(&other)
+                }
+            };
+            let i = usize::from(m.op) % expanded.operations.len();
+            let op = &mut expanded.operations[i];
+            match m.field {
+                0 => {
+                    op.obj = match m.choice % 5 {
+                        0 => ObjectId::Root,
+                        1 => ObjectId::Id(pick(&base.objects)),
+                        2 => ObjectId::Id(pick(&base.values)),
+                        3 => ObjectId::Id(fresh(m.choice / 5)),
+                        _ => ObjectId::Id(unknown.clone()),
+                    }
+                }
+                1 => {
+                    op.key = match m.choice % 6 {
+                        0 => Key::Map("title".into()),
+                        1 => Key::Map("q".into()),
+                        2 => Key::Seq(ElementId::Head),
+                        3 => Key::Seq(ElementId::Id(pick(&base.elements))),
+                        4 => Key::Seq(ElementId::Id(fresh(m.choice / 6))),
+                        _ => Key::Seq(ElementId::Id(unknown.clone())),
+                    }
+                }
+                2 => op.insert = !op.insert,
+                3 => {
+                    let preds = (0..m.choice % 3)
+                        .map(|n| match (m.choice / 3 + n) % 4 {
+                            0 => pick(&base.values),
+                            1 => pick(&base.elements),
+                            2 => fresh(m.choice / 12 + n),
+                            _ => unknown.clone(),
+                        })
+                        .collect::<Vec<_>>();
+                    op.pred = SortedVec::from(preds);
+                }
+                _ => {
+                    op.action = match m.choice % 6 {
+                        0 => OpType::Put(ScalarValue::Str("v".into())),
+                        1 => OpType::Delete,
+                        2 => OpType::Make(ObjType::Map),
+                        3 => OpType::Make(ObjType::List),
+                        4 => OpType::Make(ObjType::Text),
+                        _ => OpType::Increment(1),
+                    }
+                }
+            }
+        }
+        expanded.into()
+    }
+
+    fn applied(doc: &Automerge, batches: &[Vec<Change>]) -> Result<Automerge, String> {
+        let mut doc = doc.fork();
+        for batch in batches {
+            catch_unwind(AssertUnwindSafe(|| doc.apply_changes(batch.clone())))
+                .map_err(|_| "Automerge panicked".to_string())?
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(doc)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn honest_changes_pass(first in 0..4u8, second in 0..4u8) {
+            let base = base();
+            let a = honest(&base.doc, first, 0xbb);
+            let b = honest(&base.doc, second, 0xcc);
+            prop_assert_eq!(check(&[&a, &b], &DocOps(&base.doc)), Ok(()));
+            let with_a = applied(&base.doc, &[vec![a]]).expect("applies");
+            prop_assert_eq!(check(&[&b], &DocOps(&with_a)), Ok(()));
+        }
+    }
+
+    proptest! {
+        // Each case applies a batch and saves and loads the result, in a
+        // build with Automerge's debug assertions (its own op-order check).
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        /// Whatever hand-built change the check lets through is one
+        /// Automerge handles: it applies without a panic, the document
+        /// saves and loads into the same state, and the state does not
+        /// depend on whether a concurrent change came in the same batch.
+        #[test]
+        fn what_passes_applies_cleanly_and_converges(
+            variant in 0..4u8,
+            other in 0..4u8,
+            mutations in proptest::collection::vec(mutation(), 1..4),
+        ) {
+            let base = base();
+            let concurrent = honest(&base.doc, other, 0xcc);
+            let change = mutate(&base, &honest(&base.doc, variant, 0xbb), &concurrent, &mutations);
+            let with_concurrent = applied(&base.doc, &[vec![concurrent.clone()]]).expect("honest");
+            if check(&[&change], &DocOps(&with_concurrent)).is_err() {
+                return Ok(());
+            }
+            prop_assert_eq!(check(&[&concurrent, &change], &DocOps(&base.doc)), Ok(()));
+            let together = applied(&base.doc, &[vec![concurrent.clone(), change.clone()]]);
+            let together = together.map_err(|e| TestCaseError::fail(format!("{e}: {change:?}")))?;
+            let apart = applied(&base.doc, &[vec![concurrent], vec![change.clone()]])
+                .map_err(TestCaseError::fail)?;
+            prop_assert_eq!(together.hydrate(None), apart.hydrate(None));
+            let loaded = catch_unwind(AssertUnwindSafe(|| Automerge::load(&together.save())))
+                .map_err(|_| TestCaseError::fail("load panicked"))?
+                .map_err(|e| TestCaseError::fail(format!("load: {e}")))?;
+            prop_assert_eq!(loaded.hydrate(None), together.hydrate(None));
+        }
+    }
+
+    /// One operation of `change` replaced by `f`'s version of it.
+    fn with_op(change: &Change, index: usize, f: impl FnOnce(&mut legacy::Op)) -> Change {
+        let mut expanded = change.decode();
+        f(&mut expanded.operations[index]);
+        expanded.into()
+    }
+
+    fn why(base: &Base, change: &Change) -> Option<Why> {
+        check(&[change], &DocOps(&base.doc))
+            .err()
+            .map(|bad| bad.why)
+    }
+
+    #[test]
+    fn each_rule_names_what_was_wrong() {
+        let base = base();
+        // variant 2: make note map; make list in it; insert into the list;
+        // put a topic on the note.
+        let note = honest(&base.doc, 2, 0xbb);
+        let start = note.start_op().get();
+        let own = |i: u64| OpId(start + i, actor(0xbb));
+        assert_eq!(why(&base, &note), None);
+
+        // The fuzz finding's shape: an insert into the note map.
+        let insert_in_map = with_op(&note, 2, |op| op.obj = ObjectId::Id(own(0)));
+        assert_eq!(why(&base, &insert_in_map), Some(Why::ElementInMap));
+        let key_in_list = with_op(&note, 3, |op| op.obj = ObjectId::Id(own(1)));
+        assert_eq!(why(&base, &key_in_list), Some(Why::KeyInList));
+        let no_object = with_op(&note, 3, |op| op.obj = ObjectId::Id(OpId(3, actor(0xdd))));
+        assert_eq!(why(&base, &no_object), Some(Why::NoSuchObject));
+        let value_as_object = with_op(&note, 3, |op| op.obj = ObjectId::Id(base.values[0].clone()));
+        assert_eq!(why(&base, &value_as_object), Some(Why::NoSuchObject));
+        let newer_object = with_op(&note, 1, |op| op.obj = ObjectId::Id(own(3)));
+        assert_eq!(why(&base, &newer_object), Some(Why::ObjectNotOlder));
+        let head_update = with_op(&note, 2, |op| op.insert = false);
+        assert_eq!(why(&base, &head_update), Some(Why::HeadUpdated));
+        let foreign_element = with_op(&note, 2, |op| {
+            op.key = Key::Seq(ElementId::Id(base.elements[0].clone()))
+        });
+        assert_eq!(why(&base, &foreign_element), Some(Why::NoSuchElement));
+        let inserted_delete = with_op(&note, 2, |op| op.action = OpType::Delete);
+        assert_eq!(why(&base, &inserted_delete), Some(Why::InsertedDelete));
+        let insert_overwrites = with_op(&note, 2, |op| {
+            op.pred = SortedVec::from(vec![base.values[0].clone()])
+        });
+        assert_eq!(why(&base, &insert_overwrites), Some(Why::InsertOverwrites));
+        let deletes_nothing = with_op(&note, 3, |op| op.action = OpType::Delete);
+        assert_eq!(why(&base, &deletes_nothing), Some(Why::DeletesNothing));
+        let text = with_op(&note, 1, |op| op.action = OpType::Make(ObjType::Text));
+        assert_eq!(why(&base, &text), Some(Why::Unsupported("text")));
+        let counter = with_op(&note, 3, |op| op.action = OpType::Increment(2));
+        assert_eq!(why(&base, &counter), Some(Why::Unsupported("an increment")));
+
+        // variant 0: overwrite the title; insert after mitigation 1.
+        let title = honest(&base.doc, 0, 0xbb);
+        assert_eq!(why(&base, &title), None);
+        let title_id = title.start_op().get();
+        let newer_pred = with_op(&title, 0, |op| {
+            op.pred = SortedVec::from(vec![OpId(title_id + 1, actor(0xbb))])
+        });
+        assert_eq!(why(&base, &newer_pred), Some(Why::OverwritesNewer));
+        let unknown_pred = with_op(&title, 0, |op| {
+            op.pred = SortedVec::from(vec![OpId(2, actor(0xdd))])
+        });
+        assert_eq!(why(&base, &unknown_pred), Some(Why::OverwritesUnknown));
+        let pred_elsewhere = with_op(&title, 0, |op| op.key = Key::Map("summary".into()));
+        assert_eq!(why(&base, &pred_elsewhere), Some(Why::OverwritesElsewhere));
+    }
+
+    #[test]
+    fn a_bad_operation_is_named_with_its_change_and_id() {
+        let base = base();
+        let note = honest(&base.doc, 2, 0xbb);
+        let start = note.start_op().get();
+        let bad = with_op(&note, 2, |op| {
+            op.obj = ObjectId::Id(OpId(start, actor(0xbb)))
+        });
+        let err = check(&[&bad], &DocOps(&base.doc)).expect_err("refused");
+        assert_eq!(err.change, bad.hash());
+        assert_eq!(err.index, 2);
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "operation 2 ({}@{}) addresses a map by list element",
+                start + 2,
+                actor(0xbb)
+            )
+        );
+    }
+
+    #[test]
+    fn a_batch_refers_only_to_what_comes_before() {
+        let base = base();
+        let first = honest(&base.doc, 2, 0xbb);
+        let mut fork = base.doc.fork().with_actor(actor(0xbb));
+        fork.apply_changes(vec![first.clone()]).expect("applies");
+        fork.transact::<_, _, AutomergeError>(|tx| {
+            let (_, note) = tx.get(ROOT, "n/z")?.expect("note");
+            tx.put(&note, "topic", "again")?;
+            Ok(())
+        })
+        .expect("second");
+        let second = fork.get_last_local_change().expect("a change");
+        assert_eq!(check(&[&first, &second], &DocOps(&base.doc)), Ok(()));
+        for batch in [vec![&second, &first], vec![&second]] {
+            let err = check(&batch, &DocOps(&base.doc)).expect_err("the note comes later");
+            assert_eq!((err.change, err.why), (second.hash(), Why::NoSuchObject));
+        }
+        let with_first = applied(&base.doc, &[vec![first]]).expect("applies");
+        assert_eq!(check(&[&second], &DocOps(&with_first)), Ok(()));
+    }
+}
