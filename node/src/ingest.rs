@@ -21,7 +21,7 @@ use crate::doc::{DocError, parse_change};
 use crate::envelope::{ChangeHeader, Envelope, EnvelopeError, change_header};
 use crate::genesis::NetworkId;
 use crate::identity::PublicKey;
-use crate::opcheck::{self, BadOp};
+use crate::opcheck::{self, BadOp, OpIndex};
 use crate::roster::{NotAuthorized, Roster};
 
 /// What the store already holds, as the checks need it.
@@ -172,7 +172,7 @@ pub enum IngestError {
         name: String,
         seq: u64,
     },
-    #[error("change {} by {name} holds an operation Automerge could not have made: {source}", .source.change)]
+    #[error("change {} by {name} is not one Automerge could have made: {source}", .source.change)]
     BadOperation {
         name: String,
         #[source]
@@ -222,6 +222,19 @@ pub fn check_batch(
     network: NetworkId,
     roster: &Roster,
     known: &impl Known,
+) -> Result<Checked, IngestError> {
+    check_batch_indexed(envelopes, network, roster, known, &mut OpIndex::default())
+}
+
+/// [`check_batch`], with the operations of stored changes met by earlier
+/// batches in `index`. The caller calls [`OpIndex::keep`] once the batch is
+/// stored, and [`OpIndex::clear`] whenever it rebuilds the document.
+pub fn check_batch_indexed(
+    envelopes: Vec<Envelope>,
+    network: NetworkId,
+    roster: &Roster,
+    known: &impl Known,
+    index: &mut OpIndex,
 ) -> Result<Checked, IngestError> {
     let mut checked = Checked::default();
     let mut fresh = Vec::with_capacity(envelopes.len());
@@ -369,8 +382,13 @@ pub fn check_batch(
         .map(|i| &parsed[i].change)
         .collect();
     let started = std::time::Instant::now();
-    let ops_checked = opcheck::check(&changes, &StoredOps(known));
-    tracing::debug!(changes = changes.len(), elapsed = ?started.elapsed(), "operations checked");
+    let ops_checked = index.check(&changes, &StoredOps(known));
+    tracing::debug!(
+        changes = changes.len(),
+        elapsed = ?started.elapsed(),
+        indexed = index.len(),
+        "operations checked"
+    );
     ops_checked.map_err(|source| {
         let author = parsed
             .iter()

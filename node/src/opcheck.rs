@@ -29,7 +29,7 @@
 //! up in the batch and then, through [`Ops`], in the document's stored
 //! changes; an operation nobody holds is refused.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use automerge::legacy::{self, ElementId, Key, ObjectId, OpType};
@@ -49,16 +49,15 @@ impl Ops for () {
     }
 }
 
-/// An operation that breaks one of the rules in the module documentation.
+/// A change with an operation (or an actor) that breaks one of the rules
+/// in the module documentation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("operation {index} ({op}) {why}")]
+#[error("{at} {why}")]
 pub struct BadOp {
-    /// The change that holds it.
     pub change: ChangeHash,
-    /// Its position in the change, from 0.
-    pub index: usize,
-    /// Its id, `counter@actor`.
-    pub op: String,
+    /// What in the change, e.g. `operation 2 (17@ab…)`: its position from 0
+    /// and its id, `counter@actor`.
+    pub at: String,
     pub why: Why,
 }
 
@@ -67,6 +66,8 @@ pub struct BadOp {
 pub enum Why {
     #[error("cannot be decoded")]
     Undecodable,
+    #[error("is referred to by none of its operations")]
+    ActorUnused,
     #[error("uses {0}, which Concord's document never holds")]
     Unsupported(&'static str),
     #[error("targets an object that is not older than itself")]
@@ -106,17 +107,74 @@ pub enum Why {
 /// operations before it: its change's earlier ones, earlier changes' and the
 /// document's.
 pub fn check(changes: &[&Change], ops: &impl Ops) -> Result<(), BadOp> {
-    let mut checker = Checker {
-        ops,
-        actors: HashMap::new(),
-        actor_ids: Vec::new(),
-        keys: HashMap::new(),
-        index: HashMap::new(),
-    };
-    for change in changes {
-        checker.check(change.hash(), &decode(change)?)?;
+    OpIndex::default().check(changes, ops)
+}
+
+/// How many operations an [`OpIndex`] holds before it starts afresh (about
+/// 60 bytes each).
+const INDEX_MAX: usize = 1 << 20;
+
+/// The operations of stored changes the checks have met, kept between
+/// batches: during a catch-up every batch refers to the ones before it,
+/// and without the index each would look them up in the store and decode
+/// them again.
+///
+/// It holds only operations of changes in the document: those of a checked
+/// batch count once the caller says the batch is stored
+/// ([`OpIndex::keep`]); the next check forgets them otherwise. When the
+/// document is rebuilt (a roster change can reject stored changes) the
+/// caller must [`OpIndex::clear`] it.
+#[derive(Debug, Default)]
+pub struct OpIndex {
+    actors: HashMap<ActorId, u32>,
+    actor_ids: Vec<ActorId>,
+    keys: HashMap<String, u32>,
+    ops: HashMap<Id, Info>,
+    /// Operations of the batch last checked, not known to be stored.
+    unconfirmed: Vec<Id>,
+}
+
+impl OpIndex {
+    /// [`check`], with the operations indexed so far.
+    pub fn check(&mut self, changes: &[&Change], ops: &impl Ops) -> Result<(), BadOp> {
+        for id in self.unconfirmed.drain(..) {
+            self.ops.remove(&id);
+        }
+        if self
+            .ops
+            .len()
+            .max(self.keys.len())
+            .max(self.actor_ids.len())
+            > INDEX_MAX
+        {
+            self.clear();
+        }
+        let mut checker = Checker { ops, index: self };
+        for change in changes {
+            checker.check(change)?;
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// The batch last checked is in the document and the store: its
+    /// operations may be referred to from now on.
+    pub fn keep(&mut self) {
+        self.unconfirmed.clear();
+    }
+
+    /// Forgets everything (after the document was rebuilt).
+    pub fn clear(&mut self) {
+        *self = Self::default();
+    }
+
+    /// How many operations it holds.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
 }
 
 /// Automerge's own decoder, which panics on some values a parsed change can
@@ -124,8 +182,7 @@ pub fn check(changes: &[&Change], ops: &impl Ops) -> Result<(), BadOp> {
 fn decode(change: &Change) -> Result<ExpandedChange, BadOp> {
     catch_unwind(AssertUnwindSafe(|| change.decode())).map_err(|_| BadOp {
         change: change.hash(),
-        index: 0,
-        op: format!("{}@{}", change.start_op(), change.actor_id()),
+        at: "its operations".into(),
         why: Why::Undecodable,
     })
 }
@@ -159,31 +216,26 @@ struct Info {
 
 struct Checker<'a, O> {
     ops: &'a O,
-    actors: HashMap<ActorId, u32>,
-    actor_ids: Vec<ActorId>,
-    keys: HashMap<String, u32>,
-    /// Every operation checked so far, and those of the stored changes
-    /// fetched.
-    index: HashMap<Id, Info>,
+    index: &'a mut OpIndex,
 }
 
 impl<O: Ops> Checker<'_, O> {
     fn actor(&mut self, actor: &ActorId) -> u32 {
-        if let Some(n) = self.actors.get(actor) {
+        if let Some(n) = self.index.actors.get(actor) {
             return *n;
         }
-        let n = u32::try_from(self.actor_ids.len()).expect("fewer actors than operations");
-        self.actors.insert(actor.clone(), n);
-        self.actor_ids.push(actor.clone());
+        let n = u32::try_from(self.index.actor_ids.len()).expect("fewer actors than operations");
+        self.index.actors.insert(actor.clone(), n);
+        self.index.actor_ids.push(actor.clone());
         n
     }
 
     fn key(&mut self, key: &str) -> u32 {
-        if let Some(n) = self.keys.get(key) {
+        if let Some(n) = self.index.keys.get(key) {
             return *n;
         }
-        let n = u32::try_from(self.keys.len()).expect("fewer keys than operations");
-        self.keys.insert(key.to_string(), n);
+        let n = u32::try_from(self.index.keys.len()).expect("fewer keys than operations");
+        self.index.keys.insert(key.to_string(), n);
         n
     }
 
@@ -221,33 +273,65 @@ impl<O: Ops> Checker<'_, O> {
             makes: op.obj_type(),
             deletes: matches!(op.action, OpType::Delete),
         };
-        self.index.insert(id, info);
+        self.index.ops.insert(id, info);
     }
 
     /// The operation `id`: checked already, or else from the document.
     fn find(&mut self, id: Id) -> Option<&Info> {
-        if !self.index.contains_key(&id) {
-            let actor = self.actor_ids[id.0 as usize].clone();
+        if !self.index.ops.contains_key(&id) {
+            let actor = self.index.actor_ids[id.0 as usize].clone();
             let change = self.ops.change_with_op(&actor, id.1)?;
             let expanded = decode(&change).ok()?;
             self.add(&expanded);
         }
-        self.index.get(&id)
+        self.index.ops.get(&id)
     }
 
-    fn check(&mut self, hash: ChangeHash, change: &ExpandedChange) -> Result<(), BadOp> {
-        let actor = self.actor(&change.actor_id);
-        let start = change.start_op.get();
-        for (index, op) in change.operations.iter().enumerate() {
+    fn check(&mut self, change: &Change) -> Result<(), BadOp> {
+        let expanded = decode(change)?;
+        let actor = self.actor(&expanded.actor_id);
+        let start = expanded.start_op.get();
+        for (index, op) in expanded.operations.iter().enumerate() {
             let counter = start + index as u64;
             let bad = |why| BadOp {
-                change: hash,
-                index,
-                op: format!("{counter}@{}", change.actor_id),
+                change: change.hash(),
+                at: format!("operation {index} ({counter}@{})", expanded.actor_id),
                 why,
             };
             self.check_op((actor, counter), op).map_err(bad)?;
             self.add_op((actor, counter), op);
+            self.index.unconfirmed.push((actor, counter));
+        }
+        // Automerge looks every listed actor up among those it knows, and
+        // panics on one it does not; the actors its operations refer to are
+        // known, since what they refer to exists.
+        let referred: HashSet<&ActorId> = expanded
+            .operations
+            .iter()
+            .flat_map(|op| {
+                let obj = match &op.obj {
+                    ObjectId::Id(id) => Some(id.actor()),
+                    ObjectId::Root => None,
+                };
+                let element = match &op.key {
+                    Key::Seq(ElementId::Id(id)) => Some(id.actor()),
+                    _ => None,
+                };
+                obj.into_iter()
+                    .chain(element)
+                    .chain(op.pred.iter().map(legacy::OpId::actor))
+            })
+            .collect();
+        if let Some(unused) = change
+            .other_actor_ids()
+            .iter()
+            .find(|a| !referred.contains(a))
+        {
+            return Err(BadOp {
+                change: change.hash(),
+                at: format!("actor {unused} in its list of actors"),
+                why: Why::ActorUnused,
+            });
         }
         Ok(())
     }
@@ -705,7 +789,6 @@ mod tests {
         });
         let err = check(&[&bad], &DocOps(&base.doc)).expect_err("refused");
         assert_eq!(err.change, bad.hash());
-        assert_eq!(err.index, 2);
         assert_eq!(
             err.to_string(),
             format!(
@@ -736,5 +819,120 @@ mod tests {
         }
         let with_first = applied(&base.doc, &[vec![first]]).expect("applies");
         assert_eq!(check(&[&second], &DocOps(&with_first)), Ok(()));
+    }
+
+    #[test]
+    fn an_index_keeps_a_batch_only_once_told_it_is_stored() {
+        let base = base();
+        // Overwrites the base's title and inserts after its first mitigation.
+        let first = honest(&base.doc, 0, 0xbb);
+        let mut fork = base.doc.fork().with_actor(actor(0xbb));
+        fork.apply_changes(vec![first.clone()]).expect("applies");
+        fork.transact::<_, _, AutomergeError>(|tx| {
+            let (_, a) = tx.get(ROOT, "a/x")?.expect("assessment");
+            tx.put(&a, "title", "C")?;
+            Ok(())
+        })
+        .expect("second");
+        // Overwrites the first's title, on the base's assessment.
+        let second = fork.get_last_local_change().expect("a change");
+        let mut index = OpIndex::default();
+        index.check(&[&first], &DocOps(&base.doc)).expect("first");
+        let indexed = index.len();
+        assert!(indexed > first.len(), "the base's operations were fetched");
+
+        // Not kept: the next check forgets the first batch's operations,
+        // but the base's, fetched from the document, stay.
+        let err = index
+            .check(&[&second], &())
+            .expect_err("the first is forgotten");
+        assert_eq!(err.why, Why::OverwritesUnknown);
+        assert_eq!(index.len(), indexed - first.len());
+
+        // Kept: a later batch finds them without any store.
+        index
+            .check(&[&first], &DocOps(&base.doc))
+            .expect("first again");
+        index.keep();
+        index
+            .check(&[&second], &())
+            .expect("second, from the index");
+
+        // Cleared (the document was rebuilt): nothing is found.
+        index.clear();
+        assert!(index.is_empty());
+        let err = index.check(&[&second], &()).expect_err("nothing indexed");
+        assert_eq!(err.why, Why::NoSuchObject);
+    }
+
+    /// `change` re-encoded with `extra` appended to its list of other
+    /// actors (which Automerge's own encoder never does: it lists the actors
+    /// the operations refer to).
+    fn with_extra_actor(change: &Change, extra: &ActorId) -> Change {
+        use sha2::{Digest, Sha256};
+        let raw = change.raw_bytes();
+        let mut rest = &raw[9..];
+        leb128::read::unsigned(&mut rest).expect("length");
+        let data = rest;
+        let mut cur = data;
+        let skip = |cur: &mut &[u8]| {
+            let n = leb128::read::unsigned(cur).expect("a length") as usize;
+            *cur = &cur[n..];
+        };
+        let deps = leb128::read::unsigned(&mut cur).expect("deps") as usize;
+        cur = &cur[32 * deps..];
+        skip(&mut cur); // actor
+        leb128::read::unsigned(&mut cur).expect("seq");
+        leb128::read::unsigned(&mut cur).expect("start op");
+        leb128::read::signed(&mut cur).expect("time");
+        skip(&mut cur); // message
+        let head = data.len() - cur.len();
+        let others = leb128::read::unsigned(&mut cur).expect("actor count");
+        let listed = cur;
+        for _ in 0..others {
+            skip(&mut cur);
+        }
+        let listed = &listed[..listed.len() - cur.len()];
+        let mut body = data[..head].to_vec();
+        leb128::write::unsigned(&mut body, others + 1).expect("write");
+        body.extend_from_slice(listed);
+        leb128::write::unsigned(&mut body, extra.to_bytes().len() as u64).expect("write");
+        body.extend_from_slice(extra.to_bytes());
+        body.extend_from_slice(cur);
+        let mut len = Vec::new();
+        leb128::write::unsigned(&mut len, body.len() as u64).expect("write");
+        let hash = Sha256::new()
+            .chain_update([1u8])
+            .chain_update(&len)
+            .chain_update(&body)
+            .finalize();
+        let mut chunk = raw[..4].to_vec();
+        chunk.extend_from_slice(&hash[..4]);
+        chunk.push(1);
+        chunk.extend_from_slice(&len);
+        chunk.extend_from_slice(&body);
+        Change::from_bytes(chunk).expect("still a change")
+    }
+
+    #[test]
+    fn an_actor_no_operation_refers_to_is_refused() {
+        let base = base();
+        let change = honest(&base.doc, 0, 0xbb);
+        let stranger = actor(0xee);
+        let listed = with_extra_actor(&change, &stranger);
+        assert_eq!(listed.other_actor_ids().last(), Some(&stranger));
+        // Automerge, given it, looks the stranger up and panics.
+        assert_eq!(
+            applied(&base.doc, &[vec![listed.clone()]]).err().as_deref(),
+            Some("Automerge panicked")
+        );
+        let err = check(&[&listed], &DocOps(&base.doc)).expect_err("refused");
+        assert_eq!(err.why, Why::ActorUnused);
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "actor {stranger} in its list of actors is referred to by none of its operations"
+            )
+        );
     }
 }

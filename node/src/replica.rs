@@ -29,6 +29,7 @@ use crate::ingest::{self, IngestError, Known};
 use crate::model::{
     self, AssessmentView, MAX_TEXT_LEN, MAX_TITLE_LEN, NoteView, Stance, ValueError, now_ms,
 };
+use crate::opcheck::OpIndex;
 use crate::roster::{Departure, Role, Roster, RosterEntry};
 use crate::store::{Evidence, Snapshot, Store, StoreError};
 use crate::sync::Tips;
@@ -242,6 +243,10 @@ pub struct Replica {
     resyncing: bool,
     /// Canonical state hashes already computed, for checkpoints.
     checkpoint_memo: StateMemo,
+    /// The operations of stored changes met by the ingest checks, so a
+    /// batch's references to earlier batches need no store lookups. Holds
+    /// only what is in the document: emptied whenever it is rebuilt.
+    op_index: OpIndex,
 }
 
 /// The store as the ingest checks see it: stored changes, of which those in
@@ -322,6 +327,7 @@ impl Replica {
             unflushed: false,
             resyncing,
             checkpoint_memo: StateMemo::default(),
+            op_index: OpIndex::default(),
         })
     }
 
@@ -596,6 +602,7 @@ impl Replica {
     }
 
     fn rebuild(&mut self) -> Result<(), ReplicaError> {
+        self.op_index.clear();
         let (doc, tips, invalid) = load_document(
             &self.store,
             self.identity.public(),
@@ -705,6 +712,7 @@ impl Replica {
             self.tips = tips;
             self.invalid = invalid;
             self.log = None;
+            self.op_index.clear();
             // The snapshot only speeds up the next start; without it the
             // next start rebuilds from the envelopes.
             if let Err(e) = self.save_snapshot() {
@@ -1132,7 +1140,13 @@ impl Replica {
             store: &self.store,
             invalid: &self.invalid,
         };
-        let checked = match ingest::check_batch(envelopes, network, roster, &holding) {
+        let checked = match ingest::check_batch_indexed(
+            envelopes,
+            network,
+            roster,
+            &holding,
+            &mut self.op_index,
+        ) {
             Ok(checked) => checked,
             Err(IngestError::Fork(fork)) => {
                 tracing::warn!(author = %fork.author, seq = fork.seq, refused = %fork.conflicting, "fork refused and kept as evidence");
@@ -1192,6 +1206,7 @@ impl Replica {
             self.rebuild()?;
             return Err(e);
         }
+        self.op_index.keep();
         for a in &checked.accepted {
             let tip = self.tips.entry(a.envelope.author()).or_insert(0);
             *tip = (*tip).max(a.seq);
