@@ -446,6 +446,16 @@ fn with_fixture(f: impl FnOnce(&mut Replica) -> Outcome) -> Outcome {
         .unwrap_or_else(Fixture::new);
     let before = fixture.state();
     let outcome = f(&mut fixture.replica);
+    // Automerge panicking inside `apply` is caught and the batch refused,
+    // but it means the node's own checks (`opcheck`) let through a change
+    // Automerge cannot take: in a release build it may instead corrupt the
+    // document silently. So it is a finding.
+    if let Err(message) = &outcome {
+        assert!(
+            !message.contains("automerge panicked while applying"),
+            "the node's checks let through a change Automerge panics on: {message}"
+        );
+    }
     if fixture.state() == before {
         FIXTURE.with(|cell| *cell.borrow_mut() = Some(fixture));
     }
