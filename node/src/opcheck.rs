@@ -22,7 +22,9 @@
 //! - an insert puts a value or makes an object, and overwrites nothing; a
 //!   delete overwrites something;
 //! - each operation it overwrites is older, on the same object and key or
-//!   element, and not a deletion.
+//!   element, and not a deletion;
+//! - each actor the change lists besides its own is one its operations
+//!   refer to.
 //!
 //! "Older" means a smaller Lamport counter, which every operation Automerge
 //! makes has over what it builds on. The operations referred to are looked

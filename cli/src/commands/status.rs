@@ -45,6 +45,13 @@ pub fn status(session: &mut Session, json: bool) -> anyhow::Result<ExitCode> {
         let _ = writeln!(out, "web view:   {web}");
     }
     let _ = writeln!(out, "changes:    {}", status.envelopes);
+    if status.resyncing {
+        let _ = writeln!(
+            out,
+            "writes:     refused: the store was recovered and re-syncs from peers; once a \
+             member's changes are all here, stop the node and run `concord network resynced`"
+        );
+    }
     let heads: Vec<&str> = status.heads.iter().map(|h| &h[..12.min(h.len())]).collect();
     let _ = writeln!(out, "heads:      {}", heads.join(", "));
     if status.running {

@@ -483,6 +483,11 @@ pub struct StatusView {
     /// The web view's URL, when the running node serves one.
     #[serde(default)]
     pub web: Option<String>,
+    /// The store was recovered empty (`concord network recover`) and
+    /// re-syncs from peers: local writes are refused until the operator runs
+    /// `concord network resynced`.
+    #[serde(default)]
+    pub resyncing: bool,
 }
 
 /// One roster entry as `concord peers` shows it.
@@ -753,6 +758,7 @@ pub fn stopped_status(replica: &Replica) -> StatusView {
         bytes_received: 0,
         flushes: replica.store().flush_count(),
         web: None,
+        resyncing: replica.is_resyncing(),
     }
 }
 

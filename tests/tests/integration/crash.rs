@@ -235,6 +235,9 @@ fn a_corrupt_store_is_named_and_recovered_from_a_peer_without_forking() {
         .count();
     assert_eq!(aside, 1, "the corrupt store is kept aside");
     assert_eq!(a.json(&["status"])["envelopes"], 0);
+    assert_eq!(a.json(&["status"])["resyncing"], true);
+    let status = a.ok(&["status"]);
+    assert!(status.contains("concord network resynced"), "{status}");
 
     // Sync refills it from B; until the operator says so it writes nothing,
     // so it cannot sign its change number 1 again.
@@ -257,8 +260,13 @@ fn a_corrupt_store_is_named_and_recovered_from_a_peer_without_forking() {
         }))
         .expect_err("refused while re-syncing");
     assert!(refused.contains("re-syncing"), "{refused}");
+    assert!(
+        api_a.status().resyncing,
+        "the running node says it re-syncs"
+    );
     assert_eq!(node_a.stop(), Some(0));
     a.ok(&["network", "resynced"]);
+    assert_eq!(a.json(&["status"])["resyncing"], false);
 
     // A writes again, at change number 4, and B takes it: no fork.
     let node_a = Proc::start(a.dir(), &["--bootstrap", &bootstrap]).expect("A starts");
