@@ -801,19 +801,25 @@ mod tests {
         );
     }
 
+    /// The change by the author of `first` that, after it, puts `value`
+    /// at `key` of the root's `item`.
+    fn then_put(doc: &Automerge, first: &Change, item: &str, key: &str, value: &str) -> Change {
+        let mut fork = doc.fork().with_actor(first.actor_id().clone());
+        fork.apply_changes(vec![first.clone()]).expect("applies");
+        fork.transact::<_, _, AutomergeError>(|tx| {
+            let (_, obj) = tx.get(ROOT, item)?.expect("the item");
+            tx.put(&obj, key, value)?;
+            Ok(())
+        })
+        .expect("the change after");
+        fork.get_last_local_change().expect("a change")
+    }
+
     #[test]
     fn a_batch_refers_only_to_what_comes_before() {
         let base = base();
         let first = honest(&base.doc, 2, 0xbb);
-        let mut fork = base.doc.fork().with_actor(actor(0xbb));
-        fork.apply_changes(vec![first.clone()]).expect("applies");
-        fork.transact::<_, _, AutomergeError>(|tx| {
-            let (_, note) = tx.get(ROOT, "n/z")?.expect("note");
-            tx.put(&note, "topic", "again")?;
-            Ok(())
-        })
-        .expect("second");
-        let second = fork.get_last_local_change().expect("a change");
+        let second = then_put(&base.doc, &first, "n/z", "topic", "again");
         assert_eq!(check(&[&first, &second], &DocOps(&base.doc)), Ok(()));
         for batch in [vec![&second, &first], vec![&second]] {
             let err = check(&batch, &DocOps(&base.doc)).expect_err("the note comes later");
@@ -828,16 +834,8 @@ mod tests {
         let base = base();
         // Overwrites the base's title and inserts after its first mitigation.
         let first = honest(&base.doc, 0, 0xbb);
-        let mut fork = base.doc.fork().with_actor(actor(0xbb));
-        fork.apply_changes(vec![first.clone()]).expect("applies");
-        fork.transact::<_, _, AutomergeError>(|tx| {
-            let (_, a) = tx.get(ROOT, "a/x")?.expect("assessment");
-            tx.put(&a, "title", "C")?;
-            Ok(())
-        })
-        .expect("second");
         // Overwrites the first's title, on the base's assessment.
-        let second = fork.get_last_local_change().expect("a change");
+        let second = then_put(&base.doc, &first, "a/x", "title", "C");
         let mut index = OpIndex::default();
         index.check(&[&first], &DocOps(&base.doc)).expect("first");
         let indexed = index.len();
