@@ -118,7 +118,8 @@ pub struct BenchArgs {
     /// How many signed changes to generate (10000, 100000 and 1000000 are documented)
     #[arg(long, default_value_t = 100_000)]
     pub changes: usize,
-    /// Run only these groups: store, propagation, writers, durable, scale (comma-separated)
+    /// Run only these groups: store, sync, propagation, writers, durable, scale (comma-separated);
+    /// sync is the store group's initial sync between two processes alone, for large --changes
     #[arg(long, value_delimiter = ',', value_name = "GROUPS")]
     pub only: Vec<String>,
     /// Nodes in the propagation line and mesh

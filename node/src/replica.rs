@@ -295,9 +295,11 @@ impl Replica {
 
     /// Opens the node in `dir` and rebuilds its document from the store.
     pub fn open(dir: &DataDir) -> Result<Self, ReplicaError> {
+        let started = std::time::Instant::now();
         let identity = Identity::load(&dir.key_file())?;
         let config = Config::load(&dir.config_file())?;
         let store = Store::open(&dir.store_dir())?;
+        tracing::debug!(elapsed = ?started.elapsed(), "store opened");
         let membership = match store.genesis()? {
             Some(bytes) => {
                 // It was verified when installed: not decoding now means
@@ -310,8 +312,10 @@ impl Replica {
             None => None,
         };
         let identity = finish_rotation(dir, identity, membership.as_ref())?;
+        tracing::debug!(elapsed = ?started.elapsed(), "roster records read");
         let (doc, tips, invalid) = load_document(&store, identity.public(), membership.as_ref())?;
         let resyncing = store.resyncing()?;
+        tracing::debug!(elapsed = ?started.elapsed(), "replica open");
         Ok(Self {
             dir: dir.clone(),
             identity,

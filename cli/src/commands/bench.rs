@@ -70,7 +70,14 @@ struct Data {
 }
 
 /// The benchmark groups `--only` can name.
-pub(super) const GROUPS: [&str; 5] = ["store", "propagation", "writers", "durable", "scale"];
+pub(super) const GROUPS: [&str; 6] = [
+    "store",
+    "sync",
+    "propagation",
+    "writers",
+    "durable",
+    "scale",
+];
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     ensure!(args.changes >= 100, "--changes must be at least 100");
@@ -88,10 +95,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut rows = Vec::new();
     if wants("store") {
         rows.extend(store_benchmarks(&args, root.path())?);
+    } else if wants("sync") {
+        rows.extend(sync_benchmark(&args, root.path())?);
     }
     rows.extend(super::bench_live::run(&args, root.path(), &wants)?);
     let results = Results {
-        changes: wants("store").then_some(args.changes),
+        changes: (wants("store") || wants("sync")).then_some(args.changes),
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         rows,
     };
@@ -194,6 +203,16 @@ fn store_benchmarks(args: &BenchArgs, root: &Path) -> anyhow::Result<Vec<Row>> {
         note: "fresh node over loopback libp2p until it stores and shows every change, vs one apply_changes".into(),
     });
 
+    // 3b. The same between two `concord run` processes, each with its own
+    // peak memory.
+    let processes_dir = fresh_node(root, "sync-process", &data.fresh[1], &data.genesis)?;
+    rows.extend(process_sync(
+        &ingest_dir,
+        &processes_dir,
+        data.envelopes.len(),
+        apply_s,
+    )?);
+
     // 4. Quiet reconciliation: what two nodes holding the same changes send.
     let mut holder = open_replica(&ingest_dir)?.1;
     let network = data.genesis.network_id();
@@ -249,6 +268,185 @@ fn store_benchmarks(args: &BenchArgs, root: &Path) -> anyhow::Result<Vec<Row>> {
 
     Ok(rows)
 }
+
+/// `--only sync`: only the initial sync between two processes, with as
+/// little else in memory as possible, for runs of a million changes.
+fn sync_benchmark(args: &BenchArgs, root: &Path) -> anyhow::Result<Vec<Row>> {
+    let started = Instant::now();
+    if !args.json {
+        eprintln!("generating {} signed changes by 4 members…", args.changes);
+    }
+    let data = generate(args.changes)?;
+    if !args.json {
+        eprintln!("generated in {:.1} s", started.elapsed().as_secs_f64());
+    }
+    let apply_s = {
+        let changes: Vec<Change> = data
+            .envelopes
+            .iter()
+            .map(|e| Ok(parse_change(Envelope::decode(e)?.change_bytes())?))
+            .collect::<anyhow::Result<_>>()?;
+        time(|| {
+            let mut doc = Automerge::new();
+            doc.apply_changes(changes)?;
+            Ok(())
+        })?
+        .0
+    };
+    let source = fresh_node(root, "sync-source", &data.fresh[0], &data.genesis)?;
+    {
+        // Through the import path, a bundle at a time, so no second copy of
+        // every envelope is held.
+        let mut replica = open_replica(&source)?.1;
+        for chunk in data.envelopes.chunks(IMPORT_CHUNK) {
+            let bundle = Bundle {
+                genesis: data.genesis.encode(),
+                records: Vec::new(),
+                envelopes: chunk.iter().cloned().map(EnvelopeBytes).collect(),
+            };
+            replica.import(&bundle.encode())?;
+        }
+        replica.save_snapshot()?;
+    }
+    if !args.json {
+        eprintln!(
+            "source store filled in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    let fresh = fresh_node(root, "sync-fresh", &data.fresh[1], &data.genesis)?;
+    let count = data.envelopes.len();
+    drop(data);
+    process_sync(&source, &fresh, count, apply_s)
+}
+
+/// Envelopes per bundle when `--only sync` fills the source store.
+const IMPORT_CHUNK: usize = 50_000;
+
+/// A `concord run` process of this binary on `dir`, listening on loopback,
+/// and its local API once it answers.
+struct NodeProcess {
+    child: std::process::Child,
+    api: crate::session::Remote,
+}
+
+impl NodeProcess {
+    fn start(dir: &DataDir, extra: &[&str]) -> anyhow::Result<Self> {
+        let mut child = std::process::Command::new(std::env::current_exe()?)
+            .arg("--data-dir")
+            .arg(dir.root())
+            .args(["run", "--listen", "/ip4/127.0.0.1/tcp/0", "--no-web"])
+            .args(extra)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("cannot start a node process")?;
+        let deadline = Instant::now() + SYNC_DEADLINE;
+        loop {
+            if let Some(api) = crate::session::Remote::connect(dir) {
+                return Ok(Self { child, api });
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "the node process on {} exited: {status}",
+                    dir.root().display()
+                );
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the node process on {} did not start",
+                dir.root().display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn status(&self) -> anyhow::Result<concord_node::api::StatusView> {
+        match self.api.call(&Request::Status)? {
+            Response::Status(s) => Ok(*s),
+            other => bail!("unexpected answer {other:?}"),
+        }
+    }
+
+    /// The process's peak resident memory so far, in MiB.
+    fn peak_rss_mib(&self) -> Option<u64> {
+        vm_hwm_mib(&format!("/proc/{}/status", self.child.id()))
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Initial sync between two node processes: `fresh` catches up from
+/// `source`, which holds `count` changes. Timed from the fresh node's start
+/// until its status shows every change; each process's peak resident
+/// memory is read from /proc before it is stopped.
+fn process_sync(
+    source: &DataDir,
+    fresh: &DataDir,
+    count: usize,
+    apply_s: f64,
+) -> anyhow::Result<Vec<Row>> {
+    let holder = NodeProcess::start(source, &[])?;
+    let status = holder.status()?;
+    ensure!(
+        status.envelopes == count,
+        "the source holds {}",
+        status.envelopes
+    );
+    let listen = status
+        .listen
+        .first()
+        .context("the source listens nowhere")?;
+    let bootstrap = format!("{listen}/p2p/{}", status.node_id);
+    let start = Instant::now();
+    let catcher = NodeProcess::start(fresh, &["--bootstrap", &bootstrap])?;
+    while catcher.status()?.envelopes < count {
+        ensure!(
+            start.elapsed() < SYNC_DEADLINE,
+            "the fresh node did not catch up"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sync_s = start.elapsed().as_secs_f64();
+    let memory = [holder.peak_rss_mib(), catcher.peak_rss_mib()];
+    let [Some(source_mib), Some(fresh_mib)] = memory else {
+        bail!("cannot read the node processes' peak memory");
+    };
+    let peak = source_mib.max(fresh_mib);
+    Ok(vec![
+        Row {
+            name: "initial sync, processes",
+            unit: "s",
+            ours: sync_s,
+            baseline: apply_s,
+            ratio: sync_s / apply_s,
+            target: "<= 1.5",
+            met: sync_s / apply_s <= 1.5,
+            note: "a fresh `concord run` process catches up from another over loopback until its status shows every change, vs one apply_changes".into(),
+        },
+        Row {
+            name: "sync peak memory per node",
+            unit: "MiB",
+            ours: peak as f64,
+            baseline: SYNC_MEMORY_MIB as f64,
+            ratio: peak as f64 / SYNC_MEMORY_MIB as f64,
+            target: "<= 1 (under 700 MiB)",
+            met: peak < SYNC_MEMORY_MIB,
+            note: format!(
+                "peak resident memory: the source process {source_mib} MiB, the fresh one {fresh_mib} MiB"
+            ),
+        },
+    ])
+}
+
+/// The bound on each node's peak memory during a sync.
+const SYNC_MEMORY_MIB: u64 = 700;
 
 pub(super) fn time<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(f64, T)>
 where
@@ -565,7 +763,12 @@ fn dir_size(path: &Path) -> anyhow::Result<u64> {
 }
 
 pub(super) fn peak_rss_mib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    vm_hwm_mib("/proc/self/status")
+}
+
+/// `VmHWM` (peak resident memory) of a process's `/proc/PID/status`, in MiB.
+fn vm_hwm_mib(path: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(path).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024)

@@ -562,6 +562,8 @@ fn the_benchmark_harness_runs_a_1000_change_smoke_test() {
         "ingest",
         "restart",
         "initial sync",
+        "initial sync, processes",
+        "sync peak memory per node",
         "quiet reconciliation",
         "footprint (disk)",
         "propagation, line",
@@ -585,6 +587,33 @@ fn the_benchmark_harness_runs_a_1000_change_smoke_test() {
             assert_eq!(row["target"], "report", "{row}");
         }
     }
+}
+
+#[test]
+fn the_benchmark_harness_runs_the_process_sync_alone() {
+    let out = std::process::Command::new(support::concord_bin())
+        .args(["bench", "--only", "sync", "--changes", "300", "--json"])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run bench");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(results["changes"], 300);
+    let rows = results["rows"].as_array().expect("rows");
+    let names: Vec<&str> = rows
+        .iter()
+        .map(|r| r["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(
+        names,
+        ["initial sync, processes", "sync peak memory per node"]
+    );
+    let memory = rows[1]["ours"].as_f64().expect("MiB");
+    assert!(memory > 1.0, "the peak memory was read: {}", rows[1]);
 }
 
 /// The README's roster walk-through, offline: records travel in bundles.
