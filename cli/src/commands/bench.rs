@@ -115,23 +115,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 /// Ingest, restart, initial sync, reconciliation and footprint on
 /// `--changes` generated changes.
 fn store_benchmarks(args: &BenchArgs, root: &Path) -> anyhow::Result<Vec<Row>> {
-    let started = Instant::now();
-    if !args.json {
-        eprintln!("generating {} signed changes by 4 members…", args.changes);
-    }
-    let data = generate(args.changes)?;
-    if !args.json {
-        eprintln!("generated in {:.1} s", started.elapsed().as_secs_f64());
-    }
+    let data = generate_saying_so(args)?;
     let mut rows = Vec::new();
 
     // Baselines on the same data: batch verification, one bulk apply, one
     // sled batch.
-    let changes: Vec<Change> = data
-        .envelopes
-        .iter()
-        .map(|e| Ok(parse_change(Envelope::decode(e)?.change_bytes())?))
-        .collect::<anyhow::Result<_>>()?;
+    let changes = parsed(&data)?;
     let (verify_s, ()) = time(|| batch_verify(&data))?;
     let (apply_s, saved) = time(|| {
         let mut doc = Automerge::new();
@@ -192,16 +181,12 @@ fn store_benchmarks(args: &BenchArgs, root: &Path) -> anyhow::Result<Vec<Row>> {
     // 3. Initial sync: a fresh node catches up from the node holding all.
     let sync_dir = fresh_node(root, "sync", &data.fresh[1], &data.genesis)?;
     let sync_s = initial_sync(&ingest_dir, &sync_dir, data.envelopes.len())?;
-    rows.push(Row {
-        name: "initial sync",
-        unit: "s",
-        ours: sync_s,
-        baseline: apply_s,
-        ratio: sync_s / apply_s,
-        target: "<= 1.5",
-        met: sync_s / apply_s <= 1.5,
-        note: "fresh node over loopback libp2p until it stores and shows every change, vs one apply_changes".into(),
-    });
+    rows.push(sync_row(
+        "initial sync",
+        sync_s,
+        apply_s,
+        "fresh node over loopback libp2p until it stores and shows every change, vs one apply_changes",
+    ));
 
     // 3b. The same between two `concord run` processes, each with its own
     // peak memory.
@@ -273,19 +258,9 @@ fn store_benchmarks(args: &BenchArgs, root: &Path) -> anyhow::Result<Vec<Row>> {
 /// little else in memory as possible, for runs of a million changes.
 fn sync_benchmark(args: &BenchArgs, root: &Path) -> anyhow::Result<Vec<Row>> {
     let started = Instant::now();
-    if !args.json {
-        eprintln!("generating {} signed changes by 4 members…", args.changes);
-    }
-    let data = generate(args.changes)?;
-    if !args.json {
-        eprintln!("generated in {:.1} s", started.elapsed().as_secs_f64());
-    }
+    let data = generate_saying_so(args)?;
     let apply_s = {
-        let changes: Vec<Change> = data
-            .envelopes
-            .iter()
-            .map(|e| Ok(parse_change(Envelope::decode(e)?.change_bytes())?))
-            .collect::<anyhow::Result<_>>()?;
+        let changes = parsed(&data)?;
         time(|| {
             let mut doc = Automerge::new();
             doc.apply_changes(changes)?;
@@ -318,6 +293,27 @@ fn sync_benchmark(args: &BenchArgs, root: &Path) -> anyhow::Result<Vec<Row>> {
     let count = data.envelopes.len();
     drop(data);
     process_sync(&source, &fresh, count, apply_s)
+}
+
+/// [`generate`], saying on stderr what it does and how long it took.
+fn generate_saying_so(args: &BenchArgs) -> anyhow::Result<Data> {
+    let started = Instant::now();
+    if !args.json {
+        eprintln!("generating {} signed changes by 4 members…", args.changes);
+    }
+    let data = generate(args.changes)?;
+    if !args.json {
+        eprintln!("generated in {:.1} s", started.elapsed().as_secs_f64());
+    }
+    Ok(data)
+}
+
+/// Every generated change, parsed by Automerge (for the baselines).
+fn parsed(data: &Data) -> anyhow::Result<Vec<Change>> {
+    data.envelopes
+        .iter()
+        .map(|e| Ok(parse_change(Envelope::decode(e)?.change_bytes())?))
+        .collect()
 }
 
 /// Envelopes per bundle when `--only sync` fills the source store.
@@ -420,16 +416,12 @@ fn process_sync(
     };
     let peak = source_mib.max(fresh_mib);
     Ok(vec![
-        Row {
-            name: "initial sync, processes",
-            unit: "s",
-            ours: sync_s,
-            baseline: apply_s,
-            ratio: sync_s / apply_s,
-            target: "<= 1.5",
-            met: sync_s / apply_s <= 1.5,
-            note: "a fresh `concord run` process catches up from another over loopback until its status shows every change, vs one apply_changes".into(),
-        },
+        sync_row(
+            "initial sync, processes",
+            sync_s,
+            apply_s,
+            "a fresh `concord run` process catches up from another over loopback until its status shows every change, vs one apply_changes",
+        ),
         Row {
             name: "sync peak memory per node",
             unit: "MiB",
@@ -443,6 +435,20 @@ fn process_sync(
             ),
         },
     ])
+}
+
+/// An initial sync's row: `sync_s` against one `apply_changes`, `apply_s`.
+fn sync_row(name: &'static str, sync_s: f64, apply_s: f64, note: &str) -> Row {
+    Row {
+        name,
+        unit: "s",
+        ours: sync_s,
+        baseline: apply_s,
+        ratio: sync_s / apply_s,
+        target: "<= 1.5",
+        met: sync_s / apply_s <= 1.5,
+        note: note.into(),
+    }
 }
 
 /// The bound on each node's peak memory during a sync.
