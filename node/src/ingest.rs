@@ -53,29 +53,27 @@ impl<K: Known> opcheck::Ops for StoredOps<'_, K> {
     fn change_with_op(&self, actor: &ActorId, counter: u64) -> Option<Change> {
         let bytes: [u8; 32] = actor.to_bytes().try_into().ok()?;
         let author = PublicKey::from_bytes(bytes).ok()?;
-        let start = |seq: u64| -> Option<u64> {
+        // The change at `seq` and its start op.
+        let at = |seq: u64| -> Option<(ChangeHash, u64)> {
             let hash = self.0.hash_at(&author, seq)?;
-            Some(self.0.header_of(&hash)?.start_op)
+            Some((hash, self.0.header_of(&hash)?.start_op))
         };
+        let holds = |seq: u64| at(seq).filter(|(_, start)| *start <= counter);
         // The last change whose start op is at most `counter`: double the
         // sequence number past it, then halve the gap. Chains have no gaps.
-        if start(1)? > counter {
-            return None;
-        }
         let (mut below, mut above) = (1u64, 2u64);
-        while start(above).is_some_and(|s| s <= counter) {
-            below = above;
+        let mut hash = holds(below)?.0;
+        while let Some((found, _)) = holds(above) {
+            (below, hash) = (above, found);
             above = above.checked_mul(2)?;
         }
         while above - below > 1 {
             let mid = below + (above - below) / 2;
-            if start(mid).is_some_and(|s| s <= counter) {
-                below = mid;
-            } else {
-                above = mid;
+            match holds(mid) {
+                Some((found, _)) => (below, hash) = (mid, found),
+                None => above = mid,
             }
         }
-        let hash = self.0.hash_at(&author, below)?;
         if self.0.is_rejected(&hash) {
             return None;
         }

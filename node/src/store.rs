@@ -379,9 +379,7 @@ impl Known for Store {
     }
 
     fn header_of(&self, hash: &ChangeHash) -> Option<ChangeHeader> {
-        let bytes = self.db.get(envelope_key(hash)).ok()??;
-        let envelope = Envelope::decode(&bytes).ok()?;
-        change_header(envelope.change_bytes()).ok()
+        change_header(self.stored_envelope(hash)?.change_bytes()).ok()
     }
 
     fn hash_at(&self, author: &PublicKey, seq: u64) -> Option<ChangeHash> {
@@ -391,9 +389,16 @@ impl Known for Store {
     }
 
     fn change(&self, hash: &ChangeHash) -> Option<Change> {
+        parse_change(self.stored_envelope(hash)?.change_bytes()).ok()
+    }
+}
+
+impl Store {
+    /// A stored envelope, decoded; `None` when absent or unreadable (the
+    /// ingest checks then treat it as not held).
+    fn stored_envelope(&self, hash: &ChangeHash) -> Option<Envelope> {
         let bytes = self.db.get(envelope_key(hash)).ok()??;
-        let envelope = Envelope::decode(&bytes).ok()?;
-        parse_change(envelope.change_bytes()).ok()
+        Envelope::decode(&bytes).ok()
     }
 }
 
