@@ -14,6 +14,13 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc rather than glibc's allocator: a node catching up on 100,000
+/// changes peaked at 850 MiB instead of 1,070 MiB (glibc's per-thread arenas
+/// keep freed memory), and a restart loads the document about a third faster.
+/// See docs/benchmarks.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
     let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("warn"));
