@@ -1140,6 +1140,7 @@ impl Replica {
         roster: &Roster,
     ) -> Result<(ImportSummary, Vec<Envelope>), ReplicaError> {
         self.require_durable()?;
+        let started = std::time::Instant::now();
         let holding = Holding {
             store: &self.store,
             invalid: &self.invalid,
@@ -1175,6 +1176,7 @@ impl Replica {
         if checked.accepted.is_empty() {
             return Ok((summary, Vec::new()));
         }
+        let checked_in = started.elapsed();
         let changes: Vec<Change> = checked.accepted.iter().map(|a| a.change.clone()).collect();
         // Apply while the remaining signatures are verified on other cores;
         // store only once both have succeeded.
@@ -1190,6 +1192,7 @@ impl Replica {
             });
             (applied, verified)
         });
+        let applied_in = started.elapsed();
         let applied = verified
             .map_err(ReplicaError::from)
             .and(applied.map_err(ReplicaError::from))
@@ -1226,6 +1229,9 @@ impl Replica {
         tracing::debug!(
             new = summary.new,
             known = summary.already_known,
+            checked = ?checked_in,
+            applied = ?applied_in - checked_in,
+            stored = ?started.elapsed() - applied_in,
             "changes ingested"
         );
         Ok((
