@@ -603,8 +603,12 @@ fn verify_each(envelopes: &[&Envelope], network: NetworkId) -> Result<(), Ingest
         }
         Ok(())
     };
+    if envelopes.len() < PARALLEL_VERIFY_MIN {
+        return check(envelopes);
+    }
+    // Asked only for large batches: it reads the cgroup's files each time.
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if envelopes.len() < PARALLEL_VERIFY_MIN || threads < 2 {
+    if threads < 2 {
         return check(envelopes);
     }
     let chunk_len = envelopes.len().div_ceil(threads);
