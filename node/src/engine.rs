@@ -97,9 +97,6 @@ pub struct PeerState {
     pulled_for_records: Option<[u8; 32]>,
     /// Batches refused under the roster since the peer's last accepted one.
     roster_refusals: u32,
-    /// A catch-up chunk from the peer was not applied: pull no further
-    /// ahead of what this node holds until one is.
-    gap: bool,
 }
 
 impl PeerState {
@@ -118,7 +115,6 @@ impl PeerState {
             records: None,
             pulled_for_records: None,
             roster_refusals: 0,
-            gap: false,
         }
     }
 }
@@ -414,19 +410,7 @@ impl<T: Transport> Engine<T> {
                 if !self.peers.contains_key(&peer) {
                     return;
                 }
-                // During a catch-up, ask for the next chunk before ingesting
-                // this one, as if we held it already: the peer reads and
-                // sends it while we verify, apply and store.
-                let gap = self.peers.get(&peer).is_some_and(|s| s.gap);
-                let ahead = (more && !gap)
-                    .then(|| chunk_tips(&envelopes))
-                    .flatten()
-                    .is_some_and(|tips| self.pull_beyond(peer, now, &tips));
-                let ingested = self.ingest(peer, &envelopes);
-                if let Some(state) = self.peers.get_mut(&peer) {
-                    state.gap = !matches!(ingested, Ingested::Accepted(_));
-                }
-                match ingested {
+                match self.ingest(peer, &envelopes) {
                     Ingested::Refused(_) => {
                         self.transport.disconnect(peer);
                         return;
@@ -440,9 +424,7 @@ impl<T: Transport> Engine<T> {
                     Ingested::Accepted(_) => {}
                 }
                 let again = self.peers.get(&peer).is_some_and(|s| s.pull_again);
-                if ahead {
-                    // The next pull is already on its way.
-                } else if more || again {
+                if more || again {
                     self.start_pull(peer, now);
                 } else {
                     self.last_sync = Some(now_ms());
@@ -692,57 +674,28 @@ impl<T: Transport> Engine<T> {
 
     /// Asks `peer` for what we lack, unless a pull is already under way.
     fn start_pull(&mut self, peer: T::Peer, now: Instant) {
-        self.pull_beyond(peer, now, &Tips::new());
-    }
-
-    /// Pulls from `peer` as if this node also held the chains up to
-    /// `ahead`. Returns whether the pull went out now (not merely marked to
-    /// follow the one in flight).
-    fn pull_beyond(&mut self, peer: T::Peer, now: Instant, ahead: &Tips) -> bool {
         let Some(state) = self.peers.get_mut(&peer) else {
-            return false;
+            return;
         };
         if !state.connected {
-            return false;
+            return;
         }
         if state.pulling {
             state.pull_again = true;
-            return false;
+            return;
         }
         state.pulling = true;
         state.pull_again = false;
         state.in_flight += 1;
         state.last_pull = now;
         state.retry_pull = None;
-        let mut have = self.replica.tips().clone();
-        for (author, seq) in ahead {
-            let tip = have.entry(*author).or_insert(0);
-            *tip = (*tip).max(*seq);
-        }
         let request = sync::Request::Pull {
             network: self.network,
-            have: tips_to_wire(&have),
+            have: tips_to_wire(self.replica.tips()),
             records: self.replica.records_digest(),
         };
         self.transport.send(peer, Purpose::Pull, request);
-        true
     }
-}
-
-/// The highest sequence number of each author in a catch-up chunk, read
-/// from the envelopes' change headers; `None` if one does not decode (the
-/// ingest then says what is wrong with it).
-fn chunk_tips(envelopes: &[EnvelopeBytes]) -> Option<Tips> {
-    let mut tips = Tips::new();
-    for bytes in envelopes {
-        let envelope = crate::envelope::Envelope::decode(&bytes.0).ok()?;
-        let seq = crate::envelope::change_header(envelope.change_bytes())
-            .ok()?
-            .seq;
-        let tip = tips.entry(envelope.author()).or_insert(0);
-        *tip = (*tip).max(seq);
-    }
-    Some(tips)
 }
 
 /// Every roster entry but this node's own, by the transport's peer name:
@@ -796,8 +749,6 @@ mod tests {
     #[derive(Debug, Default)]
     struct Recorder {
         sent: Vec<(PublicKey, Purpose)>,
-        /// The tips each pull said this node holds.
-        pulled_with: Vec<Tips>,
     }
 
     impl Transport for Recorder {
@@ -805,11 +756,8 @@ mod tests {
         fn peer_of(key: &PublicKey) -> Option<PublicKey> {
             Some(*key)
         }
-        fn send(&mut self, peer: PublicKey, purpose: Purpose, request: sync::Request) {
+        fn send(&mut self, peer: PublicKey, purpose: Purpose, _request: sync::Request) {
             self.sent.push((peer, purpose));
-            if let sync::Request::Pull { have, .. } = request {
-                self.pulled_with.push(tips_from_wire(&have));
-            }
         }
         fn disconnect(&mut self, _peer: PublicKey) {}
         fn allow(&mut self, _peer: PublicKey, _key: PublicKey) {}
@@ -820,18 +768,13 @@ mod tests {
     /// An engine for a fresh member of a two-member network, and the other
     /// member's key.
     fn engine(now: Instant) -> (tempfile::TempDir, Engine<Recorder>, PublicKey) {
-        let (dir, engine, other) = engine_and_other(now);
-        (dir, engine, other.public())
-    }
-
-    fn engine_and_other(now: Instant) -> (tempfile::TempDir, Engine<Recorder>, Identity) {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = DataDir::new(dir.path());
         Replica::init(&data, "Me").expect("init");
         let mut replica = Replica::open(&data).expect("open");
-        let other = Identity::generate().expect("key");
+        let other = Identity::generate().expect("key").public();
         let roster = vec![RosterEntry {
-            key: other.public(),
+            key: other,
             name: "Other".into(),
             role: Role::Member,
         }];
@@ -840,89 +783,6 @@ mod tests {
             .expect("create");
         let engine = Engine::new(replica, Recorder::default(), now).expect("engine");
         (dir, engine, other)
-    }
-
-    /// The other member's replica, joined to the engine's network.
-    fn other_replica(engine: &Engine<Recorder>, other: &Identity) -> (tempfile::TempDir, Replica) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let data = DataDir::new(dir.path());
-        other.save_new(&data.key_file()).expect("key");
-        crate::config::Config::new("Other")
-            .expect("config")
-            .write_new(&data.config_file())
-            .expect("write");
-        let mut replica = Replica::open(&data).expect("open");
-        let genesis = engine.replica.genesis().expect("genesis").clone();
-        replica.join(genesis).expect("join");
-        (dir, replica)
-    }
-
-    fn chunk(from: &Replica, envelopes: &[EnvelopeBytes], more: bool) -> sync::Response {
-        sync::Response::Changes {
-            records: Vec::new(),
-            envelopes: envelopes.to_vec(),
-            more,
-            have: tips_to_wire(from.tips()),
-        }
-    }
-
-    #[test]
-    fn a_catch_up_pulls_the_next_chunk_before_ingesting_this_one() {
-        let t0 = Instant::now();
-        let (_dir, mut engine, other) = engine_and_other(t0);
-        let (_other_dir, mut source) = other_replica(&engine, &other);
-        for i in 0..5 {
-            source
-                .add_note(crate::doc::NewNote {
-                    topic: format!("topic {i}"),
-                    body: "body".into(),
-                    kind: crate::model::NoteKind::Agenda,
-                    round: None,
-                    assessments: Vec::new(),
-                })
-                .expect("note");
-        }
-        let (wire, _) = source
-            .changes_for(&Tips::new(), usize::MAX)
-            .expect("changes");
-        assert_eq!(wire.len(), 5);
-        let key = other.public();
-        assert!(engine.connected(key, t0));
-        assert_eq!(engine.transport().pulled_with.len(), 1);
-
-        // A chunk with more to come: the next pull says it holds the chunk.
-        let first = chunk(&source, &wire[..2], true);
-        engine.handle_outcome(key, Purpose::Pull, Ok(first), t0);
-        assert_eq!(engine.transport().pulled_with.len(), 2);
-        assert_eq!(engine.transport().pulled_with[1].get(&key), Some(&2));
-        assert_eq!(engine.replica.tips().get(&key), Some(&2));
-
-        // A chunk that cannot be applied (its predecessor is missing): the
-        // pull ahead already went out, but no further one follows it.
-        let gapped = chunk(&source, &wire[3..4], true);
-        engine.handle_outcome(key, Purpose::Pull, Ok(gapped), t0);
-        assert_eq!(engine.transport().pulled_with.len(), 3);
-        assert_eq!(engine.transport().pulled_with[2].get(&key), Some(&4));
-        assert_eq!(engine.replica.tips().get(&key), Some(&2));
-        let after_gap = chunk(&source, &wire[4..], true);
-        engine.handle_outcome(key, Purpose::Pull, Ok(after_gap), t0);
-        assert_eq!(engine.transport().pulled_with.len(), 3, "pulled past a gap");
-
-        // Once a chunk applies, the catch-up goes on from what this node
-        // holds; the last chunk ends it.
-        let resumed = chunk(&source, &wire[2..4], true);
-        engine.handle_outcome(key, Purpose::Pull, Ok(resumed), t0);
-        assert_eq!(engine.replica.tips().get(&key), Some(&4));
-        assert_eq!(engine.transport().pulled_with.len(), 4);
-        assert_eq!(engine.transport().pulled_with[3].get(&key), Some(&4));
-        let last = chunk(&source, &wire[4..], false);
-        engine.handle_outcome(key, Purpose::Pull, Ok(last), t0);
-        assert_eq!(engine.replica.tips().get(&key), Some(&5));
-        assert_eq!(
-            engine.transport().pulled_with.len(),
-            4,
-            "pulled after the end"
-        );
     }
 
     #[test]
