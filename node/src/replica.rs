@@ -1182,14 +1182,14 @@ impl Replica {
         // store only once both have succeeded. A batch with few of them
         // (every push of a live change) verifies them first, on this
         // thread: starting a thread costs more than it saves.
-        if checked.unchecked.len() < OVERLAP_VERIFY_MIN {
+        let overlap = checked.unchecked.len() >= OVERLAP_VERIFY_MIN;
+        if !overlap {
             // Nothing applied yet: a bad signature leaves the document as it was.
             ingest::verify_rest(&checked, network)?;
         }
         let doc = &mut self.doc;
         let (applied, verified) = std::thread::scope(|scope| {
-            let verifier = (checked.unchecked.len() >= OVERLAP_VERIFY_MIN)
-                .then(|| scope.spawn(|| ingest::verify_rest(&checked, network)));
+            let verifier = overlap.then(|| scope.spawn(|| ingest::verify_rest(&checked, network)));
             let applied = doc.apply(changes);
             let verified = verifier.map_or(Ok(()), |v| {
                 v.join().unwrap_or_else(|_| {
