@@ -388,10 +388,16 @@ impl Document {
         }
     }
 
+    /// The ids under `prefix` (which ends in `/`). Automerge keeps a map's
+    /// keys sorted, so they are the range from the prefix up to the prefix
+    /// with `/` raised to `0`: a lookup, not a walk of every object in the
+    /// document (it was a walk, on every write that names a category).
     fn ids(&self, prefix: &str) -> Vec<String> {
+        debug_assert!(prefix.ends_with('/'), "{prefix}");
+        let end = format!("{}0", &prefix[..prefix.len() - 1]);
         self.doc
-            .keys(ROOT)
-            .filter_map(|k| k.strip_prefix(prefix).map(str::to_string))
+            .map_range(ROOT, prefix.to_string()..end)
+            .filter_map(|item| item.key.strip_prefix(prefix).map(str::to_string))
             .collect()
     }
 
@@ -777,5 +783,36 @@ fn to_json(doc: &Automerge, value: &Value<'_>, id: &ObjId) -> serde_json::Value 
             ScalarValue::Boolean(b) => serde_json::Value::from(*b),
             other => serde_json::Value::from(other.to_string()),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The range lookup finds exactly the keys a walk of every key with the
+    /// prefix finds, among neighbours that sort just before and after it.
+    #[test]
+    fn ids_are_exactly_the_keys_under_the_prefix() {
+        let mut doc = Document::new(crate::identity::Identity::from_secret([3; 32]).public());
+        let keys = [
+            "a", "a.", "a/", "a/1", "a/z~", "a0", "a00", "b/x", "c", "c/", "c/bio", "c/z", "c0",
+            "n/", "n/1", "n/2", "n0", "o/1", "/", "", "é/", "a/é",
+        ];
+        let mut tx = doc.doc.transaction();
+        for key in keys {
+            tx.put(ROOT, key, 1).expect("put");
+        }
+        tx.delete(ROOT, "a/1").expect("delete");
+        tx.commit();
+        for prefix in [ASSESSMENT_PREFIX, NOTE_PREFIX, CATEGORY_PREFIX] {
+            let walked: Vec<String> = doc
+                .doc
+                .keys(ROOT)
+                .filter_map(|k| k.strip_prefix(prefix).map(str::to_string))
+                .collect();
+            assert!(!walked.is_empty(), "{prefix}");
+            assert_eq!(doc.ids(prefix), walked, "{prefix}");
+        }
     }
 }
