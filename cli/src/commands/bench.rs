@@ -122,11 +122,7 @@ fn store_benchmarks(args: &BenchArgs, root: &Path) -> anyhow::Result<Vec<Row>> {
     // sled batch.
     let changes = parsed(&data)?;
     let (verify_s, ()) = time(|| batch_verify(&data))?;
-    let (apply_s, saved) = time(|| {
-        let mut doc = Automerge::new();
-        doc.apply_changes(changes.clone())?;
-        Ok(doc.save())
-    })?;
+    let (apply_s, saved) = time(|| Ok(applied(changes.clone())?.save()))?;
     let (sled_s, ()) = time(|| sled_batch(&root.join("raw-sled"), &data))?;
 
     // 1. Ingest through the real import path into a fresh store.
@@ -261,12 +257,7 @@ fn sync_benchmark(args: &BenchArgs, root: &Path) -> anyhow::Result<Vec<Row>> {
     let data = generate_saying_so(args)?;
     let apply_s = {
         let changes = parsed(&data)?;
-        time(|| {
-            let mut doc = Automerge::new();
-            doc.apply_changes(changes)?;
-            Ok(())
-        })?
-        .0
+        time(|| applied(changes).map(drop))?.0
     };
     let source = fresh_node(root, "sync-source", &data.fresh[0], &data.genesis)?;
     {
@@ -314,6 +305,13 @@ fn parsed(data: &Data) -> anyhow::Result<Vec<Change>> {
         .iter()
         .map(|e| Ok(parse_change(Envelope::decode(e)?.change_bytes())?))
         .collect()
+}
+
+/// The baseline's document: every change in one `apply_changes` call.
+fn applied(changes: Vec<Change>) -> anyhow::Result<Automerge> {
+    let mut doc = Automerge::new();
+    doc.apply_changes(changes)?;
+    Ok(doc)
 }
 
 /// Envelopes per bundle when `--only sync` fills the source store.
