@@ -4,6 +4,11 @@
 //! `CONCORD_FAULTS="delay=30ms,jitter=20ms,loss=0.05"`: every outbound sync
 //! request waits `delay` plus up to `jitter`, and a `loss` fraction of them
 //! fail after that wait, as if their connection had timed out.
+//!
+//! `panic=OP` makes the node panic right after it has executed each API
+//! request of kind `OP` (the request's variant name, e.g. `AddAssessment`
+//! or `Report`): a write is stored by then, so the test sees the node
+//! contain the panic half-way through a write (see [`crate::contain`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -15,9 +20,9 @@ pub const ENV: &str = "CONCORD_FAULTS";
 /// Errors reading a fault specification.
 #[derive(Debug, thiserror::Error)]
 pub enum FaultsError {
-    #[error("{ENV}: `{0}` is not key=value (keys: delay, jitter, loss)")]
+    #[error("{ENV}: `{0}` is not key=value (keys: delay, jitter, loss, panic)")]
     NotAPair(String),
-    #[error("{ENV}: unknown key `{0}` (keys: delay, jitter, loss)")]
+    #[error("{ENV}: unknown key `{0}` (keys: delay, jitter, loss, panic)")]
     UnknownKey(String),
     #[error("{ENV}: {key}=`{value}` is not a duration like 30ms")]
     BadDuration { key: String, value: String },
@@ -28,12 +33,14 @@ pub enum FaultsError {
 }
 
 /// What to inject.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Faults {
     pub delay: Duration,
     pub jitter: Duration,
     /// Fraction of requests that fail.
     pub loss: f64,
+    /// The kind of API request after which the node panics.
+    pub panic: Option<String>,
 }
 
 /// The fate of one request.
@@ -94,6 +101,7 @@ impl FromStr for Faults {
                         .filter(|l| (0.0..=1.0).contains(l))
                         .ok_or_else(|| FaultsError::BadLoss(value.to_string()))?;
                 }
+                "panic" => faults.panic = Some(value.to_string()),
                 other => return Err(FaultsError::UnknownKey(other.to_string())),
             }
         }
@@ -107,7 +115,11 @@ impl fmt::Display for Faults {
             f,
             "delay={:?}, jitter={:?}, loss={}",
             self.delay, self.jitter, self.loss
-        )
+        )?;
+        if let Some(op) = &self.panic {
+            write!(f, ", panic after every {op} request")?;
+        }
+        Ok(())
     }
 }
 
@@ -123,7 +135,8 @@ mod tests {
             Faults {
                 delay: Duration::from_millis(30),
                 jitter: Duration::from_millis(20),
-                loss: 0.05
+                loss: 0.05,
+                panic: None,
             }
         );
         let err = |spec: &str| spec.parse::<Faults>().expect_err(spec).to_string();
@@ -131,6 +144,8 @@ mod tests {
         assert!(err("latency=3ms").contains("unknown key `latency`"));
         assert!(err("delay=soon").contains("delay=`soon`"));
         assert!(err("loss=1.5").contains("loss=`1.5`"));
+        let panics: Faults = "panic=Report".parse().expect("parse");
+        assert_eq!(panics.panic.as_deref(), Some("Report"));
     }
 
     #[test]

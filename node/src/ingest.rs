@@ -641,7 +641,7 @@ mod tests {
     use super::*;
     use crate::doc::{Document, NewAssessment};
     use crate::identity::Identity;
-    use crate::model::Status;
+    use crate::model::{MIN_TIME_MS, Status};
     use crate::roster::{Role, RosterEntry};
 
     /// An in-memory [`Known`].
@@ -692,7 +692,7 @@ mod tests {
         let mut out = vec![changes_on(&mut doc, "c", 1).remove(0)];
         for i in 0..comments {
             let change = doc
-                .comment("ra-c0", &format!("comment {i}"), i as i64)
+                .comment("ra-c0", &format!("comment {i}"), MIN_TIME_MS + i as i64)
                 .expect("comment");
             out.push(change.raw_bytes().to_vec());
         }
@@ -788,7 +788,7 @@ mod tests {
                     mitigations: Vec::new(),
                     status: Status::Draft,
                 };
-                doc.add_assessment(&format!("ra-{label}{i}"), &new, i as i64)
+                doc.add_assessment(&format!("ra-{label}{i}"), &new, MIN_TIME_MS + i as i64)
                     .expect("change")
                     .raw_bytes()
                     .to_vec()

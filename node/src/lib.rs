@@ -34,6 +34,7 @@ pub mod api;
 pub mod bundle;
 pub mod checkpoint;
 pub mod config;
+pub mod contain;
 pub mod doc;
 pub mod engine;
 pub mod envelope;
@@ -50,9 +51,12 @@ pub mod opcheck;
 pub mod replica;
 pub mod report;
 pub mod roster;
+pub mod schema;
 pub mod store;
 pub mod sync;
 pub mod taxonomy;
+#[cfg(test)]
+mod totality;
 pub mod web;
 
 pub use replica::{Replica, ReplicaError};

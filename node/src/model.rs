@@ -288,9 +288,33 @@ pub struct NoteView {
     pub conflicts: Vec<Conflict>,
 }
 
+/// The earliest time a change may carry: 2000-01-01T00:00:00Z, in
+/// milliseconds since the epoch. Concord never wrote an earlier one.
+pub const MIN_TIME_MS: i64 = 946_684_800_000;
+/// The latest time a change may carry: 9999-12-31T23:59:59.999Z. RFC 3339
+/// has no later year.
+pub const MAX_TIME_MS: i64 = 253_402_300_799_999;
+
+/// Whether `ms` lies in the range a change may carry
+/// ([`MIN_TIME_MS`]..=[`MAX_TIME_MS`]). A rule on the value alone, never on
+/// the clock of the node that checks it, so every node decides alike.
+pub fn valid_time(ms: i64) -> bool {
+    (MIN_TIME_MS..=MAX_TIME_MS).contains(&ms)
+}
+
 /// Formats milliseconds since the epoch as RFC 3339 UTC, to the second.
+///
+/// Total over every `i64`: a time a signed change may still carry from
+/// before the operation check bounded it (a year past 9999, a negative
+/// number) is shown as `invalid time (N ms)`, never formatted, since the
+/// formatter has no year past 9999. Times from 1970 up to 2000 still
+/// format: local clocks (a peer's last sync) and defaults for a missing
+/// field use them.
 pub fn format_time(ms: i64) -> String {
-    let secs = u64::try_from(ms.max(0) / 1000).unwrap_or(0);
+    if !(0..=MAX_TIME_MS).contains(&ms) {
+        return format!("invalid time ({ms} ms)");
+    }
+    let secs = ms.unsigned_abs() / 1000;
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
         .to_string()
 }
@@ -349,5 +373,31 @@ mod tests {
     fn time_formats_as_rfc3339() {
         assert_eq!(format_time(0), "1970-01-01T00:00:00Z");
         assert_eq!(format_time(1_700_000_000_123), "2023-11-14T22:13:20Z");
+        assert_eq!(format_time(MIN_TIME_MS), "2000-01-01T00:00:00Z");
+        assert_eq!(format_time(MAX_TIME_MS), "9999-12-31T23:59:59Z");
+    }
+
+    /// The year-10000 timestamp a member signed panicked every node's
+    /// first read; every i64 now formats, the bad ones as invalid.
+    #[test]
+    fn every_time_formats_and_bad_ones_say_so() {
+        let year_10000 = MAX_TIME_MS + 1;
+        assert_eq!(
+            format_time(year_10000),
+            format!("invalid time ({year_10000} ms)")
+        );
+        for ms in [i64::MIN, -1, MAX_TIME_MS + 1, i64::MAX] {
+            assert!(format_time(ms).starts_with("invalid time"), "{ms}");
+        }
+        assert!(valid_time(MIN_TIME_MS) && valid_time(MAX_TIME_MS));
+        assert!(!valid_time(MIN_TIME_MS - 1) && !valid_time(MAX_TIME_MS + 1));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn format_time_is_total(ms in proptest::prelude::any::<i64>()) {
+            let shown = format_time(ms);
+            proptest::prop_assert_eq!(shown.starts_with("invalid"), !(0..=MAX_TIME_MS).contains(&ms));
+        }
     }
 }

@@ -31,6 +31,7 @@ use tokio::time::Instant;
 use crate::api::server::{ApiCall, ApiError, ApiFile};
 use crate::api::{self, PeerView, Request, Response, StatusView};
 use crate::config::DataDir;
+use crate::contain::{self, Panicked};
 use crate::engine::{Engine, Purpose, Transport, roster_peers};
 use crate::faults::Faults;
 use crate::identity::{NodeId, PublicKey};
@@ -321,7 +322,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         inflight: FuturesUnordered::new(),
         dials,
         changed,
-        faults: config.faults,
+        faults: config.faults.clone(),
     };
     let node_loop = NodeLoop {
         engine: Engine::new(replica, transport, Instant::now().into_std())?,
@@ -331,6 +332,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         listen: listen.clone(),
         api: api_addr,
         web: web_addr,
+        panic_after: config.faults.as_ref().and_then(|f| f.panic.clone()),
     };
     let data_dir = dir.clone();
     let task = tokio::spawn(async move {
@@ -344,7 +346,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
         ApiFile::remove(data_dir.root());
         result
     });
-    if let Some(faults) = config.faults {
+    if let Some(faults) = &config.faults {
         tracing::warn!(%faults, "injecting faults into this node's sync requests");
     }
     tracing::info!(node = %my_peer, api = %api_addr, "node started");
@@ -426,7 +428,7 @@ impl Transport for Libp2p {
     /// the node loop goes on with other work, such as a flush) and polls the
     /// answer with the other requests in flight.
     fn send(&mut self, peer: PeerId, purpose: Purpose, request: sync::Request) {
-        if let Some(faults) = self.faults {
+        if let Some(faults) = &self.faults {
             // Injected faults: the request waits, then goes out or is lost.
             let client = self.client.clone();
             let fate = faults.draw();
@@ -474,6 +476,22 @@ impl Transport for Libp2p {
     }
 }
 
+/// Runs one API request on the replica, off the async workers' hot path;
+/// with `inject` (tests, `CONCORD_FAULTS=panic=OP`), panics once it is done.
+fn execute(replica: &mut Replica, request: Request, inject: bool) -> Result<Response, ApiError> {
+    let result = block_in_place(|| api::execute(replica, request));
+    assert!(!inject, "injected panic after the request (CONCORD_FAULTS)");
+    result.map_err(|e| ApiError::from_error(&e))
+}
+
+/// Whether the request labelled `what` is of the kind `panic_after` names.
+fn injected_panic(panic_after: Option<&str>, what: &str) -> bool {
+    panic_after.is_some_and(|op| {
+        what.strip_prefix(op)
+            .is_some_and(|rest| !rest.starts_with(|c: char| c.is_alphanumeric()))
+    })
+}
+
 struct NodeLoop {
     engine: Engine<Libp2p>,
     /// Events from the network event loop (replaced when it restarts).
@@ -484,6 +502,8 @@ struct NodeLoop {
     api: SocketAddr,
     /// Where the web view listens, for `status`.
     web: Option<SocketAddr>,
+    /// Injected: panic after executing every request of this kind (tests).
+    panic_after: Option<String>,
 }
 
 impl NodeLoop {
@@ -503,14 +523,25 @@ impl NodeLoop {
             tokio::select! {
                 _ = &mut shutdown => break,
                 Some(outcome) = inflight.next(), if busy => {
-                    self.handle_outcome(outcome);
+                    if let Err(panic) = contain::run(|| self.handle_outcome(outcome)) {
+                        self.recover("handling a peer's answer", &panic, true);
+                    }
                 }
                 event = self.events.recv() => match event {
-                    Some(event) => self.handle_event(event).await,
+                    Some(event) => {
+                        let what = contain::label(&event);
+                        if let Err(panic) = contain::run_async(self.handle_event(event)).await {
+                            self.recover(&what, &panic, true);
+                        }
+                    }
                     None => break,
                 },
                 Some(call) = calls.recv() => self.handle_calls(call, &mut calls).await,
-                _ = redial.tick() => self.redial(),
+                _ = redial.tick() => {
+                    if let Err(panic) = contain::run(|| self.redial()) {
+                        self.recover("redialling", &panic, false);
+                    }
+                }
             }
         }
         tracing::info!("shutting down");
@@ -751,8 +782,12 @@ impl NodeLoop {
                 replica.begin_group();
             }
             let ApiCall { request, reply } = call;
-            let result = block_in_place(|| api::execute(replica, request))
-                .map_err(|e| ApiError::from_error(&e));
+            let what = contain::label(&request);
+            let inject = injected_panic(self.panic_after.as_deref(), &what);
+            let result = match contain::run(|| execute(replica, request, inject)) {
+                Ok(result) => result,
+                Err(panic) => Err(self.recover(&what, &panic, true)),
+            };
             group.push((reply, result));
         }
         self.settle_group(&mut group, &before);
@@ -804,8 +839,13 @@ impl NodeLoop {
                 let rotate = matches!(request, Request::RotateKey);
                 let before = self.engine.replica().tips().clone();
                 let records_before = self.engine.replica().records_digest();
+                let what = contain::label(&request);
+                let inject = injected_panic(self.panic_after.as_deref(), &what);
                 let replica = self.engine.replica_mut();
-                let result = block_in_place(|| api::execute(replica, request));
+                let result = match contain::run(|| execute(replica, request, inject)) {
+                    Ok(result) => result,
+                    Err(panic) => Err(self.recover(&what, &panic, write || roster_change)),
+                };
                 let now = Instant::now().into_std();
                 if roster_change && self.engine.replica().records_digest() != records_before {
                     if rotate && result.is_ok() {
@@ -815,13 +855,33 @@ impl NodeLoop {
                         self.engine.records_changed(now);
                     }
                 }
-                if write && result.is_ok() {
+                // Pushes what the write stored; after a contained panic the
+                // reloaded replica may hold it although the caller is told
+                // the request failed, and peers must learn it too.
+                if write && (result.is_ok() || self.engine.replica().tips() != &before) {
                     block_in_place(|| self.engine.committed(&before));
                 }
-                result.map_err(|e| ApiError::from_error(&e))
+                result
             }
         };
         let _ = reply.send(result);
+    }
+
+    /// After a panic in `what`: logs it and, when the panic may have come
+    /// half-way through a write, reloads the replica from the store before
+    /// anything else is served. Returns the error for the request's caller.
+    fn recover(&mut self, what: &str, panic: &Panicked, reload: bool) -> ApiError {
+        tracing::error!(%what, %panic, reload, "contained a panic: it fails this request or event alone");
+        if reload && let Err(e) = block_in_place(|| self.engine.replica_mut().reload()) {
+            tracing::error!(error = %e, "cannot reload the replica from the store after the panic");
+        }
+        ApiError {
+            error: format!(
+                "the node failed while answering this request ({panic}); it keeps running, \
+                 nothing else was affected, and the fault is in its log"
+            ),
+            causes: Vec::new(),
+        }
     }
 
     fn status(&self) -> StatusView {

@@ -24,7 +24,11 @@
 //! - each operation it overwrites is older, on the same object and key or
 //!   element, and not a deletion;
 //! - each actor the change lists besides its own is one its operations
-//!   refer to.
+//!   refer to;
+//! - each value it puts, and each object it makes, is of the type and range
+//!   Concord writes at that place (a timestamp in years 2000–9999 for
+//!   `created_at`, a score from 1 to 5, a title of at most 300 bytes…), and
+//!   its own time and message are in range too: see [`crate::schema`].
 //!
 //! "Older" means a smaller Lamport counter, which every operation Automerge
 //! makes has over what it builds on. The operations referred to are looked
@@ -36,6 +40,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use automerge::legacy::{self, ElementId, Key, ObjectId, OpType};
 use automerge::{ActorId, Change, ChangeHash, ExpandedChange, ObjType, ScalarValue};
+
+use crate::schema::{self, Action, BadValue, Role};
 
 /// Where the operations a batch refers to, but does not hold, are found.
 pub trait Ops {
@@ -100,6 +106,8 @@ pub enum Why {
     OverwritesElsewhere,
     #[error("overwrites a deletion")]
     OverwritesDelete,
+    #[error("{0}")]
+    Value(BadValue),
 }
 
 /// Checks every operation of `changes`, a batch in causal order (each
@@ -115,6 +123,8 @@ pub fn check(changes: &[&Change], ops: &impl Ops) -> Result<(), BadOp> {
 /// How many operations an [`OpIndex`] holds before it starts afresh (about
 /// 60 bytes each).
 const INDEX_MAX: usize = 1 << 20;
+/// How deep the schema follows objects; Concord's own nest three deep.
+const MAX_DEPTH: usize = 8;
 
 /// The operations of stored changes the checks have met, kept between
 /// batches: during a catch-up every batch refers to the ones before it,
@@ -131,7 +141,10 @@ pub struct OpIndex {
     actors: HashMap<ActorId, u32>,
     actor_ids: Vec<ActorId>,
     keys: HashMap<String, u32>,
+    key_names: Vec<String>,
     ops: HashMap<Id, Info>,
+    /// What each object met is in Concord's document ([`schema::Role`]).
+    roles: HashMap<Id, Role>,
     /// Operations of the batch last checked, not known to be stored.
     unconfirmed: Vec<Id>,
 }
@@ -141,6 +154,7 @@ impl OpIndex {
     pub fn check(&mut self, changes: &[&Change], ops: &impl Ops) -> Result<(), BadOp> {
         for id in self.unconfirmed.drain(..) {
             self.ops.remove(&id);
+            self.roles.remove(&id);
         }
         if self
             .ops
@@ -238,6 +252,7 @@ impl<O: Ops> Checker<'_, O> {
         }
         let n = u32::try_from(self.index.keys.len()).expect("fewer keys than operations");
         self.index.keys.insert(key.to_string(), n);
+        self.index.key_names.push(key.to_string());
         n
     }
 
@@ -289,7 +304,43 @@ impl<O: Ops> Checker<'_, O> {
         self.index.ops.get(&id)
     }
 
+    /// What `obj` is in Concord's document. An object met in a checked
+    /// batch has its role already; one from a stored change is worked out
+    /// from its parent's, up to a depth past which nothing is Concord's.
+    fn role(&mut self, obj: Obj, depth: usize) -> Role {
+        let id = match obj {
+            Obj::Root => return Role::Root,
+            Obj::Made(id) => id,
+        };
+        if let Some(role) = self.index.roles.get(&id) {
+            return *role;
+        }
+        if depth > MAX_DEPTH {
+            return Role::Unknown;
+        }
+        let Some(info) = self.find(id) else {
+            return Role::Unknown;
+        };
+        let (parent, slot) = (info.obj, info.slot);
+        let parent = self.role(parent, depth + 1);
+        let role = schema::child(parent, self.key_name(slot));
+        self.index.roles.insert(id, role);
+        role
+    }
+
+    fn key_name(&self, slot: Slot) -> Option<&str> {
+        match slot {
+            Slot::Key(k) => self.index.key_names.get(k as usize).map(String::as_str),
+            Slot::Element(_) | Slot::Head => None,
+        }
+    }
+
     fn check(&mut self, change: &Change) -> Result<(), BadOp> {
+        schema::check_header(change.timestamp(), change.message()).map_err(|e| BadOp {
+            change: change.hash(),
+            at: "its header".into(),
+            why: Why::Value(e),
+        })?;
         let expanded = decode(change)?;
         let actor = self.actor(&expanded.actor_id);
         let start = expanded.start_op.get();
@@ -411,6 +462,18 @@ impl<O: Ops> Checker<'_, O> {
                 return Err(Why::OverwritesDelete);
             }
         }
+        let action = match &op.action {
+            OpType::Put(value) => Action::Put(value),
+            OpType::Make(made) => Action::Make(*made),
+            _ => return Ok(()),
+        };
+        let parent = self.role(obj, 0);
+        let key = self.key_name(slot);
+        schema::check(parent, key, action).map_err(Why::Value)?;
+        let made = matches!(action, Action::Make(_)).then(|| schema::child(parent, key));
+        if let Some(role) = made {
+            self.index.roles.insert(id, role);
+        }
         Ok(())
     }
 }
@@ -420,7 +483,9 @@ mod tests {
     use std::panic::{AssertUnwindSafe, catch_unwind};
 
     use automerge::legacy::{OpId, SortedVec};
-    use automerge::transaction::Transactable;
+    use automerge::transaction::{CommitOptions, Transactable};
+
+    use crate::model::MIN_TIME_MS;
     use automerge::{Automerge, AutomergeError, ROOT, ReadDoc, ValueRef};
     use proptest::prelude::*;
 
@@ -436,6 +501,11 @@ mod tests {
                     && (c.start_op().get()..c.start_op().get() + c.len() as u64).contains(&counter)
             })
         }
+    }
+
+    /// Commits at a time the schema accepts.
+    fn at() -> CommitOptions {
+        CommitOptions::default().with_time(MIN_TIME_MS)
     }
 
     fn actor(byte: u8) -> ActorId {
@@ -463,30 +533,37 @@ mod tests {
 
     fn base() -> Base {
         let mut doc = Automerge::new().with_actor(actor(0xaa));
-        doc.transact::<_, _, AutomergeError>(|tx| {
-            let a = tx.put_object(ROOT, "a/x", ObjType::Map)?;
-            tx.put(&a, "title", "T")?;
-            let list = tx.put_object(&a, "mitigations", ObjType::List)?;
-            for (i, s) in ["one", "two", "three"].into_iter().enumerate() {
-                tx.insert(&list, i, s)?;
-            }
-            let comments = tx.put_object(&a, "comments", ObjType::List)?;
-            let comment = tx.insert_object(&comments, 0, ObjType::Map)?;
-            tx.put(&comment, "text", "hi")?;
-            let positions = tx.put_object(&a, "positions", ObjType::Map)?;
-            tx.put(&positions, "k", 1)?;
-            tx.put(ROOT, "n/y", "s")?;
-            Ok(())
-        })
+        doc.transact_with::<_, _, AutomergeError, _>(
+            |_| at(),
+            |tx| {
+                let a = tx.put_object(ROOT, "a/x", ObjType::Map)?;
+                tx.put(&a, "title", "T")?;
+                let list = tx.put_object(&a, "mitigations", ObjType::List)?;
+                for (i, s) in ["one", "two", "three"].into_iter().enumerate() {
+                    tx.insert(&list, i, s)?;
+                }
+                let comments = tx.put_object(&a, "comments", ObjType::List)?;
+                let comment = tx.insert_object(&comments, 0, ObjType::Map)?;
+                tx.put(&comment, "text", "hi")?;
+                // Fields no version writes yet, which the schema leaves open.
+                let later = tx.put_object(&a, "later", ObjType::Map)?;
+                tx.put(&later, "k", 1)?;
+                tx.put(ROOT, "z/y", "s")?;
+                Ok(())
+            },
+        )
         .expect("first change");
-        doc.transact::<_, _, AutomergeError>(|tx| {
-            let (_, a) = tx.get(ROOT, "a/x")?.expect("assessment");
-            tx.put(&a, "title", "T2")?;
-            let (_, list) = tx.get(&a, "mitigations")?.expect("list");
-            tx.delete(&list, 1)?;
-            tx.put(&list, 0, "uno")?;
-            Ok(())
-        })
+        doc.transact_with::<_, _, AutomergeError, _>(
+            |_| at(),
+            |tx| {
+                let (_, a) = tx.get(ROOT, "a/x")?.expect("assessment");
+                tx.put(&a, "title", "T2")?;
+                let (_, list) = tx.get(&a, "mitigations")?.expect("list");
+                tx.delete(&list, 1)?;
+                tx.put(&list, 0, "uno")?;
+                Ok(())
+            },
+        )
         .expect("second change");
         let mut base = Base {
             doc,
@@ -531,34 +608,37 @@ mod tests {
     /// One of four edits Concord makes, by `who`, on top of `doc`.
     fn honest(doc: &Automerge, variant: u8, who: u8) -> Change {
         let mut fork = doc.fork().with_actor(actor(who));
-        fork.transact::<_, _, AutomergeError>(|tx| {
-            let (_, a) = tx.get(ROOT, "a/x")?.expect("assessment");
-            let (_, list) = tx.get(&a, "mitigations")?.expect("list");
-            let (_, comments) = tx.get(&a, "comments")?.expect("comments");
-            match variant % 4 {
-                0 => {
-                    tx.put(&a, "title", "B")?;
-                    tx.insert(&list, 1, "b")?;
+        fork.transact_with::<_, _, AutomergeError, _>(
+            |_| at(),
+            |tx| {
+                let (_, a) = tx.get(ROOT, "a/x")?.expect("assessment");
+                let (_, list) = tx.get(&a, "mitigations")?.expect("list");
+                let (_, comments) = tx.get(&a, "comments")?.expect("comments");
+                match variant % 4 {
+                    0 => {
+                        tx.put(&a, "title", "B")?;
+                        tx.insert(&list, 1, "b")?;
+                    }
+                    1 => {
+                        let comment = tx.insert_object(&comments, 1, ObjType::Map)?;
+                        tx.put(&comment, "text", "x")?;
+                        tx.put(&comment, "at", ScalarValue::Timestamp(MIN_TIME_MS + 5))?;
+                    }
+                    2 => {
+                        let note = tx.put_object(ROOT, "n/z", ObjType::Map)?;
+                        let refs = tx.put_object(&note, "assessments", ObjType::List)?;
+                        tx.insert(&refs, 0, "x")?;
+                        tx.put(&note, "topic", "u")?;
+                    }
+                    _ => {
+                        tx.delete(&list, 0)?;
+                        tx.put(&a, "zzz", "y")?;
+                        tx.delete(&a, "title")?;
+                    }
                 }
-                1 => {
-                    let comment = tx.insert_object(&comments, 1, ObjType::Map)?;
-                    tx.put(&comment, "text", "x")?;
-                    tx.put(&comment, "at", 5)?;
-                }
-                2 => {
-                    let note = tx.put_object(ROOT, "n/z", ObjType::Map)?;
-                    let refs = tx.put_object(&note, "assessments", ObjType::List)?;
-                    tx.insert(&refs, 0, "a/x")?;
-                    tx.put(&note, "topic", "u")?;
-                }
-                _ => {
-                    tx.delete(&list, 0)?;
-                    tx.put(&a, "zzz", "y")?;
-                    tx.delete(&a, "title")?;
-                }
-            }
-            Ok(())
-        })
+                Ok(())
+            },
+        )
         .expect("honest change");
         fork.get_last_local_change().expect("a change")
     }
@@ -806,11 +886,14 @@ mod tests {
     fn then_put(doc: &Automerge, first: &Change, item: &str, key: &str, value: &str) -> Change {
         let mut fork = doc.fork().with_actor(first.actor_id().clone());
         fork.apply_changes(vec![first.clone()]).expect("applies");
-        fork.transact::<_, _, AutomergeError>(|tx| {
-            let (_, obj) = tx.get(ROOT, item)?.expect("the item");
-            tx.put(&obj, key, value)?;
-            Ok(())
-        })
+        fork.transact_with::<_, _, AutomergeError, _>(
+            |_| at(),
+            |tx| {
+                let (_, obj) = tx.get(ROOT, item)?.expect("the item");
+                tx.put(&obj, key, value)?;
+                Ok(())
+            },
+        )
         .expect("the change after");
         fork.get_last_local_change().expect("a change")
     }

@@ -300,17 +300,7 @@ impl Replica {
         let config = Config::load(&dir.config_file())?;
         let store = Store::open(&dir.store_dir())?;
         tracing::debug!(elapsed = ?started.elapsed(), "store opened");
-        let membership = match store.genesis()? {
-            Some(bytes) => {
-                // It was verified when installed: not decoding now means
-                // the store is damaged.
-                let genesis = Genesis::decode(&bytes)
-                    .map_err(|e| StoreError::Corrupt(format!("stored genesis: {e}")))?;
-                let records = load_records(&store)?;
-                Some(Membership::new(genesis, records))
-            }
-            None => None,
-        };
+        let membership = load_membership(&store)?;
         let identity = finish_rotation(dir, identity, membership.as_ref())?;
         tracing::debug!(elapsed = ?started.elapsed(), "roster records read");
         let (doc, tips, invalid) = load_document(&store, identity.public(), membership.as_ref())?;
@@ -603,6 +593,16 @@ impl Replica {
             tracing::info!("the store flushes again; writes resume");
         }
         Ok(())
+    }
+
+    /// Reads the roster records and the document afresh from the store,
+    /// dropping whatever this replica held in memory: after a request
+    /// panicked half-way through a write, what is stored is what counts.
+    /// Writes staged for a group stay staged, and are flushed with it.
+    pub fn reload(&mut self) -> Result<(), ReplicaError> {
+        self.membership = load_membership(&self.store)?;
+        self.checkpoint_memo = StateMemo::default();
+        self.rebuild()
     }
 
     fn rebuild(&mut self) -> Result<(), ReplicaError> {
@@ -1785,6 +1785,19 @@ fn causal_order(accepted: &[ingest::Accepted]) -> Vec<&ingest::Accepted> {
         .collect()
 }
 
+/// The genesis and roster records in the store, if the node has joined.
+fn load_membership(store: &Store) -> Result<Option<Membership>, ReplicaError> {
+    let Some(bytes) = store.genesis()? else {
+        return Ok(None);
+    };
+    // It was verified when installed: not decoding now means the store is
+    // damaged.
+    let genesis =
+        Genesis::decode(&bytes).map_err(|e| StoreError::Corrupt(format!("stored genesis: {e}")))?;
+    let records = load_records(store)?;
+    Ok(Some(Membership::new(genesis, records)))
+}
+
 /// A short random id with a type prefix, e.g. `ra-k3j9x2qd`.
 fn new_id(prefix: &str) -> Result<String, ReplicaError> {
     let mut bytes = [0u8; 5];
@@ -2070,6 +2083,53 @@ mod tests {
         let reopened = Replica::open(&DataDir::new(dirs[0].path())).expect("reopen");
         assert_eq!(state(&reopened), before);
         assert_eq!(reopened.assessment(&id).expect("there").title, "durable");
+    }
+
+    /// After a panic half-way through a write, the node reloads: what the
+    /// document held in memory but the store never got is gone, and what
+    /// the store holds is back.
+    #[test]
+    fn reload_reads_the_document_and_roster_afresh_from_the_store() {
+        let (_dirs, mut replicas) = federation();
+        let r = &mut replicas[0];
+        let new = NewAssessment {
+            category: "reliability".into(),
+            title: "Stored".into(),
+            summary: String::new(),
+            likelihood: None,
+            severity: None,
+            mitigations: Vec::new(),
+            status: Status::Draft,
+        };
+        let (stored, _) = r.add_assessment(new.clone()).expect("stored");
+        // A write the panic cut short: in the document, never stored.
+        r.doc
+            .add_assessment(
+                "ra-halfway",
+                &NewAssessment {
+                    title: "Half".into(),
+                    ..new
+                },
+                now_ms(),
+            )
+            .expect("in memory only");
+        assert_eq!(
+            r.assessments(&AssessmentFilter::default())
+                .expect("list")
+                .len(),
+            2
+        );
+        let members = r.roster().expect("roster").members().count();
+        r.reload().expect("reload");
+        let ids: Vec<String> = r
+            .assessments(&AssessmentFilter::default())
+            .expect("list")
+            .into_iter()
+            .map(|a| a.id)
+            .collect();
+        assert_eq!(ids, vec![stored]);
+        assert_eq!(r.roster().expect("roster").members().count(), members);
+        assert!(r.tips().get(&r.identity().public()).is_some());
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! it sends only read requests. The version counter it watches is bumped by
 //! the node loop after every local write, ingest and peer (dis)connection.
 
-mod pages;
+pub(crate) mod pages;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -14,12 +14,18 @@ pub(crate) struct Daemon {
 
 impl Daemon {
     pub(crate) fn start(node: &Node, extra: &[&str]) -> Self {
+        Self::start_with_env(node, extra, &[])
+    }
+
+    /// Starts it with `env` set (e.g. injected faults).
+    pub(crate) fn start_with_env(node: &Node, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let child = Command::new(concord_bin())
             .arg("--data-dir")
             .arg(node.dir())
             .args(["run", "--listen", "/ip4/127.0.0.1/tcp/0"])
             .args(extra)
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -185,4 +191,55 @@ fn run_refuses_bad_flags_and_a_second_instance() {
         &["run", "--listen", "/ip4/127.0.0.1/tcp/0"],
         "has not joined a network",
     );
+}
+
+/// A panic while answering one request fails that request alone. (A signed
+/// year-10000 time once panicked the node loop on the first read, closing
+/// its peer, API and web listeners for good.) The panic is injected right
+/// after each `AddAssessment` has been stored, so the node must also reload
+/// its replica from the store before it serves again.
+#[test]
+fn a_panic_in_one_request_fails_it_alone_and_the_node_serves_on() {
+    let fed = Federation::new(&["A", "B"], &[]);
+    let a = &fed.nodes[0];
+    let daemon = Daemon::start_with_env(
+        a,
+        &["--web", "127.0.0.1:0"],
+        &[("CONCORD_FAULTS", "panic=AddAssessment")],
+    );
+    let add = |title: &str| {
+        a.refuses(
+            &[
+                "assess",
+                "add",
+                "--category",
+                "malicious-use",
+                "--title",
+                title,
+            ],
+            "the node failed while answering this request",
+        )
+    };
+    add("Stored, then the node panicked");
+    // The node still answers, and shows what the store holds.
+    let status = a.json(&["status"]);
+    assert_eq!(status["running"], true);
+    let list = a.json(&["assess", "list"]);
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!(list[0]["title"], "Stored, then the node panicked");
+    // Again: every panic is contained, not only the first.
+    add("A second one");
+    assert_eq!(
+        a.json(&["assess", "list"]).as_array().map(Vec::len),
+        Some(2)
+    );
+    // Other writes and the web view are untouched.
+    let note = a.json(&["note", "add", "--topic", "Still writing", "--body", "b"]);
+    assert!(note["id"].as_str().is_some(), "{note}");
+    let url = status["web"].as_str().expect("the web view's address");
+    let mut page = ureq::get(url).call().expect("GET /");
+    assert_eq!(page.status().as_u16(), 200);
+    let body = page.body_mut().read_to_string().expect("the page");
+    assert!(body.contains("A second one"), "{body}");
+    assert_eq!(daemon.stop(), Some(0));
 }
