@@ -338,6 +338,34 @@ pub mod forge {
             .collect()
     }
 
+    /// A change by `actor` adding assessment `id` whose `created_at` is
+    /// `created_at_ms`, with an ordinary commit time: the shape of the
+    /// year-10000 change a member once signed to panic every node.
+    pub fn assessment_created_at(actor: PublicKey, id: &str, created_at_ms: i64) -> Vec<u8> {
+        use automerge::transaction::{CommitOptions, Transactable};
+        use automerge::{ActorId, Automerge, AutomergeError, ObjType, ROOT, ScalarValue};
+        let mut doc = Automerge::new().with_actor(ActorId::from(actor.as_bytes().as_slice()));
+        let options = CommitOptions::default()
+            .with_time(1_700_000_000_000)
+            .with_message(format!("add assessment {id}"));
+        doc.transact_with::<_, _, AutomergeError, _>(
+            |_| options,
+            |tx| {
+                let obj = tx.put_object(ROOT, format!("a/{id}"), ObjType::Map)?;
+                tx.put(&obj, "category", "algorithmic-bias")?;
+                tx.put(&obj, "title", "An ordinary-looking assessment")?;
+                tx.put(&obj, "status", "open")?;
+                tx.put(&obj, "created_at", ScalarValue::Timestamp(created_at_ms))?;
+                Ok(())
+            },
+        )
+        .unwrap_or_else(|e| panic!("forge change: {e:?}"));
+        doc.get_last_local_change()
+            .unwrap_or_else(|| panic!("forge change: none made"))
+            .raw_bytes()
+            .to_vec()
+    }
+
     /// Signs `change` with `signer` for the network of `genesis_file`.
     pub fn envelope(signer: &Identity, genesis_file: &Path, change: Vec<u8>) -> Envelope {
         let genesis = read_genesis(genesis_file);

@@ -74,6 +74,35 @@ fn bundle_from_another_network_is_refused() {
     refused(&fed, &foreign, "belongs to network");
 }
 
+/// A member once signed an assessment created in the year 10000; every
+/// check let it through, and the first read on every node panicked. The
+/// operation check now refuses it, naming the field and the rule, and the
+/// node's reads are as they were.
+#[test]
+fn a_member_signed_time_past_the_year_9999_is_refused() {
+    let fed = Federation::new(&["A", "C"], &[]);
+    let (a, c) = (&fed.nodes[0], &fed.nodes[1]);
+    add_assessment(a, "algorithmic-bias", "A's own");
+    let year_10000 = concord_node::model::MAX_TIME_MS + 1;
+    let change = forge::assessment_created_at(c.identity().public(), "ra-y10k", year_10000);
+    let env = forge::envelope(&c.identity(), &fed.genesis, change);
+    let bundle = forge::bundle(c.dir(), "y10k.bundle", &fed.genesis, vec![env.encode()]);
+    let stderr = refused(&fed, &bundle, "a timestamp in years 2000 to 9999");
+    assert!(stderr.contains("created_at"), "{stderr}");
+    assert!(a.ok(&["assess", "list"]).contains("A's own"));
+    a.ok(&["report"]);
+    // The same change with an ordinary time is accepted: the rule, not
+    // the shape of the forgery, refused it.
+    let fine = forge::assessment_created_at(c.identity().public(), "ra-fine", 1_700_000_000_000);
+    let env = forge::envelope(&c.identity(), &fed.genesis, fine);
+    let bundle = forge::bundle(c.dir(), "fine.bundle", &fed.genesis, vec![env.encode()]);
+    a.ok(&["import", path_str(&bundle)]);
+    assert!(
+        a.ok(&["assess", "list"])
+            .contains("An ordinary-looking assessment")
+    );
+}
+
 #[test]
 fn change_by_an_observer_is_refused() {
     let fed = setup();
