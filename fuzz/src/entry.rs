@@ -167,7 +167,11 @@ pub fn bundle(data: &[u8]) -> Outcome {
 /// `concord import FILE` on the fixture node: decode the bundle, check its
 /// genesis, add its roster records, verify and apply its envelopes.
 pub fn import(data: &[u8]) -> Outcome {
-    with_fixture(|replica| replica.import(data).map(drop).map_err(refused))
+    with_fixture(|replica| {
+        replica.import(data).map_err(refused)?;
+        read_everything(replica);
+        Ok(())
+    })
 }
 
 /// A sync request from a peer, handled as the node's event loop handles it:
@@ -194,7 +198,9 @@ pub fn ingest(data: &[u8]) -> Outcome {
             records, envelopes, ..
         } => {
             replica.add_records(&records).map_err(refused)?;
-            replica.ingest_wire(&envelopes).map(drop).map_err(refused)
+            replica.ingest_wire(&envelopes).map_err(refused)?;
+            read_everything(replica);
+            Ok(())
         }
     })
 }
@@ -241,8 +247,35 @@ pub fn ingest_signed(data: &[u8]) -> Outcome {
     }
     with_fixture(|replica| {
         replica.add_records(&records).map_err(refused)?;
-        replica.ingest_wire(&envelopes).map(drop).map_err(refused)
+        replica.ingest_wire(&envelopes).map_err(refused)?;
+        read_everything(replica);
+        Ok(())
     })
+}
+
+/// Every read a node serves over what it just accepted: the register and
+/// the dialogue, each item's history, the briefing as Markdown and HTML,
+/// the checkpoints. Whatever a member signs and the checks let in must
+/// render: a panic here is a finding (a year-10000 time once panicked
+/// every node on its first read).
+fn read_everything(replica: &mut Replica) {
+    use concord_node::replica::AssessmentFilter;
+    let mut ids = Vec::new();
+    if let Ok(assessments) = replica.assessments(&AssessmentFilter::default()) {
+        ids.extend(assessments.into_iter().map(|a| a.id));
+    }
+    if let Ok(notes) = replica.notes() {
+        ids.extend(notes.into_iter().map(|n| n.id));
+    }
+    for id in &ids {
+        let _ = replica.history(id);
+    }
+    let _ = replica.categories();
+    let _ = replica.checkpoints();
+    if let Ok(briefing) = replica.briefing(None, None) {
+        concord_node::report::to_markdown(&briefing.report);
+        concord_node::report::to_html(&briefing.report);
+    }
 }
 
 /// An uncompressed Automerge change chunk around `data`: magic, checksum

@@ -108,6 +108,12 @@ pub enum Why {
     OverwritesDelete,
     #[error("{0}")]
     Value(BadValue),
+    #[error(
+        "is not encoded the way Automerge encodes it: its operations encode again to \
+         change {0}, and Automerge, which rebuilds changes from their operations, would \
+         look for that one"
+    )]
+    NotCanonical(ChangeHash),
 }
 
 /// Checks every operation of `changes`, a batch in causal order (each
@@ -201,6 +207,29 @@ fn decode(change: &Change) -> Result<ExpandedChange, BadOp> {
         at: "its operations".into(),
         why: Why::Undecodable,
     })
+}
+
+/// Refuses a change that is not in Automerge's own encoding. Automerge
+/// keeps operations, not bytes: it rebuilds a change from them when asked
+/// for its changes (an item's history, a save), and a change whose bytes
+/// differ from that rebuild (found by fuzzing: one flipped bit in a column
+/// header) hashes differently once rebuilt, so its dependants name a change
+/// Automerge no longer finds, and it panics.
+fn canonical(change: &Change, expanded: ExpandedChange) -> Result<(), BadOp> {
+    let again = catch_unwind(AssertUnwindSafe(|| Change::from(expanded).hash()));
+    match again {
+        Ok(hash) if hash == change.hash() => Ok(()),
+        Ok(hash) => Err(BadOp {
+            change: change.hash(),
+            at: "its encoding".into(),
+            why: Why::NotCanonical(hash),
+        }),
+        Err(_) => Err(BadOp {
+            change: change.hash(),
+            at: "its operations".into(),
+            why: Why::Undecodable,
+        }),
+    }
 }
 
 /// An operation id with its actor interned.
@@ -386,7 +415,7 @@ impl<O: Ops> Checker<'_, O> {
                 why: Why::ActorUnused,
             });
         }
-        Ok(())
+        canonical(change, expanded)
     }
 
     fn check_op(&mut self, id: Id, op: &legacy::Op) -> Result<(), Why> {
@@ -859,6 +888,31 @@ mod tests {
         assert_eq!(why(&base, &unknown_pred), Some(Why::OverwritesUnknown));
         let pred_elsewhere = with_op(&title, 0, |op| op.key = Key::Map("summary".into()));
         assert_eq!(why(&base, &pred_elsewhere), Some(Why::OverwritesElsewhere));
+    }
+
+    /// Concord's own changes, large ones too (Automerge compresses the
+    /// columns of a big change), encode back to themselves; a change in
+    /// an encoding Automerge never writes is refused.
+    #[test]
+    fn only_changes_in_automerges_own_encoding_pass() {
+        let mut doc =
+            crate::doc::Document::new(crate::identity::Identity::from_secret([5; 32]).public());
+        let new = crate::doc::NewAssessment {
+            category: "algorithmic-bias".into(),
+            title: "t".into(),
+            summary: "s".repeat(20_000),
+            likelihood: None,
+            severity: None,
+            mitigations: (0..200).map(|i| format!("mitigation {i}")).collect(),
+            status: crate::model::Status::Open,
+        };
+        let big = doc
+            .add_assessment("ra-big", &new, MIN_TIME_MS)
+            .expect("write");
+        assert!(big.raw_bytes().len() > 20_000);
+        assert_eq!(check(&[&big], &()), Ok(()));
+        let reencoded: Change = big.decode().into();
+        assert_eq!(reencoded.hash(), big.hash());
     }
 
     #[test]
