@@ -145,6 +145,12 @@ pub enum IngestError {
     )]
     Fork(Box<Fork>),
     #[error(
+        "fork: {} ({}) signed yet another change with sequence number {}: {}; one proof of \
+         its equivocation is kept already, so this one is not, and its sender is disconnected",
+        .0.name, .0.author, .0.seq, .0.conflicting
+    )]
+    ForkAgain(Box<Fork>),
+    #[error(
         "change {hash} by {name} depends on {missing}, which is neither stored nor in this batch"
     )]
     MissingDependency {

@@ -1153,19 +1153,7 @@ impl Replica {
             &mut self.op_index,
         ) {
             Ok(checked) => checked,
-            Err(IngestError::Fork(fork)) => {
-                tracing::warn!(author = %fork.author, seq = fork.seq, refused = %fork.conflicting, "fork refused and kept as evidence");
-                self.store.record_evidence(
-                    &fork.conflicting,
-                    &Evidence {
-                        envelope: fork.evidence.encode(),
-                        conflicts_with: fork.existing.0,
-                        seq: fork.seq,
-                        recorded_at_ms: now_ms(),
-                    },
-                )?;
-                return Err(IngestError::Fork(fork).into());
-            }
+            Err(IngestError::Fork(fork)) => return Err(self.keep_evidence(fork)),
             Err(e) => return Err(e.into()),
         };
         let summary = ImportSummary {
@@ -1247,6 +1235,43 @@ impl Replica {
             summary,
             checked.accepted.into_iter().map(|a| a.envelope).collect(),
         ))
+    }
+
+    /// Keeps one proof of `fork`'s equivocation per (author, sequence
+    /// number): the first variant refused is stored; the same one again
+    /// changes nothing; any further variant is not stored, and its error
+    /// ([`IngestError::ForkAgain`]) has the sender disconnected and banned,
+    /// so endless variants of one change cost a node nothing but the ban.
+    fn keep_evidence(&mut self, fork: Box<ingest::Fork>) -> ReplicaError {
+        let author = fork.evidence.author();
+        let kept = match self.store.evidence_for(&author, fork.seq) {
+            Ok(kept) => kept,
+            Err(e) => return e.into(),
+        };
+        match kept {
+            None => {
+                tracing::warn!(author = %fork.author, seq = fork.seq, refused = %fork.conflicting, "fork refused and kept as evidence");
+                let evidence = Evidence {
+                    envelope: fork.evidence.encode(),
+                    conflicts_with: fork.existing.0,
+                    seq: fork.seq,
+                    recorded_at_ms: now_ms(),
+                };
+                if let Err(e) = self.store.record_evidence(&author, &evidence) {
+                    return e.into();
+                }
+                IngestError::Fork(fork).into()
+            }
+            Some(kept)
+                if Envelope::decode(&kept.envelope).map(|e| e.hash()) == Ok(fork.conflicting) =>
+            {
+                IngestError::Fork(fork).into()
+            }
+            Some(_) => {
+                tracing::warn!(author = %fork.author, seq = fork.seq, refused = %fork.conflicting, "yet another variant of a change already proven forked; not kept");
+                IngestError::ForkAgain(fork).into()
+            }
+        }
     }
 
     /// A bundle of the genesis and every change not in the causal past of
@@ -2083,6 +2108,66 @@ mod tests {
         let reopened = Replica::open(&DataDir::new(dirs[0].path())).expect("reopen");
         assert_eq!(state(&reopened), before);
         assert_eq!(reopened.assessment(&id).expect("there").title, "durable");
+    }
+
+    /// A member that signs endless versions of one change number leaves
+    /// one proof behind, not one per version: the first variant refused is
+    /// kept, the same one again changes nothing, and a third is refused as
+    /// `ForkAgain` (which has its sender banned) and not stored.
+    #[test]
+    fn one_proof_is_kept_per_equivocation_however_many_variants_come() {
+        let (_dirs, mut replicas) = federation();
+        let forger = Identity::load(&replicas[1].data_dir().key_file()).expect("key");
+        let network = replicas[0].network_id().expect("network");
+        let variant = |title: &str| {
+            let mut doc = Document::new(forger.public());
+            let new = NewAssessment {
+                category: "reliability".into(),
+                title: title.into(),
+                summary: String::new(),
+                likelihood: None,
+                severity: None,
+                mitigations: Vec::new(),
+                status: Status::Draft,
+            };
+            let change = doc
+                .add_assessment("ra-fork", &new, now_ms())
+                .expect("change");
+            EnvelopeBytes(
+                Envelope::sign(&forger, network, change.raw_bytes().to_vec())
+                    .expect("sign")
+                    .encode(),
+            )
+        };
+        let r = &mut replicas[0];
+        r.ingest_wire(&[variant("first")])
+            .expect("the first version");
+        let second = variant("second");
+        for _ in 0..2 {
+            let err = r
+                .ingest_wire(std::slice::from_ref(&second))
+                .expect_err("a fork");
+            assert!(
+                matches!(err, ReplicaError::Ingest(IngestError::Fork(_))),
+                "{err}"
+            );
+        }
+        for n in 3..20 {
+            let err = r
+                .ingest_wire(&[variant(&format!("v{n}"))])
+                .expect_err("a fork");
+            assert!(
+                matches!(err, ReplicaError::Ingest(IngestError::ForkAgain(_))),
+                "{err}"
+            );
+            assert!(
+                err.to_string()
+                    .contains("one proof of its equivocation is kept")
+            );
+        }
+        let evidence = r.store().evidence().expect("evidence");
+        assert_eq!(evidence.len(), 1);
+        assert_eq!(r.audit().expect("audit").forks.len(), 1);
     }
 
     /// After a panic half-way through a write, the node reloads: what the

@@ -5,7 +5,9 @@
 //! - `g` → the genesis file bytes;
 //! - `e` ‖ change hash (32) → envelope bytes;
 //! - `s` ‖ author key (32) ‖ seq (u64 big-endian) → change hash;
-//! - `x` ‖ change hash (32) → evidence record (see [`Evidence`]);
+//! - `x` ‖ author key (32) ‖ seq (u64 big-endian) → evidence record (see
+//!   [`Evidence`]): one proof per equivocation (stores written before this
+//!   layout keyed it by the refused change's hash; those are still read);
 //! - `r` ‖ record id (32) → roster record bytes (see [`crate::governance`]);
 //! - `t` ‖ author key (32) → highest stored seq (u64 big-endian);
 //! - `p` ‖ peer key (32) → remembered addresses;
@@ -87,6 +89,15 @@ pub struct Snapshot {
     pub roster: [u8; 32],
     pub invalid: Vec<[u8; 32]>,
     pub doc: Vec<u8>,
+}
+
+/// `x` ‖ author ‖ seq: where the proof of one equivocation is kept.
+fn evidence_key(author: &PublicKey, seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + 32 + 8);
+    key.push(PREFIX_EVIDENCE);
+    key.extend_from_slice(author.as_bytes());
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
 }
 
 /// The node's store.
@@ -198,14 +209,14 @@ impl Store {
         Ok(count)
     }
 
-    /// Records a refused fork and flushes.
+    /// Records a refused fork by `author` and flushes: one record per
+    /// (author, sequence number), replacing any earlier one.
     pub fn record_evidence(
         &self,
-        hash: &ChangeHash,
+        author: &PublicKey,
         evidence: &Evidence,
     ) -> Result<(), StoreError> {
-        let mut key = vec![PREFIX_EVIDENCE];
-        key.extend_from_slice(&hash.0);
+        let key = evidence_key(author, evidence.seq);
         let value = postcard::to_stdvec(evidence)
             .map_err(|e| StoreError::Corrupt(format!("cannot encode evidence: {e}")))?;
         self.db.insert(key, value)?;
@@ -213,7 +224,22 @@ impl Store {
         Ok(())
     }
 
-    /// Every fork recorded, by hash of the refused change.
+    /// The proof kept of `author`'s fork at `seq`, if any.
+    pub fn evidence_for(
+        &self,
+        author: &PublicKey,
+        seq: u64,
+    ) -> Result<Option<Evidence>, StoreError> {
+        self.db
+            .get(evidence_key(author, seq))?
+            .map(|value| {
+                postcard::from_bytes(&value)
+                    .map_err(|e| StoreError::Corrupt(format!("evidence record: {e}")))
+            })
+            .transpose()
+    }
+
+    /// Every fork recorded.
     pub fn evidence(&self) -> Result<Vec<Evidence>, StoreError> {
         self.db
             .scan_prefix([PREFIX_EVIDENCE])
