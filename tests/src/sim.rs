@@ -7,7 +7,12 @@
 //! partitions and heals the network, restarts nodes from their stores, and
 //! runs two roster removals by quorum while the members write. The stranger
 //! (off the roster) and the observer keep pushing changes of their own, and
-//! the removed member keeps writing after its removal. Every choice comes
+//! the removed member keeps writing after its removal. Member C is also
+//! Byzantine: now and then it signs a change with a value Concord never
+//! writes (a time in the year 10000, a number for a title, a 30 KB
+//! summary, a text object, a position filed under no node id…) and pushes
+//! it to a peer; honest nodes must refuse every one, and keep running and
+//! converging. Every choice comes
 //! from one seeded generator and the engine keeps no hash-ordered state, so
 //! a seed replays exactly: [`Outcome::trace`] digests every delivery.
 //!
@@ -51,6 +56,8 @@ pub struct Plan {
     pub restarts: usize,
     /// Changes the stranger and the observer each try to push.
     pub intruder_changes: usize,
+    /// Changes with hostile values member C signs and pushes.
+    pub hostile_changes: usize,
 }
 
 impl Default for Plan {
@@ -62,6 +69,7 @@ impl Default for Plan {
             partitions: 20,
             restarts: 5,
             intruder_changes: 20,
+            hostile_changes: 20,
         }
     }
 }
@@ -81,6 +89,8 @@ pub struct Outcome {
     pub rejected: usize,
     /// Requests refused by an engine (stranger, observer, removed member).
     pub refusals: usize,
+    /// C's pushes of hostile values that the receiving engine refused.
+    pub hostile_refused: usize,
     pub messages: usize,
     pub dropped: usize,
     pub duplicated: usize,
@@ -171,6 +181,8 @@ enum What {
     Intrude {
         node: Ix,
     },
+    /// Member C pushes a change carrying a value Concord never writes.
+    Hostile,
     Partition,
     Heal,
     Down {
@@ -246,12 +258,78 @@ struct Sim {
     /// Changes the intruders sign, by intruder, with the next to push.
     intruder: BTreeMap<Ix, (Vec<EnvelopeBytes>, usize)>,
     proposals: BTreeMap<Ix, String>,
+    /// Ids of C's hostile pushes, to count their refusals.
+    hostile_ids: BTreeSet<u64>,
     /// When the last fault ended (a heal, a restarted node back up) or the
     /// last write was made, whichever is later.
     quiet_from: Ms,
     /// Replicas opened during setup, taken by each node's first start.
     opened: Vec<Option<Replica>>,
     stats: Outcome,
+}
+
+/// How many kinds of hostile value [`hostile_change`] makes.
+const HOSTILE_VARIANTS: u8 = 8;
+/// Part of every item id a hostile change writes under.
+const HOSTILE_ID: &str = "hostile";
+
+/// A change by `signer` on top of `doc` that carries one value Concord's
+/// own writes never make, of kind `variant`.
+fn hostile_change(
+    doc: &automerge::Automerge,
+    signer: &Identity,
+    variant: u8,
+    now: Ms,
+) -> Result<Vec<u8>, String> {
+    use automerge::transaction::{CommitOptions, Transactable};
+    use automerge::{ActorId, AutomergeError, ObjType, ROOT, ScalarValue};
+    let mut fork = doc
+        .fork()
+        .with_actor(ActorId::from(signer.public().as_bytes().as_slice()));
+    let id = format!("a/ra-{HOSTILE_ID}-{now}");
+    let time = if variant == 4 {
+        i64::MAX
+    } else {
+        1_700_000_000_000 + now as i64
+    };
+    let options = CommitOptions::default().with_time(time);
+    fork.transact_with::<_, _, AutomergeError, _>(
+        |_| options,
+        |tx| {
+            let obj = tx.put_object(ROOT, id.as_str(), ObjType::Map)?;
+            tx.put(&obj, "category", "algorithmic-bias")?;
+            tx.put(&obj, "title", "An ordinary-looking title")?;
+            tx.put(&obj, "status", "open")?;
+            tx.put(&obj, "created_at", ScalarValue::Timestamp(time))?;
+            match variant {
+                0 => tx.put(
+                    &obj,
+                    "created_at",
+                    ScalarValue::Timestamp(253_402_300_800_000),
+                )?,
+                1 => tx.put(&obj, "title", 7)?,
+                2 => tx.put(&obj, "status", "bogus")?,
+                3 => tx.put(&obj, "likelihood", 99)?,
+                4 => {} // the commit time itself
+                5 => tx.put(&obj, "summary", "x".repeat(30_000))?,
+                6 => {
+                    let text = tx.put_object(&obj, "summary", ObjType::Text)?;
+                    tx.splice_text(&text, 0, 0, "\u{1b}[2J")?;
+                }
+                _ => {
+                    let note =
+                        tx.put_object(ROOT, format!("n/cn-{HOSTILE_ID}-{now}"), ObjType::Map)?;
+                    let filed = tx.put_object(&note, "positions", ObjType::Map)?;
+                    tx.put_object(&filed, "not a node id", ObjType::Map)?;
+                }
+            }
+            Ok(())
+        },
+    )
+    .map_err(|e| format!("hostile change: {e:?}"))?;
+    fork.get_last_local_change()
+        .map(|c| c.raw_bytes().to_vec())
+        .ok_or_else(|| "hostile change: none made".to_string())
 }
 
 /// Runs one seed of `plan`. `Err` says what went wrong, with the seed.
@@ -279,7 +357,7 @@ impl fmt::Display for Outcome {
             f,
             "seed {}: {} changes converged {:.1} s after the last fault; {} messages ({} dropped, \
              {} duplicated); {} writes refused locally, {} stored changes rejected, {} requests \
-             refused; trace {}",
+             refused ({} hostile values); trace {}",
             self.seed,
             self.changes,
             self.converged_after.as_secs_f64(),
@@ -289,6 +367,7 @@ impl fmt::Display for Outcome {
             self.refused_locally,
             self.rejected,
             self.refusals,
+            self.hostile_refused,
             hex::encode(&self.trace[..8]),
         )
     }
@@ -395,6 +474,7 @@ impl Sim {
             refused_locally: 0,
             rejected: 0,
             refusals: 0,
+            hostile_refused: 0,
             messages: 0,
             dropped: 0,
             duplicated: 0,
@@ -416,6 +496,7 @@ impl Sim {
             assessments: Vec::new(),
             intruder,
             proposals: BTreeMap::new(),
+            hostile_ids: BTreeSet::new(),
             quiet_from: 0,
             opened,
             stats,
@@ -458,6 +539,10 @@ impl Sim {
                 let at = self.rng.random_range(0..span);
                 self.at(at, What::Intrude { node });
             }
+        }
+        for _ in 0..self.plan.hostile_changes {
+            let at = self.rng.random_range(0..span);
+            self.at(at, What::Hostile);
         }
         let mut t = 0;
         let gap = span / (self.plan.partitions as u64 + 1);
@@ -537,6 +622,9 @@ impl Sim {
                     // The refusing side closes the connection after its
                     // answer; the requester sees the request fail.
                     self.stats.refusals += 1;
+                    if self.hostile_ids.contains(&id) {
+                        self.stats.hostile_refused += 1;
+                    }
                     return self.cut(from, to);
                 }
                 self.transmit(What::Response {
@@ -571,6 +659,7 @@ impl Sim {
             }
             What::Write { node } => self.write(node)?,
             What::Intrude { node } => self.intrude(node)?,
+            What::Hostile => self.hostile()?,
             What::Partition => {
                 let mut side = [false; 5];
                 for s in &mut side {
@@ -888,6 +977,50 @@ impl Sim {
         Ok(())
     }
 
+    /// Member C signs, on top of its own document, a change carrying a
+    /// value Concord never writes, and pushes it to a peer without storing
+    /// it (so its next honest change takes the same number, as a member
+    /// that lies to one peer would).
+    fn hostile(&mut self) -> Result<(), String> {
+        let peers: Vec<Ix> = (0..self.nodes.len())
+            .filter(|&p| p != C && self.linked(C, p))
+            .collect();
+        if peers.is_empty() {
+            return Ok(());
+        }
+        let to = peers[self.rng.random_range(0..peers.len())];
+        let variant: u8 = self.rng.random_range(0..HOSTILE_VARIANTS);
+        self.note(&[15, to as u64, u64::from(variant)]);
+        let Some(engine) = self.nodes[C].engine.as_ref() else {
+            return Ok(());
+        };
+        let replica = engine.replica();
+        let network = engine.network();
+        let change = hostile_change(
+            replica.document().automerge(),
+            &self.nodes[C].identity,
+            variant,
+            self.now,
+        )?;
+        let envelope = Envelope::sign(&self.nodes[C].identity, network, change)
+            .map_err(|e| format!("sign: {e}"))?;
+        let request = sync::Request::Push {
+            network,
+            records: Vec::new(),
+            envelopes: vec![EnvelopeBytes(envelope.encode())],
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        self.hostile_ids.insert(id);
+        self.transmit(What::Request {
+            id,
+            from: C,
+            to,
+            request: Box::new(request),
+        });
+        Ok(())
+    }
+
     fn propose(&mut self, by: Ix, target: Ix) -> Result<(), String> {
         self.note(&[13, by as u64, target as u64]);
         let key = self.nodes[target].key();
@@ -996,6 +1129,7 @@ impl Sim {
     /// is one the final roster lets its author write: none by the stranger
     /// or the observer, none by C past the end of its span.
     fn check_final(&mut self) -> Result<(), String> {
+        use automerge::ReadDoc;
         let honest = self.honest()?;
         let stranger = self.nodes[STRANGER].key();
         let observer = self.nodes[OBSERVER].key();
@@ -1017,6 +1151,14 @@ impl Sim {
                 roster
                     .may_write(&author, seq)
                     .map_err(|e| format!("{} counts change {seq} of {author}: {e}", NAMES[i]))?;
+            }
+            let hostile = replica
+                .document()
+                .automerge()
+                .keys(automerge::ROOT)
+                .find(|k| k.contains(HOSTILE_ID));
+            if let Some(key) = hostile {
+                return Err(format!("{} accepted C's hostile value at {key}", NAMES[i]));
             }
             if i == honest[0] {
                 let audit = replica.audit().map_err(|e| e.to_string())?;

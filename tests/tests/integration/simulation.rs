@@ -62,6 +62,9 @@ fn fifty_seeds_converge_with_no_change_accepted_from_anyone_not_allowed() {
         assert!(o.dropped > 0 && o.duplicated > 0, "{o}");
         assert!(o.refusals > 0, "{o}");
     }
+    // C's hostile values were pushed and refused, in the run as a whole
+    // (a seed whose pushes all fell on cut links refuses none).
+    assert!(outcomes.iter().map(|o| o.hostile_refused).sum::<usize>() > 0);
 }
 
 #[test]
