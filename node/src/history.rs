@@ -7,7 +7,7 @@
 //! following the objects they create. No IO: the caller says how to check a
 //! change's signature.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use automerge::{ActorId, ChangeHash, ExpandedChange};
 use serde::{Deserialize, Serialize};
@@ -119,6 +119,11 @@ struct Touch {
     fields: Vec<String>,
 }
 
+/// How many fields one change's entry names; a change that touches more
+/// (a member's change may set thousands of fields no version reads) says
+/// how many more.
+const MAX_FIELDS: usize = 32;
+
 /// Every change touching root key `key`, in causal order.
 fn touching(doc: &Document, key: &str) -> Vec<Touch> {
     // Objects inside the item, by op id, with their path from the item.
@@ -128,6 +133,7 @@ fn touching(doc: &Document, key: &str) -> Vec<Touch> {
         let expanded: ExpandedChange = change.decode();
         let start = expanded.start_op.get();
         let mut fields: Vec<String> = Vec::new();
+        let mut seen: HashSet<String> = HashSet::new();
         for (i, op) in expanded.operations.iter().enumerate() {
             let parent = match &op.obj {
                 automerge::legacy::ObjectId::Root => match &op.key {
@@ -153,9 +159,12 @@ fn touching(doc: &Document, key: &str) -> Vec<Touch> {
             } else {
                 path
             };
-            if !fields.contains(&field) {
+            if seen.insert(field.clone()) && fields.len() < MAX_FIELDS {
                 fields.push(field);
             }
+        }
+        if seen.len() > fields.len() {
+            fields.push(format!("(and {} more)", seen.len() - fields.len()));
         }
         if fields.is_empty() {
             continue;
@@ -253,5 +262,56 @@ mod tests {
         assert!(n.changes[1].fields[0].starts_with("positions"));
         assert_eq!(n.changes[1].problem.as_deref(), Some("forged"));
         assert!(of(&doc_b, "ra-none", &roster, |_| Ok(())).is_none());
+    }
+
+    /// From the hostile review: a member's change may set thousands of
+    /// fields no version reads on an item (plain values are allowed
+    /// there). Its history entry names at most 32 and counts the rest, in
+    /// time linear in the change (it was quadratic, and kept every path).
+    #[test]
+    fn a_change_touching_thousands_of_fields_is_listed_in_bounded_space() {
+        use automerge::transaction::{CommitOptions, Transactable};
+        use automerge::{ROOT, ReadDoc};
+        let me = Identity::from_secret([4; 32]);
+        let mut doc = Document::new(me.public());
+        let new = NewAssessment {
+            category: "algorithmic-bias".into(),
+            title: "t".into(),
+            summary: String::new(),
+            likelihood: None,
+            severity: None,
+            mitigations: Vec::new(),
+            status: Status::Draft,
+        };
+        doc.add_assessment("ra-wide", &new, 1_700_000_000_000)
+            .expect("assessment");
+        let mut am = doc.automerge().clone();
+        let (_, obj) = am.get(ROOT, "a/ra-wide").expect("get").expect("item");
+        am.transact_with::<_, _, automerge::AutomergeError, _>(
+            |_| CommitOptions::default().with_time(1_700_000_000_001),
+            |tx| {
+                for i in 0..20_000 {
+                    tx.put(&obj, format!("f{i}"), 1)?;
+                }
+                Ok(())
+            },
+        )
+        .expect("wide change");
+        let doc = Document::load(&am.save(), me.public()).expect("loads");
+        let roster = Roster::new(
+            [RosterEntry {
+                key: me.public(),
+                name: "A".into(),
+                role: Role::Member,
+            }],
+            1,
+        );
+        let history = of(&doc, "ra-wide", &roster, |_| Ok(())).expect("history");
+        let wide = &history.changes[1].fields;
+        assert_eq!(wide.len(), MAX_FIELDS + 1, "{wide:?}");
+        assert_eq!(
+            wide[MAX_FIELDS],
+            format!("(and {} more)", 20_000 - MAX_FIELDS)
+        );
     }
 }

@@ -915,6 +915,37 @@ mod tests {
         assert_eq!(reencoded.hash(), big.hash());
     }
 
+    /// From the hostile review: a change nesting maps 100,000 deep under
+    /// a field no version writes passed the check, and walking the
+    /// document (the canonical state every page hashes) overflowed the
+    /// stack: an abort no `catch_unwind` catches. Objects are made only
+    /// where Concord's layout has them, so nesting is bounded.
+    #[test]
+    fn objects_under_fields_concord_does_not_know_are_refused() {
+        let base = base();
+        for (parent, key) in [("", "z"), ("a/x", "later2"), ("a/x", "title")] {
+            let mut fork = base.doc.fork().with_actor(actor(0xbb));
+            fork.transact_with::<_, _, AutomergeError, _>(
+                |_| at(),
+                |tx| {
+                    let mut obj = match parent {
+                        "" => automerge::ROOT,
+                        item => tx.get(ROOT, item)?.expect("item").1,
+                    };
+                    for _ in 0..50 {
+                        obj = tx.put_object(&obj, key, ObjType::Map)?;
+                    }
+                    Ok(())
+                },
+            )
+            .expect("nest");
+            let nested = fork.get_last_local_change().expect("a change");
+            let err = check(&[&nested], &DocOps(&base.doc)).expect_err("refused");
+            assert!(matches!(err.why, Why::Value(_)), "{key}: {err}");
+            assert!(err.at.starts_with("operation 0 "), "{key}: {err}");
+        }
+    }
+
     #[test]
     fn a_bad_operation_is_named_with_its_change_and_id() {
         let base = base();

@@ -38,6 +38,11 @@ use crate::taxonomy::{self, Category};
 /// Everything that can go wrong in a node's local operations.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicaError {
+    #[error(
+        "this machine's clock reads {0}, outside years 2000 to 9999; every other node would \
+         refuse a change signed now, so nothing was written: set the clock and write again"
+    )]
+    Clock(String),
     #[error(transparent)]
     Identity(#[from] IdentityError),
     #[error(transparent)]
@@ -551,7 +556,8 @@ impl Replica {
     ) -> Result<ChangeHash, ReplicaError> {
         let network = self.require_writer()?;
         self.require_durable()?;
-        let change = edit(&mut self.doc, now_ms())?;
+        let now = signing_time(now_ms())?;
+        let change = edit(&mut self.doc, now)?;
         let stored = Envelope::sign(&self.identity, network, change.raw_bytes().to_vec())
             .map_err(ReplicaError::from)
             .and_then(|envelope| {
@@ -1810,6 +1816,18 @@ fn causal_order(accepted: &[ingest::Accepted]) -> Vec<&ingest::Accepted> {
         .collect()
 }
 
+/// `now` if a change may carry it: a node whose clock reads before 2000
+/// (a board without a real-time clock boots in 1970) must not sign a
+/// change every other node's operation check would refuse, and on which
+/// every later change of its chain would then hang.
+fn signing_time(now: i64) -> Result<i64, ReplicaError> {
+    if model::valid_time(now) {
+        Ok(now)
+    } else {
+        Err(ReplicaError::Clock(model::format_time(now)))
+    }
+}
+
 /// The genesis and roster records in the store, if the node has joined.
 fn load_membership(store: &Store) -> Result<Option<Membership>, ReplicaError> {
     let Some(bytes) = store.genesis()? else {
@@ -2168,6 +2186,35 @@ mod tests {
         let evidence = r.store().evidence().expect("evidence");
         assert_eq!(evidence.len(), 1);
         assert_eq!(r.audit().expect("audit").forks.len(), 1);
+    }
+
+    /// A node whose clock reads before 2000 writes nothing: its change
+    /// would be refused by every other node (and its chain stuck there).
+    #[test]
+    fn a_clock_outside_years_2000_to_9999_signs_nothing() {
+        assert_eq!(
+            signing_time(1_700_000_000_000).ok(),
+            Some(1_700_000_000_000)
+        );
+        for bad in [0, model::MIN_TIME_MS - 1, model::MAX_TIME_MS + 1] {
+            let err = signing_time(bad).expect_err("refused");
+            assert!(err.to_string().contains("set the clock"), "{err}");
+        }
+        // What the check on every other node would say of such a change.
+        let mut doc = Document::new(Identity::from_secret([9; 32]).public());
+        let new = NewAssessment {
+            category: "reliability".into(),
+            title: "t".into(),
+            summary: String::new(),
+            likelihood: None,
+            severity: None,
+            mitigations: Vec::new(),
+            status: Status::Draft,
+        };
+        let change = doc
+            .add_assessment("ra-clock", &new, model::MIN_TIME_MS - 1)
+            .expect("the document itself takes any time");
+        assert!(crate::opcheck::check(&[&change], &()).is_err());
     }
 
     /// After a panic half-way through a write, the node reloads: what the

@@ -10,10 +10,13 @@
 //! node decides alike and none splits from the others.
 //!
 //! Fields Concord does not know (a key no version writes yet) are left to
-//! later versions: any value goes there, within the limits every value
-//! keeps (times in range, strings and byte strings at most
+//! later versions: any plain value goes there, within the limits every
+//! value keeps (times in range, strings and byte strings at most
 //! [`MAX_TEXT_LEN`], keys at most [`MAX_KEY_LEN`]). Readers never look at
-//! them.
+//! them. Objects are made only where the schema has them, so the document
+//! is never deeper than Concord's own layout (four levels): a reader that
+//! walks it (the canonical state, an item's history) cannot be made to
+//! recurse or build paths without bound.
 
 use automerge::{ObjType, ScalarValue};
 
@@ -267,6 +270,9 @@ fn free(action: Action<'_>) -> Result<(), BadValue> {
         })
     };
     match action {
+        Action::Make(_) => {
+            bad("plain values only: objects go only where Concord's layout has them")
+        }
         Action::Put(ScalarValue::Timestamp(t)) if !valid_time(*t) => {
             bad("timestamps in years 2000 to 9999")
         }
@@ -381,8 +387,12 @@ mod tests {
         assert!(check(Role::Comments, None, Action::Put(&v)).is_err());
         assert!(check(Role::Root, Some("a/ra-1"), Action::Put(&v)).is_err());
         assert!(check(Role::Mitigations, None, Action::Make(ObjType::List)).is_err());
-        // Keys no version writes yet stay open, within the common limits.
-        assert!(check(Role::Assessment, Some("later"), Action::Make(ObjType::Map)).is_ok());
+        // Keys no version writes yet stay open to plain values within the
+        // common limits, but never to objects: nesting has no bound there.
+        assert!(check(Role::Assessment, Some("later"), Action::Put(&v)).is_ok());
+        assert!(check(Role::Assessment, Some("later"), Action::Make(ObjType::Map)).is_err());
+        assert!(check(Role::Root, Some("z"), Action::Make(ObjType::List)).is_err());
+        assert!(check(Role::Unknown, Some("z"), Action::Make(ObjType::Map)).is_err());
         assert!(check(Role::Root, Some("z/1"), Action::Put(&v)).is_ok());
         let long_key = "k".repeat(MAX_KEY_LEN + 1);
         assert!(check(Role::Unknown, Some(&long_key), Action::Put(&v)).is_err());
