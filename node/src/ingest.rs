@@ -151,6 +151,18 @@ pub enum IngestError {
     )]
     ForkAgain(Box<Fork>),
     #[error(
+        "change {hash} by {name} numbers its operations from {start}, but its dependency {dep} \
+         already used numbers up to {dep_max}: Automerge numbers a change's operations after \
+         everything it builds on, so this change reuses operation ids"
+    )]
+    OpsNotAfterDeps {
+        hash: ChangeHash,
+        name: String,
+        start: u64,
+        dep: ChangeHash,
+        dep_max: u64,
+    },
+    #[error(
         "change {hash} by {name} depends on {missing}, which is neither stored nor in this batch"
     )]
     MissingDependency {
@@ -196,6 +208,12 @@ pub struct Fork {
     pub conflicting: ChangeHash,
     /// The refused envelope, for the evidence record.
     pub evidence: Envelope,
+}
+
+/// The counter of a change's last operation (its start op less one if it
+/// has none).
+fn max_op(change: &Change) -> u64 {
+    (change.start_op().get() + change.len() as u64).saturating_sub(1)
 }
 
 /// A change that passed every check.
@@ -318,6 +336,11 @@ pub fn check_batch_indexed(
     }
 
     let batch: HashSet<ChangeHash> = parsed.iter().map(|a| a.envelope.hash()).collect();
+    // The last operation counter of each change in the batch.
+    let batch_max_op: HashMap<ChangeHash, u64> = parsed
+        .iter()
+        .map(|a| (a.envelope.hash(), max_op(&a.change)))
+        .collect();
     let batch_deps: HashMap<ChangeHash, (&[ChangeHash], &[u8], u64)> = parsed
         .iter()
         .map(|a| {
@@ -376,6 +399,29 @@ pub fn check_batch_indexed(
                     hash,
                     name: name(),
                     seq,
+                });
+            }
+        }
+        // Automerge numbers a change's operations after every operation in
+        // its causal past; so does every change it makes. A change that
+        // starts lower reuses operation ids (its author's own among them):
+        // the operation check and Automerge would then take one operation
+        // for another, and nodes that hold different batches decide apart.
+        let start = accepted.change.start_op().get();
+        for dep in accepted.change.deps() {
+            let dep_max = match batch_max_op.get(dep) {
+                Some(max) => Some(*max),
+                None => known.change(dep).map(|c| max_op(&c)),
+            };
+            if let Some(dep_max) = dep_max
+                && start <= dep_max
+            {
+                return Err(IngestError::OpsNotAfterDeps {
+                    hash,
+                    name: name(),
+                    start,
+                    dep: *dep,
+                    dep_max,
                 });
             }
         }
@@ -804,6 +850,196 @@ mod tests {
 
     fn sign(id: &Identity, change: Vec<u8>) -> Envelope {
         Envelope::sign(id, NET, change).expect("sign")
+    }
+
+    /// Review finding D at the door: a member's change 2 that reuses the
+    /// operation ids of its stored change 1 (start op 1 again), and a
+    /// change 3 that then writes values Concord never writes into the
+    /// assessment change 1 made, pass every check of `check_batch`, in one
+    /// batch or one by one.
+    #[test]
+    fn review_a_change_reusing_stored_operation_ids_is_refused() {
+        use automerge::legacy::{self, Key, ObjectId, OpType, SortedVec};
+        use automerge::{ObjType, ScalarValue};
+        let f = fixture();
+        let mut doc = Document::new(f.member.public());
+        let c1 = doc
+            .add_assessment(
+                "ra-d",
+                &NewAssessment {
+                    category: "reliability".into(),
+                    title: "honest".into(),
+                    summary: String::new(),
+                    likelihood: None,
+                    severity: None,
+                    mitigations: Vec::new(),
+                    status: Status::Draft,
+                },
+                MIN_TIME_MS,
+            )
+            .expect("c1");
+        let forged = |after: &Change, seq: u64, start: u64, ops: Vec<legacy::Op>| -> Change {
+            let mut e = after.decode();
+            e.seq = seq;
+            e.deps = vec![after.hash()];
+            e.start_op = std::num::NonZeroU64::new(start).expect("start");
+            e.hash = None;
+            e.operations = ops;
+            e.into()
+        };
+        let op = |action, obj, key: &str| legacy::Op {
+            action,
+            obj,
+            key: Key::Map(key.into()),
+            pred: SortedVec::new(),
+            insert: false,
+        };
+        let actor = c1.actor_id().clone();
+        let c2 = forged(
+            &c1,
+            2,
+            1,
+            vec![op(OpType::Make(ObjType::Map), ObjectId::Root, "z")],
+        );
+        let assessment = ObjectId::Id(legacy::OpId(1, actor));
+        let c3 = forged(
+            &c2,
+            3,
+            c1.max_op() + 1,
+            vec![
+                op(
+                    OpType::Put(ScalarValue::Int(99)),
+                    assessment.clone(),
+                    "likelihood",
+                ),
+                op(
+                    OpType::Put(ScalarValue::Str("final".into())),
+                    assessment,
+                    "status",
+                ),
+            ],
+        );
+        let envs: Vec<Envelope> = [&c1, &c2, &c3]
+            .iter()
+            .map(|c| sign(&f.member, c.raw_bytes().to_vec()))
+            .collect();
+        let together = check_batch(envs.clone(), NET, &f.roster, &Mem::default());
+        let mut mem = Mem {
+            bodies: Some(HashMap::new()),
+            ..Mem::default()
+        };
+        let mut one_by_one = Ok(());
+        for e in &envs {
+            match check_batch(vec![e.clone()], NET, &f.roster, &mem) {
+                Ok(checked) => mem.store(&checked),
+                Err(err) => {
+                    one_by_one = Err(err.to_string());
+                    break;
+                }
+            }
+        }
+        assert!(
+            together.is_err() && one_by_one.is_err(),
+            "accepted: together {:?}, one by one {one_by_one:?}",
+            together
+                .map(|c| c.accepted.len())
+                .map_err(|e| e.to_string())
+        );
+    }
+
+    /// Review finding E (critical, a split): with change numbers whose
+    /// start ops go back, "the last change whose start op is at most the
+    /// counter" (`StoredOps`) is no longer the change holding the op. Member
+    /// M signs its assessment (ops 1–9) and then change 2 starting again at
+    /// op 2. Member N, honest, comments on M's assessment: an insert into
+    /// M's `comments` list, op 7@M. A node whose operation index still holds
+    /// M's change 1 (it checked it since it started) accepts N's comment; a
+    /// node that restarted since (or rebuilt, reloaded, or passed
+    /// INDEX_MAX) looks 7@M up along M's chain, lands on change 2, and
+    /// refuses it, and with it every later change of N's.
+    #[test]
+    /// From the hostile review: a member's change 2 that restarted its
+    /// operation counter at 2 (reusing change 1's ids) passed, and then a
+    /// node that kept its operation index and one that restarted decided
+    /// differently on an honest comment: a split. It is refused now.
+    fn review_a_warm_and_a_cold_index_decide_alike_on_an_honest_comment() {
+        use automerge::ScalarValue;
+        use automerge::legacy::{self, Key, ObjectId, OpType, SortedVec};
+        let f = fixture();
+        let mut doc = Document::new(f.member.public());
+        let c1 = doc
+            .add_assessment(
+                "ra-e",
+                &NewAssessment {
+                    category: "reliability".into(),
+                    title: "honest".into(),
+                    summary: String::new(),
+                    likelihood: None,
+                    severity: None,
+                    mitigations: Vec::new(),
+                    status: Status::Draft,
+                },
+                MIN_TIME_MS,
+            )
+            .expect("c1");
+        let mut e = c1.decode();
+        e.seq = 2;
+        e.deps = vec![c1.hash()];
+        e.start_op = std::num::NonZeroU64::new(2).expect("start");
+        e.hash = None;
+        e.operations = vec![legacy::Op {
+            action: OpType::Put(ScalarValue::Str("s".into())),
+            obj: ObjectId::Root,
+            key: Key::Map("z".into()),
+            pred: SortedVec::new(),
+            insert: false,
+        }];
+        let c2: Change = e.into();
+        // N's honest comment, written on a document holding both.
+        let mut theirs = Document::new(f.other_member.public());
+        theirs
+            .apply(vec![c1.clone(), c2.clone()])
+            .expect("N applies M's changes");
+        let comment = theirs
+            .comment("ra-e", "an honest comment", MIN_TIME_MS + 1)
+            .expect("N comments");
+        let envs: Vec<Envelope> = [&c1, &c2]
+            .iter()
+            .map(|c| sign(&f.member, c.raw_bytes().to_vec()))
+            .collect();
+        let comment = sign(&f.other_member, comment.raw_bytes().to_vec());
+        // Warm: one index across the batches, as a running node keeps it.
+        let mut warm_index = OpIndex::default();
+        let mut mem = Mem {
+            bodies: Some(HashMap::new()),
+            ..Mem::default()
+        };
+        let checked =
+            check_batch_indexed(vec![envs[0].clone()], NET, &f.roster, &mem, &mut warm_index)
+                .expect("M's first change passes");
+        mem.store(&checked);
+        warm_index.keep();
+        // The change that reuses operation ids is refused at the door, so
+        // no node holds it and none can decide differently about it.
+        let reused =
+            check_batch_indexed(vec![envs[1].clone()], NET, &f.roster, &mem, &mut warm_index)
+                .expect_err("M's second change reuses operation ids");
+        assert!(
+            matches!(reused, IngestError::OpsNotAfterDeps { start: 2, .. }),
+            "{reused}"
+        );
+        let warm =
+            check_batch_indexed(vec![comment.clone()], NET, &f.roster, &mem, &mut warm_index)
+                .map(|c| c.accepted.len())
+                .map_err(|e| e.to_string());
+        // Cold: the same store, after a restart.
+        let cold = check_batch(vec![comment], NET, &f.roster, &mem)
+            .map(|c| c.accepted.len())
+            .map_err(|e| e.to_string());
+        assert_eq!(
+            warm, cold,
+            "a running node and a restarted one decide differently"
+        );
     }
 
     #[test]
