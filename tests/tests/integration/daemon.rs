@@ -186,3 +186,139 @@ fn run_refuses_bad_flags_and_a_second_instance() {
         "has not joined a network",
     );
 }
+
+/// Sends `head` (a request line and headers, no body) on a fresh connection
+/// to `addr` and returns everything the node answers until it closes the
+/// connection; fails if nothing complete comes within 10 s, as happens when
+/// the node waits for a body that never comes.
+pub(crate) fn raw_answer(addr: std::net::SocketAddr, head: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    stream.write_all(head.as_bytes()).expect("send the head");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!(
+                "no complete answer within 10 s ({e}); got so far: {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// The start of a POST announcing a `length`-byte JSON body, with
+/// `authorization` (a whole header line, or nothing).
+fn post_head(
+    addr: std::net::SocketAddr,
+    path: &str,
+    authorization: &str,
+    length: u64,
+) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{authorization}\
+         Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    )
+}
+
+#[test]
+fn a_request_without_the_token_gets_401_before_its_body_is_read() {
+    use concord_node::api::server::{ApiFile, IMPORT_PATH, RPC_PATH};
+    let fed = Federation::new(&["A"], &[]);
+    let a = support::process::Proc::start(fed.nodes[0].dir(), &[]).expect("A starts");
+    let file = ApiFile::read(a.dir()).expect("api.json");
+    // 256 MiB announced, none sent: an answer proves the body was not awaited.
+    for path in [RPC_PATH, IMPORT_PATH] {
+        for authorization in ["", "Authorization: Bearer not-the-token\r\n"] {
+            let head = post_head(file.address, path, authorization, 256 << 20);
+            let answer = raw_answer(file.address, &head);
+            assert!(
+                answer.starts_with("HTTP/1.1 401"),
+                "{path} {authorization:?}: {answer}"
+            );
+            assert!(answer.contains("missing or wrong API token"), "{answer}");
+        }
+    }
+    // The node keeps serving its own CLI.
+    assert_eq!(a.api().status().envelopes, 0);
+}
+
+/// Text that does not compress: a bundle of it is as large as it looks.
+fn noise(seed: u64, len: usize) -> String {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            char::from(b'a' + ((x >> 33) % 26) as u8)
+        })
+        .collect()
+}
+
+#[test]
+fn a_body_over_the_limit_gets_413_and_a_large_bundle_still_imports() {
+    use concord_node::api::server::{ApiFile, IMPORT_PATH, MAX_REQUEST, RPC_PATH};
+    use concord_node::api::{AssessmentInput, Request, Response};
+    let fed = Federation::new(&["A", "B"], &[]);
+    let (a, b) = (&fed.nodes[0], &fed.nodes[1]);
+
+    // B writes a bundle larger than any other request may be.
+    let proc_b = support::process::Proc::start(b.dir(), &[]).expect("B starts");
+    let api_b = proc_b.api();
+    for chunk in 0..3u64 {
+        let requests = (0..20u64)
+            .map(|i| {
+                Request::AddAssessment(AssessmentInput {
+                    category: "algorithmic-bias".into(),
+                    title: format!("large {chunk}-{i}"),
+                    summary: noise(chunk * 100 + i, 18_000),
+                    status: "open".into(),
+                    ..AssessmentInput::default()
+                })
+            })
+            .collect();
+        match api_b.call(&Request::Batch { requests }) {
+            Ok(Response::Batch(_)) => {}
+            other => panic!("B writes: {other:?}"),
+        }
+    }
+    let bundle = match api_b.call(&Request::Export { since: Vec::new() }) {
+        Ok(Response::Exported(e)) => e.bundle,
+        other => panic!("export: {other:?}"),
+    };
+    assert!(bundle.len() > MAX_REQUEST, "{} bytes", bundle.len());
+    let path = b.dir().join("large.bundle");
+    std::fs::write(&path, &bundle).expect("write the bundle");
+    assert_eq!(proc_b.stop(), Some(0));
+
+    let proc_a = support::process::Proc::start(a.dir(), &[]).expect("A starts");
+    let file = ApiFile::read(a.dir()).expect("api.json");
+    let authorization = format!("Authorization: Bearer {}\r\n", file.token);
+    // Announced over the limit: refused at once, naming the limit.
+    let answer = raw_answer(
+        file.address,
+        &post_head(file.address, RPC_PATH, &authorization, 2 << 20),
+    );
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(
+        answer.contains("over the limit of 1 MiB for POST /v1/rpc"),
+        "{answer}"
+    );
+    let answer = raw_answer(
+        file.address,
+        &post_head(file.address, IMPORT_PATH, &authorization, 257 << 20),
+    );
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("256 MiB"), "{answer}");
+
+    // The CLI imports the large bundle through the running node.
+    a.ok(&["import", support::path_str(&path)]);
+    assert_eq!(proc_a.api().status().envelopes, 60);
+}
