@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Request, Response};
+use crate::clip;
 
 /// File in the data dir holding the API's address and token (mode 0600).
 pub const API_FILE: &str = "api.json";
@@ -180,9 +181,11 @@ async fn rpc(State(state): State<AppState>, headers: HeaderMap, body: Body) -> H
     let request: Request = match serde_json::from_slice(&bytes) {
         Ok(r) => r,
         Err(e) => {
+            // serde quotes what it could not parse: clip it.
+            let reason = clip::message(&e.to_string(), clip::MESSAGE_LEN);
             return error(
                 StatusCode::BAD_REQUEST,
-                ApiError::plain(&format!("malformed request: {e}")),
+                ApiError::plain(&format!("malformed request: {reason}")),
             );
         }
     };

@@ -223,7 +223,10 @@ async fn register(
     {
         return Err(PageError::new(
             StatusCode::BAD_REQUEST,
-            format!("unknown institution {wanted:?}: pick one of the roster's node ids"),
+            format!(
+                "unknown institution {}: pick one of the roster's node ids",
+                crate::clip::quote(wanted)
+            ),
         ));
     }
     let assessments: Vec<_> = assessments

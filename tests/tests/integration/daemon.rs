@@ -322,3 +322,77 @@ fn a_body_over_the_limit_gets_413_and_a_large_bundle_still_imports() {
     a.ok(&["import", support::path_str(&path)]);
     assert_eq!(proc_a.api().status().envelopes, 60);
 }
+
+#[test]
+fn a_nested_batch_and_a_megabyte_id_are_refused_with_short_messages() {
+    use concord_node::api::server::{ApiFile, RPC_PATH};
+    use concord_node::api::{AssessmentInput, Request};
+    let fed = Federation::new(&["A"], &[]);
+    let a = support::process::Proc::start(fed.nodes[0].dir(), &[]).expect("A starts");
+    let api = a.api();
+    let add = Request::AddAssessment(AssessmentInput {
+        category: "algorithmic-bias".into(),
+        title: "inside a nested batch".into(),
+        status: "open".into(),
+        ..AssessmentInput::default()
+    });
+    let nested = Request::Batch {
+        requests: vec![Request::Batch {
+            requests: vec![add.clone()],
+        }],
+    };
+    let err = api.call(&nested).expect_err("a nested batch is refused");
+    assert!(err.contains("batches do not nest"), "{err}");
+    assert_eq!(api.status().envelopes, 0, "nothing was written");
+
+    // A megabyte id: refused, and the message does not carry it.
+    let huge = format!("ra-{}", "x".repeat(1_000_000));
+    for request in [
+        Request::ShowAssessment { id: huge.clone() },
+        Request::History { id: huge.clone() },
+        Request::Batch {
+            requests: vec![Request::Comment {
+                id: huge.clone(),
+                text: "hi".into(),
+            }],
+        },
+        Request::ListAssessments {
+            category: Some(huge.clone()),
+            status: None,
+        },
+    ] {
+        let err = api.call(&request).expect_err("refused");
+        assert!(
+            err.len() < 300,
+            "{} bytes: {}",
+            err.len(),
+            err.chars().take(300).collect::<String>()
+        );
+        assert!(err.contains("1000003 bytes"), "{err}");
+    }
+    // Strings within the id limit but still user-provided are clipped too.
+    let err = api
+        .call(&Request::ListAssessments {
+            category: None,
+            status: Some("s".repeat(1_000_000)),
+        })
+        .expect_err("unknown status");
+    assert!(err.len() < 300, "{} bytes", err.len());
+    // So is what the JSON parser quotes back.
+    let file = ApiFile::read(a.dir()).expect("api.json");
+    let body = format!("{{\"op\": \"{}\"}}", "y".repeat(1_000_000));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut answer = agent
+        .post(&format!("http://{}{RPC_PATH}", file.address))
+        .header("Authorization", &format!("Bearer {}", file.token))
+        .header("Content-Type", "application/json")
+        .send(body.as_bytes())
+        .expect("an answer");
+    assert_eq!(answer.status().as_u16(), 400);
+    let text = answer.body_mut().read_to_string().expect("body");
+    assert!(text.len() < 400, "{} bytes", text.len());
+    assert!(text.contains("malformed request"), "{text}");
+}
