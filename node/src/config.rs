@@ -1,8 +1,9 @@
 //! The data directory's layout and the node's configuration file.
 //!
-//! A data directory holds `identity.key` (mode 0600), `concord.toml` and the
-//! sled store in `store/`. The config file is parsed with unknown fields
-//! refused and validated once into [`Config`].
+//! A data directory (mode 0700: its owner's alone) holds `identity.key`
+//! (mode 0600), `concord.toml` and the sled store in `store/`. The config
+//! file is parsed with unknown fields refused and validated once into
+//! [`Config`].
 
 use std::fs;
 use std::io::Write;
@@ -60,7 +61,51 @@ impl DataDir {
     pub fn store_dir(&self) -> PathBuf {
         self.root.join(STORE_DIR)
     }
+
+    /// Creates the directory (and its parents) if need be, then makes it
+    /// its owner's alone ([`DataDir::restrict`]).
+    pub fn create(&self) -> Result<(), ConfigError> {
+        fs::create_dir_all(&self.root).map_err(|source| ConfigError::Io {
+            path: self.root.clone(),
+            source,
+        })?;
+        self.restrict()
+    }
+
+    /// Makes an existing directory its owner's alone (mode [`DIR_MODE`]):
+    /// the store's files are created readable by all (sled does not say
+    /// otherwise), so the directory is what keeps other local users out of
+    /// the register, the key and the API token. A directory that group or
+    /// others may enter is tightened, and the change logged. A directory
+    /// that does not exist is left for the caller to report.
+    pub fn restrict(&self) -> Result<(), ConfigError> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let io = |source| ConfigError::Io {
+                path: self.root.clone(),
+                source,
+            };
+            let mode = match fs::metadata(&self.root) {
+                Ok(meta) => meta.permissions().mode() & 0o777,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(io(e)),
+            };
+            if mode & 0o077 != 0 {
+                fs::set_permissions(&self.root, fs::Permissions::from_mode(DIR_MODE)).map_err(io)?;
+                tracing::warn!(
+                    path = %self.root.display(),
+                    was = format!("{mode:o}"),
+                    "the data directory was open to other users; it is now 0700"
+                );
+            }
+        }
+        Ok(())
+    }
 }
+
+/// The data directory's mode: only its owner may enter it.
+pub const DIR_MODE: u32 = 0o700;
 
 /// Where `concord run` listens when neither flags, environment nor config
 /// say: TCP and QUIC on every interface, port 7411.

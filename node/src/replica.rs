@@ -304,10 +304,7 @@ impl Replica {
         if dir.key_file().exists() {
             return Err(IdentityError::Exists(dir.key_file()).into());
         }
-        fs::create_dir_all(dir.root()).map_err(|source| ReplicaError::Io {
-            path: dir.root().to_path_buf(),
-            source,
-        })?;
+        dir.create()?;
         let identity = Identity::generate()?;
         identity.save_new(&dir.key_file())?;
         if !dir.config_file().exists() {
@@ -319,6 +316,7 @@ impl Replica {
     /// Opens the node in `dir` and rebuilds its document from the store.
     pub fn open(dir: &DataDir) -> Result<Self, ReplicaError> {
         let started = std::time::Instant::now();
+        dir.restrict()?;
         let identity = Identity::load(&dir.key_file())?;
         let config = Config::load(&dir.config_file())?;
         let store = Store::open(&dir.store_dir())?;
