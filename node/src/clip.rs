@@ -18,7 +18,11 @@ pub const MESSAGE_LEN: usize = 200;
 pub fn quote(text: &str) -> String {
     match cut(text, QUOTE_LEN) {
         None => format!("{text:?}"),
-        Some(head) => format!("{:?} (cut, {} bytes in all)", format!("{head}…"), text.len()),
+        Some(head) => format!(
+            "{:?} (cut, {} bytes in all)",
+            format!("{head}…"),
+            text.len()
+        ),
     }
 }
 
@@ -27,7 +31,11 @@ pub fn quote(text: &str) -> String {
 pub fn message(text: &str, max: usize) -> String {
     match cut(text, max) {
         None => escape_controls(text),
-        Some(head) => format!("{}… (cut, {} bytes in all)", escape_controls(head), text.len()),
+        Some(head) => format!(
+            "{}… (cut, {} bytes in all)",
+            escape_controls(head),
+            text.len()
+        ),
     }
 }
 

@@ -92,7 +92,8 @@ impl DataDir {
                 Err(e) => return Err(io(e)),
             };
             if mode & 0o077 != 0 {
-                fs::set_permissions(&self.root, fs::Permissions::from_mode(DIR_MODE)).map_err(io)?;
+                fs::set_permissions(&self.root, fs::Permissions::from_mode(DIR_MODE))
+                    .map_err(io)?;
                 tracing::warn!(
                     path = %self.root.display(),
                     was = format!("{mode:o}"),
@@ -131,6 +132,10 @@ pub struct WebSettings {
     pub enabled: bool,
     /// Its address; empty means [`crate::web::DEFAULT_WEB`].
     pub listen: Option<String>,
+    /// Host names (or addresses) it answers to besides 127.0.0.1,
+    /// localhost, [::1] and its listen address; any other `Host` header is
+    /// refused (a defence against DNS rebinding). Lowercase, no port.
+    pub hosts: Vec<String>,
 }
 
 impl Default for WebSettings {
@@ -138,6 +143,7 @@ impl Default for WebSettings {
         Self {
             enabled: true,
             listen: None,
+            hosts: Vec::new(),
         }
     }
 }
@@ -195,6 +201,20 @@ impl Config {
         })?;
         config.network = file.network;
         config.web = file.web;
+        config.web.hosts = config
+            .web
+            .hosts
+            .iter()
+            .map(|h| {
+                crate::web::normalise_host(h).ok_or_else(|| ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "[web] hosts: {} is not a host name or address without a port",
+                        crate::clip::quote(h)
+                    ),
+                })
+            })
+            .collect::<Result<_, _>>()?;
         Ok(config)
     }
 
@@ -231,7 +251,10 @@ impl Config {
              # The read-only web view (register, dialogue, history, network). It has no\n\
              # login: serve it beyond loopback only on a network you trust.\n\
              # enabled = true\n\
-             # listen = \"127.0.0.1:0\"   # port 0 = chosen by the OS, printed at start\n"
+             # listen = \"127.0.0.1:0\"   # port 0 = chosen by the OS, printed at start\n\
+             # Host names it answers to besides 127.0.0.1, localhost and its listen\n\
+             # address (a page under any other name is refused: DNS rebinding).\n\
+             # hosts = [\"concord.example.org\"]\n"
         );
         let mut file = fs::OpenOptions::new()
             .write(true)
@@ -271,6 +294,32 @@ mod tests {
         assert!(!config.network.mdns);
         assert!(config.web.enabled);
         assert_eq!(config.web.listen.as_deref(), Some(crate::web::DEFAULT_WEB));
+        assert!(config.web.hosts.is_empty());
+    }
+
+    #[test]
+    fn web_hosts_are_lowercased_and_a_port_or_a_url_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(CONFIG_FILE);
+        fs::write(
+            &path,
+            "name = \"A\"\n[web]\nhosts = [\"Concord.Example.org\", \"10.0.0.5\", \"[fe80::1]\"]\n",
+        )
+        .expect("write");
+        let config = Config::load(&path).expect("load");
+        assert_eq!(
+            config.web.hosts,
+            ["concord.example.org", "10.0.0.5", "[fe80::1]"]
+        );
+        for bad in [
+            "concord.example.org:8080",
+            "http://concord.example.org/",
+            "a b",
+        ] {
+            fs::write(&path, format!("name = \"A\"\n[web]\nhosts = [\"{bad}\"]\n")).expect("write");
+            let err = Config::load(&path).expect_err(bad).to_string();
+            assert!(err.contains("[web] hosts"), "{bad}: {err}");
+        }
     }
 
     #[test]

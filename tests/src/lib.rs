@@ -404,6 +404,7 @@ pub mod live {
                 mdns: false,
                 api: "127.0.0.1:0".parse().expect("addr"),
                 web: Some("127.0.0.1:0".parse().expect("addr")),
+                web_hosts: Vec::new(),
                 faults: None,
             })
             .await

@@ -215,12 +215,7 @@ pub(crate) fn raw_answer(addr: std::net::SocketAddr, head: &str) -> String {
 
 /// The start of a POST announcing a `length`-byte JSON body, with
 /// `authorization` (a whole header line, or nothing).
-fn post_head(
-    addr: std::net::SocketAddr,
-    path: &str,
-    authorization: &str,
-    length: u64,
-) -> String {
+fn post_head(addr: std::net::SocketAddr, path: &str, authorization: &str, length: u64) -> String {
     format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{authorization}\
          Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
@@ -251,7 +246,9 @@ fn a_request_without_the_token_gets_401_before_its_body_is_read() {
 
 /// Text that does not compress: a bundle of it is as large as it looks.
 fn noise(seed: u64, len: usize) -> String {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
             x = x
