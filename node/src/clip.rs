@@ -79,6 +79,6 @@ mod tests {
         let long = format!("unknown variant `{}`", "y".repeat(10_000));
         let cut = message(&long, MESSAGE_LEN);
         assert!(cut.len() < MESSAGE_LEN + 40, "{cut}");
-        assert!(cut.ends_with(&format!("({} bytes in all)", long.len())));
+        assert!(cut.ends_with(&format!("(cut, {} bytes in all)", long.len())));
     }
 }

@@ -760,11 +760,10 @@ fn check_ids(request: &Request) -> Result<(), ReplicaError> {
         }
         Request::AddCategory { key, .. } => check("category key", key)?,
         Request::AddAssessment(input) => check("category", &input.category)?,
-        Request::ListAssessments { category, .. } => {
-            if let Some(key) = category {
-                check("category", key)?;
-            }
-        }
+        Request::ListAssessments {
+            category: Some(key),
+            ..
+        } => check("category", key)?,
         Request::AddNote(input) => {
             for id in &input.assessments {
                 check("assessment id", id)?;
