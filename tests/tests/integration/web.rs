@@ -525,6 +525,14 @@ async fn the_web_view_answers_only_to_its_own_host_names() {
             "the refusal names the host: {answer}"
         );
     }
+
+    // An id of 60,000 bytes in a page's path: refused, and not echoed whole.
+    let long_id = format!("ra-{}", "z".repeat(60_000));
+    let (status, body) = fetch("GET", format!("{}/item/{long_id}", nodes[0].web_url())).await;
+    let start = &body[..body.len().min(500)];
+    assert_eq!(status, 404, "{start}");
+    assert!(body.contains("is too long"), "{start}");
+    assert!(!body.contains(&long_id), "the page echoes the whole id");
 }
 
 #[test]
