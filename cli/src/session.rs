@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
 use concord_node::ReplicaError;
-use concord_node::api::server::{ApiError, ApiFile};
+use concord_node::api::server::{ApiError, ApiFile, IMPORT_PATH, RPC_PATH};
 use concord_node::api::{self, Request, Response};
 use concord_node::config::DataDir;
 use concord_node::replica::Replica;
@@ -79,7 +79,8 @@ impl Session {
 /// The running node's API.
 pub struct Remote {
     agent: ureq::Agent,
-    url: String,
+    /// `http://ADDRESS`, to which the route is appended.
+    base: String,
     token: String,
 }
 
@@ -94,20 +95,31 @@ impl Remote {
             .build();
         let remote = Self {
             agent: config.into(),
-            url: format!("http://{}/v1/rpc", file.address),
+            base: format!("http://{}", file.address),
             token: file.token,
         };
         // A stale file (the node died) points at nothing: fall back to the store.
         remote.call(&Request::Status).ok().map(|_| remote)
     }
 
+    /// Sends one request: an import as the bundle's bytes on its own route
+    /// (the only one that takes a large body), any other as JSON.
     pub fn call(&self, request: &Request) -> anyhow::Result<Response> {
-        let mut answer = self
-            .agent
-            .post(&self.url)
-            .header("Authorization", &format!("Bearer {}", self.token))
-            .send_json(request)
-            .context("the running node's API did not answer")?;
+        let authorization = format!("Bearer {}", self.token);
+        let sent = match request {
+            Request::Import { bundle } => self
+                .agent
+                .post(&format!("{}{IMPORT_PATH}", self.base))
+                .header("Authorization", &authorization)
+                .header("Content-Type", "application/octet-stream")
+                .send(&bundle[..]),
+            other => self
+                .agent
+                .post(&format!("{}{RPC_PATH}", self.base))
+                .header("Authorization", &authorization)
+                .send_json(other),
+        };
+        let mut answer = sent.context("the running node's API did not answer")?;
         let status = answer.status();
         let body = answer
             .body_mut()

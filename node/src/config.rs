@@ -1,8 +1,9 @@
 //! The data directory's layout and the node's configuration file.
 //!
-//! A data directory holds `identity.key` (mode 0600), `concord.toml` and the
-//! sled store in `store/`. The config file is parsed with unknown fields
-//! refused and validated once into [`Config`].
+//! A data directory (mode 0700: its owner's alone) holds `identity.key`
+//! (mode 0600), `concord.toml` and the sled store in `store/`. The config
+//! file is parsed with unknown fields refused and validated once into
+//! [`Config`].
 
 use std::fs;
 use std::io::Write;
@@ -60,7 +61,52 @@ impl DataDir {
     pub fn store_dir(&self) -> PathBuf {
         self.root.join(STORE_DIR)
     }
+
+    /// Creates the directory (and its parents) if need be, then makes it
+    /// its owner's alone ([`DataDir::restrict`]).
+    pub fn create(&self) -> Result<(), ConfigError> {
+        fs::create_dir_all(&self.root).map_err(|source| ConfigError::Io {
+            path: self.root.clone(),
+            source,
+        })?;
+        self.restrict()
+    }
+
+    /// Makes an existing directory its owner's alone (mode [`DIR_MODE`]):
+    /// the store's files are created readable by all (sled does not say
+    /// otherwise), so the directory is what keeps other local users out of
+    /// the register, the key and the API token. A directory that group or
+    /// others may enter is tightened, and the change logged. A directory
+    /// that does not exist is left for the caller to report.
+    pub fn restrict(&self) -> Result<(), ConfigError> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let io = |source| ConfigError::Io {
+                path: self.root.clone(),
+                source,
+            };
+            let mode = match fs::metadata(&self.root) {
+                Ok(meta) => meta.permissions().mode() & 0o777,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(io(e)),
+            };
+            if mode & 0o077 != 0 {
+                fs::set_permissions(&self.root, fs::Permissions::from_mode(DIR_MODE))
+                    .map_err(io)?;
+                tracing::warn!(
+                    path = %self.root.display(),
+                    was = format!("{mode:o}"),
+                    "the data directory was open to other users; it is now 0700"
+                );
+            }
+        }
+        Ok(())
+    }
 }
+
+/// The data directory's mode: only its owner may enter it.
+pub const DIR_MODE: u32 = 0o700;
 
 /// Where `concord run` listens when neither flags, environment nor config
 /// say: TCP and QUIC on every interface, port 7411.
@@ -86,6 +132,10 @@ pub struct WebSettings {
     pub enabled: bool,
     /// Its address; empty means [`crate::web::DEFAULT_WEB`].
     pub listen: Option<String>,
+    /// Host names (or addresses) it answers to besides 127.0.0.1,
+    /// localhost, [::1] and its listen address; any other `Host` header is
+    /// refused (a defence against DNS rebinding). Lowercase, no port.
+    pub hosts: Vec<String>,
 }
 
 impl Default for WebSettings {
@@ -93,6 +143,7 @@ impl Default for WebSettings {
         Self {
             enabled: true,
             listen: None,
+            hosts: Vec::new(),
         }
     }
 }
@@ -150,6 +201,20 @@ impl Config {
         })?;
         config.network = file.network;
         config.web = file.web;
+        config.web.hosts = config
+            .web
+            .hosts
+            .iter()
+            .map(|h| {
+                crate::web::normalise_host(h).ok_or_else(|| ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "[web] hosts: {} is not a host name or address without a port",
+                        crate::clip::quote(h)
+                    ),
+                })
+            })
+            .collect::<Result<_, _>>()?;
         Ok(config)
     }
 
@@ -186,7 +251,10 @@ impl Config {
              # The read-only web view (register, dialogue, history, network). It has no\n\
              # login: serve it beyond loopback only on a network you trust.\n\
              # enabled = true\n\
-             # listen = \"127.0.0.1:0\"   # port 0 = chosen by the OS, printed at start\n"
+             # listen = \"127.0.0.1:0\"   # port 0 = chosen by the OS, printed at start\n\
+             # Host names it answers to besides 127.0.0.1, localhost and its listen\n\
+             # address (a page under any other name is refused: DNS rebinding).\n\
+             # hosts = [\"concord.example.org\"]\n"
         );
         let mut file = fs::OpenOptions::new()
             .write(true)
@@ -226,6 +294,32 @@ mod tests {
         assert!(!config.network.mdns);
         assert!(config.web.enabled);
         assert_eq!(config.web.listen.as_deref(), Some(crate::web::DEFAULT_WEB));
+        assert!(config.web.hosts.is_empty());
+    }
+
+    #[test]
+    fn web_hosts_are_lowercased_and_a_port_or_a_url_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(CONFIG_FILE);
+        fs::write(
+            &path,
+            "name = \"A\"\n[web]\nhosts = [\"Concord.Example.org\", \"10.0.0.5\", \"[fe80::1]\"]\n",
+        )
+        .expect("write");
+        let config = Config::load(&path).expect("load");
+        assert_eq!(
+            config.web.hosts,
+            ["concord.example.org", "10.0.0.5", "[fe80::1]"]
+        );
+        for bad in [
+            "concord.example.org:8080",
+            "http://concord.example.org/",
+            "a b",
+        ] {
+            fs::write(&path, format!("name = \"A\"\n[web]\nhosts = [\"{bad}\"]\n")).expect("write");
+            let err = Config::load(&path).expect_err(bad).to_string();
+            assert!(err.contains("[web] hosts"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -45,9 +45,9 @@ pub enum DocError {
     Panicked(&'static str),
     #[error("change does not parse: {0}")]
     BadChange(String),
-    #[error("no assessment with id {0:?}")]
+    #[error("no assessment with id {}", crate::clip::quote(.0))]
     NoAssessment(String),
-    #[error("no note with id {0:?}")]
+    #[error("no note with id {}", crate::clip::quote(.0))]
     NoNote(String),
     #[error("nothing to change: the values given are already the current ones")]
     NothingToChange,

@@ -33,7 +33,7 @@ pub enum IdentityError {
     },
     #[error("key file {path} is malformed: {reason}")]
     Malformed { path: PathBuf, reason: String },
-    #[error("invalid node id {id:?}: {reason}")]
+    #[error("invalid node id {}: {reason}", crate::clip::quote(.id))]
     InvalidNodeId { id: String, reason: String },
     #[error("public key {0} is not a valid ed25519 point or is of small order")]
     WeakKey(String),

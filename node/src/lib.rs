@@ -2,6 +2,7 @@
 //! assessments and consensus notes.
 //!
 //! Modules, in reading order:
+//! - [`clip`]: user-provided text quoted and clipped for error messages;
 //! - [`identity`]: the institution's ed25519 key, node id and fingerprint;
 //! - [`roster`]: who is a member or an observer;
 //! - [`genesis`]: the signed founding record; its hash is the network id;
@@ -33,6 +34,7 @@
 pub mod api;
 pub mod bundle;
 pub mod checkpoint;
+pub mod clip;
 pub mod config;
 pub mod contain;
 pub mod doc;

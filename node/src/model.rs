@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 pub enum ValueError {
     #[error("{field} must be an integer from 1 to 5, got {value}")]
     OutOfRange { field: &'static str, value: i64 },
-    #[error("unknown {what} {value:?}; expected one of: {expected}")]
+    #[error("unknown {what} {}; expected one of: {expected}", crate::clip::quote(.value))]
     Unknown {
         what: &'static str,
         value: String,

@@ -108,6 +108,9 @@ pub struct NodeConfig {
     pub api: SocketAddr,
     /// Where the read-only web view listens; `None` serves none.
     pub web: Option<SocketAddr>,
+    /// Host names the web view answers to besides 127.0.0.1, localhost,
+    /// [::1] and its listen address (`[web] hosts`).
+    pub web_hosts: Vec<String>,
     /// Faults to inject into this node's own sync requests (tests only;
     /// see [`crate::faults`]).
     pub faults: Option<Faults>,
@@ -307,6 +310,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
                     calls: calls_tx.clone(),
                 },
                 version,
+                config.web_hosts.clone(),
                 async move {
                     let _ = web_stop_rx.await;
                 },

@@ -65,9 +65,12 @@ pub enum ReplicaError {
     Record(#[from] RecordError),
     #[error("only members can propose or approve roster changes")]
     NotAMember,
-    #[error("no pending proposal has an id starting with {0:?}; run `concord member proposals`")]
+    #[error(
+        "no pending proposal has an id starting with {}; run `concord member proposals`",
+        crate::clip::quote(.0)
+    )]
     UnknownProposal(String),
-    #[error("{0:?} matches more than one proposal; give more of the id")]
+    #[error("{} matches more than one proposal; give more of the id", crate::clip::quote(.0))]
     AmbiguousProposal(String),
     #[error("proposal {id} can no longer be approved: it is {state}")]
     ProposalSettled { id: String, state: String },
@@ -77,6 +80,16 @@ pub enum ReplicaError {
     BadProposal(String),
     #[error("batch refused: {0}")]
     BadBatch(String),
+    /// `start` is the id quoted and clipped ([`crate::clip::quote`]).
+    #[error(
+        "{what} of {len} bytes is too long: ids are at most {} bytes; it starts {start}",
+        crate::api::MAX_ID_LEN
+    )]
+    IdTooLong {
+        what: &'static str,
+        len: usize,
+        start: String,
+    },
     #[error(
         "this node's change number {seq} builds on a change that is rejected under the roster \
          in force, so every node rejects it and everything after it in this key's chain; \
@@ -109,25 +122,35 @@ pub enum ReplicaError {
     NotOnFoundingRoster { node_id: String, network: String },
     #[error("this node is an observer of the network; observers cannot write")]
     ObserverCannotWrite,
-    #[error("unknown category {0:?}; run `concord categories` for the list")]
+    #[error(
+        "unknown category {}; run `concord categories` for the list",
+        crate::clip::quote(.0)
+    )]
     UnknownCategory(String),
-    #[error("category {0:?} already exists")]
+    #[error("category {} already exists", crate::clip::quote(.0))]
     CategoryExists(String),
-    #[error("invalid category key {0:?}: use 2-48 lowercase letters, digits and hyphens")]
+    #[error(
+        "invalid category key {}: use 2-48 lowercase letters, digits and hyphens",
+        crate::clip::quote(.0)
+    )]
     BadCategoryKey(String),
     #[error(
-        "unknown group {0:?}; expected technological-safety, application-security or beneficial-use"
+        "unknown group {}; expected technological-safety, application-security or beneficial-use",
+        crate::clip::quote(.0)
     )]
     UnknownGroup(String),
-    #[error("no assessment with id {0:?}")]
+    #[error("no assessment with id {}", crate::clip::quote(.0))]
     UnknownAssessment(String),
-    #[error("no note with id {0:?}")]
+    #[error("no note with id {}", crate::clip::quote(.0))]
     UnknownNote(String),
-    #[error("{0:?} is not a change hash (64 hex digits)")]
+    #[error("{} is not a change hash (64 hex digits)", crate::clip::quote(.0))]
     BadHash(String),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
-    #[error("no item with id {0:?}: ids look like ra-…, cn-… or a category key")]
+    #[error(
+        "no item with id {}: ids look like ra-…, cn-… or a category key",
+        crate::clip::quote(.0)
+    )]
     UnknownItem(String),
     #[error(
         "the store could not flush to disk, so the latest writes are not durable and were not \
@@ -286,10 +309,7 @@ impl Replica {
         if dir.key_file().exists() {
             return Err(IdentityError::Exists(dir.key_file()).into());
         }
-        fs::create_dir_all(dir.root()).map_err(|source| ReplicaError::Io {
-            path: dir.root().to_path_buf(),
-            source,
-        })?;
+        dir.create()?;
         let identity = Identity::generate()?;
         identity.save_new(&dir.key_file())?;
         if !dir.config_file().exists() {
@@ -301,6 +321,7 @@ impl Replica {
     /// Opens the node in `dir` and rebuilds its document from the store.
     pub fn open(dir: &DataDir) -> Result<Self, ReplicaError> {
         let started = std::time::Instant::now();
+        dir.restrict()?;
         let identity = Identity::load(&dir.key_file())?;
         let config = Config::load(&dir.config_file())?;
         let store = Store::open(&dir.store_dir())?;

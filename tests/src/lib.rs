@@ -432,6 +432,7 @@ pub mod live {
                 mdns: false,
                 api: "127.0.0.1:0".parse().expect("addr"),
                 web: Some("127.0.0.1:0".parse().expect("addr")),
+                web_hosts: Vec::new(),
                 faults: None,
             })
             .await
@@ -849,7 +850,7 @@ pub mod process {
     use std::process::{Child, Command, Stdio};
     use std::time::{Duration, Instant};
 
-    use concord_node::api::server::{ApiError, ApiFile};
+    use concord_node::api::server::{ApiError, ApiFile, IMPORT_PATH, RPC_PATH};
     use concord_node::api::{Request, Response};
 
     use super::concord_bin;
@@ -987,7 +988,8 @@ pub mod process {
     #[derive(Clone, Debug)]
     pub struct Api {
         agent: ureq::Agent,
-        url: String,
+        /// `http://ADDRESS`, to which the route is appended.
+        base: String,
         token: String,
     }
 
@@ -1001,19 +1003,29 @@ pub mod process {
                 .build();
             Self {
                 agent: config.into(),
-                url: format!("http://{}/v1/rpc", file.address),
+                base: format!("http://{}", file.address),
                 token: file.token.clone(),
             }
         }
 
         /// One call; `Err` holds the node's error or the transport failure.
+        /// An import goes as the bundle's bytes to its own route, as the
+        /// CLI sends it.
         pub fn call(&self, request: &Request) -> Result<Response, String> {
-            let mut answer = self
-                .agent
-                .post(&self.url)
-                .header("Authorization", &format!("Bearer {}", self.token))
-                .send_json(request)
-                .map_err(|e| format!("no answer: {e}"))?;
+            let authorization = format!("Bearer {}", self.token);
+            let sent = match request {
+                Request::Import { bundle } => self
+                    .agent
+                    .post(&format!("{}{IMPORT_PATH}", self.base))
+                    .header("Authorization", &authorization)
+                    .send(&bundle[..]),
+                other => self
+                    .agent
+                    .post(&format!("{}{RPC_PATH}", self.base))
+                    .header("Authorization", &authorization)
+                    .send_json(other),
+            };
+            let mut answer = sent.map_err(|e| format!("no answer: {e}"))?;
             let status = answer.status();
             let body = answer
                 .body_mut()

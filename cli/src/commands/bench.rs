@@ -674,6 +674,7 @@ fn initial_sync(full: &DataDir, fresh: &DataDir, count: usize) -> anyhow::Result
             mdns: false,
             api: "127.0.0.1:0".parse().expect("addr"),
             web: None,
+            web_hosts: Vec::new(),
             faults: None,
         };
         let a = node::start(config(full, Vec::new())).await?;

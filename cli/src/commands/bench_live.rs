@@ -101,6 +101,7 @@ impl Live {
                     mdns: false,
                     api: "127.0.0.1:0".parse()?,
                     web: None,
+                    web_hosts: Vec::new(),
                     faults: None,
                 })
                 .await?,

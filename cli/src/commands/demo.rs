@@ -103,6 +103,7 @@ pub fn run(dir: Option<&Path>, keep_running: bool) -> anyhow::Result<ExitCode> {
             mdns: false,
             api: "127.0.0.1:0".parse()?,
             web: Some("127.0.0.1:0".parse()?),
+            web_hosts: Vec::new(),
             faults: None,
         }))?;
         bootstrap.extend(running.addresses());

@@ -51,7 +51,11 @@ pub fn run(dir: &DataDir, args: RunArgs) -> anyhow::Result<ExitCode> {
         })
     };
     if let Some(addr) = web.filter(|a| !a.ip().is_loopback()) {
-        tracing::warn!(%addr, "the web view has no login and listens beyond loopback");
+        tracing::warn!(
+            %addr,
+            "the web view has no login and listens beyond loopback; it answers only to the \
+             host names in [web] hosts (and 127.0.0.1, localhost, its listen address)"
+        );
     }
     let node_config = NodeConfig {
         data_dir: dir.clone(),
@@ -60,6 +64,7 @@ pub fn run(dir: &DataDir, args: RunArgs) -> anyhow::Result<ExitCode> {
         mdns: args.mdns || config.network.mdns,
         api,
         web,
+        web_hosts: config.web.hosts.clone(),
         faults: Faults::from_env()?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

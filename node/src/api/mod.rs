@@ -206,7 +206,8 @@ fn parse_role(text: &str) -> Result<Role, ReplicaError> {
         "member" => Ok(Role::Member),
         "observer" => Ok(Role::Observer),
         other => Err(ReplicaError::BadProposal(format!(
-            "unknown role {other:?}; expected member or observer"
+            "unknown role {}; expected member or observer",
+            crate::clip::quote(other)
         ))),
     }
 }
@@ -513,6 +514,7 @@ pub struct PeerView {
 /// Carries out a request on a replica. `Status` and `Peers` describe a
 /// stopped node here; the running node answers them itself.
 pub fn execute(replica: &mut Replica, request: Request) -> Result<Response, ReplicaError> {
+    check_ids(&request)?;
     Ok(match request {
         Request::Identity => Response::Identity(replica.summary()),
         Request::NetworkShow => {
@@ -654,6 +656,15 @@ pub fn execute(replica: &mut Replica, request: Request) -> Result<Response, Repl
             &replica.identity().public(),
         ))),
         Request::Batch { requests } => {
+            if let Some(i) = requests
+                .iter()
+                .position(|r| matches!(r, Request::Batch { .. }))
+            {
+                return Err(ReplicaError::BadBatch(format!(
+                    "request #{i} is itself a batch; batches do not nest: put its requests \
+                     in the outer batch"
+                )));
+            }
             if let Some(i) = requests.iter().position(|r| !is_plain_write(r)) {
                 return Err(ReplicaError::BadBatch(format!(
                     "request #{i} is not a local write; a batch holds only adds, updates, \
@@ -707,6 +718,75 @@ pub fn execute(replica: &mut Replica, request: Request) -> Result<Response, Repl
             bytes: replica.genesis().ok_or(ReplicaError::NoNetwork)?.encode(),
         }),
     })
+}
+
+/// The longest id a request may name. Ids are short (`ra-…`, 64 hex digits
+/// for a change, record or checkpoint, 52 characters for a node id); a
+/// longer one is refused before anything looks it up, and no message
+/// repeats it in full.
+pub const MAX_ID_LEN: usize = 128;
+
+/// Refuses a request naming an id (of an item, a change, a proposal, a
+/// checkpoint, a node, a category) longer than [`MAX_ID_LEN`].
+fn check_ids(request: &Request) -> Result<(), ReplicaError> {
+    let check = |what: &'static str, id: &str| {
+        if id.len() > MAX_ID_LEN {
+            Err(ReplicaError::IdTooLong {
+                what,
+                len: id.len(),
+                start: crate::clip::quote(id),
+            })
+        } else {
+            Ok(())
+        }
+    };
+    match request {
+        Request::ShowAssessment { id }
+        | Request::UpdateAssessment { id, .. }
+        | Request::Comment { id, .. }
+        | Request::ShowNote { id }
+        | Request::Position { id, .. }
+        | Request::History { id } => check("id", id)?,
+        Request::Approve { id } => check("proposal id", id)?,
+        Request::SignCheckpoint { checkpoint } | Request::Briefing { checkpoint, .. } => {
+            if let Some(id) = checkpoint {
+                check("checkpoint id", id)?;
+            }
+        }
+        Request::Export { since } => {
+            for hash in since {
+                check("change hash", hash)?;
+            }
+        }
+        Request::AddCategory { key, .. } => check("category key", key)?,
+        Request::AddAssessment(input) => check("category", &input.category)?,
+        Request::ListAssessments {
+            category: Some(key),
+            ..
+        } => check("category", key)?,
+        Request::AddNote(input) => {
+            for id in &input.assessments {
+                check("assessment id", id)?;
+            }
+        }
+        Request::Propose(
+            ProposalInput::Add { node_id, .. }
+            | ProposalInput::Remove { node_id }
+            | ProposalInput::Role { node_id, .. },
+        ) => check("node id", node_id)?,
+        Request::Batch { requests } => {
+            for request in requests {
+                check_ids(request)?;
+            }
+        }
+        _ => {}
+    }
+    if let Request::UpdateAssessment { update, .. } = request
+        && let Some(key) = &update.category
+    {
+        check("category", key)?;
+    }
+    Ok(())
 }
 
 fn proposal_response(

@@ -1,23 +1,42 @@
-//! The HTTP side of the local API: one route, `POST /v1/rpc`, on 127.0.0.1,
-//! refusing any request without the node's bearer token. It only decodes,
-//! authenticates and forwards: the node loop executes each request.
+//! The HTTP side of the local API, on 127.0.0.1: `POST /v1/rpc` takes one
+//! JSON request, `POST /v1/import` the bytes of a bundle. It only
+//! authenticates, decodes and forwards: the node loop executes each request.
+//!
+//! The bearer token is checked from the headers before a byte of the body is
+//! read, so a caller without it costs no memory whatever length it
+//! announces. Bodies are then read up to a limit per route: small for every
+//! request, large only for an import.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::post;
 use axum::{Json, Router};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Request, Response};
+use crate::clip;
 
 /// File in the data dir holding the API's address and token (mode 0600).
 pub const API_FILE: &str = "api.json";
-/// Largest request body: an imported bundle travels in one request.
-const MAX_BODY: usize = 256 * 1024 * 1024;
+/// The route of every request but an import: one JSON [`Request`].
+pub const RPC_PATH: &str = "/v1/rpc";
+/// The route of an import: the body is the bundle file's bytes.
+pub const IMPORT_PATH: &str = "/v1/import";
+/// Largest body of `POST /v1/rpc`. A request is small: its text fields are
+/// capped at 20,000 bytes (`model::MAX_TEXT_LEN`), so this holds a batch of
+/// dozens of the largest writes, or hundreds of ordinary ones.
+pub const MAX_REQUEST: usize = 1024 * 1024;
+/// Largest body of `POST /v1/import`: one bundle, read only once the token
+/// has checked.
+pub const MAX_IMPORT: usize = 256 * 1024 * 1024;
 
 /// An error answer: the message and its chain of causes.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -116,40 +135,129 @@ pub async fn serve(
     calls: mpsc::Sender<ApiCall>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let state = AppState { token, calls };
+    // The token is checked before any handler runs, so before any body is
+    // read; the handlers take the body unread and read it under their limit.
     let app = Router::new()
-        .route("/v1/rpc", post(rpc))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(AppState { token, calls });
+        .route(RPC_PATH, post(rpc))
+        .route(IMPORT_PATH, post(import))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .with_state(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }
 
-async fn rpc(
+/// Refuses a request without the node's token, from its headers alone: the
+/// body (whatever its announced length) is never read, and the connection
+/// is closed after the answer.
+async fn authenticate(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> (StatusCode, Json<serde_json::Value>) {
-    let authorised = headers
-        .get("authorization")
+    request: axum::extract::Request,
+    next: Next,
+) -> HttpResponse {
+    let authorised = request
+        .headers()
+        .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .is_some_and(|t| constant_time_eq(t.as_bytes(), state.token.as_bytes()));
     if !authorised {
-        return error(
+        tracing::debug!(path = %request.uri().path(), "API request without the token refused");
+        return closing(
             StatusCode::UNAUTHORIZED,
             ApiError::plain("missing or wrong API token"),
         );
     }
-    let request: Request = match serde_json::from_slice(&body) {
+    next.run(request).await
+}
+
+/// `POST /v1/rpc`: one JSON request of at most [`MAX_REQUEST`] bytes.
+async fn rpc(State(state): State<AppState>, headers: HeaderMap, body: Body) -> HttpResponse {
+    let bytes = match read_body(&headers, body, MAX_REQUEST, RPC_PATH).await {
+        Ok(bytes) => bytes,
+        Err(refusal) => return refusal,
+    };
+    let request: Request = match serde_json::from_slice(&bytes) {
         Ok(r) => r,
         Err(e) => {
+            // serde quotes what it could not parse: clip it.
+            let reason = clip::message(&e.to_string(), clip::MESSAGE_LEN);
             return error(
                 StatusCode::BAD_REQUEST,
-                ApiError::plain(&format!("malformed request: {e}")),
+                ApiError::plain(&format!("malformed request: {reason}")),
             );
         }
     };
+    if matches!(request, Request::Import { .. }) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            ApiError::plain(&format!(
+                "a bundle is imported through POST {IMPORT_PATH}, with the file's bytes as the body"
+            )),
+        );
+    }
+    forward(&state, request).await
+}
+
+/// `POST /v1/import`: the bytes of a bundle file, at most [`MAX_IMPORT`].
+async fn import(State(state): State<AppState>, headers: HeaderMap, body: Body) -> HttpResponse {
+    match read_body(&headers, body, MAX_IMPORT, IMPORT_PATH).await {
+        Ok(bundle) => {
+            forward(
+                &state,
+                Request::Import {
+                    bundle: Vec::from(bundle),
+                },
+            )
+            .await
+        }
+        Err(refusal) => refusal,
+    }
+}
+
+/// Reads a body of at most `limit` bytes: one announced as longer is
+/// refused before a byte of it is read, one that turns out longer as soon
+/// as it passes the limit.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    path: &str,
+) -> Result<Bytes, HttpResponse> {
+    let too_large = || {
+        closing(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::plain(&format!(
+                "the request body is over the limit of {} MiB for POST {path}{}",
+                limit / (1024 * 1024),
+                if path == RPC_PATH {
+                    format!(" (a bundle is imported through POST {IMPORT_PATH})")
+                } else {
+                    String::new()
+                }
+            )),
+        )
+    };
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(closing(
+            StatusCode::BAD_REQUEST,
+            ApiError::plain(&format!("cannot read the request body: {e}")),
+        )),
+    }
+}
+
+/// Hands a request to the node loop and returns its answer.
+async fn forward(state: &AppState, request: Request) -> HttpResponse {
     let (reply, answer) = oneshot::channel();
     if state.calls.send(ApiCall { request, reply }).await.is_err() {
         return error(
@@ -161,7 +269,8 @@ async fn rpc(
         Ok(Ok(response)) => (
             StatusCode::OK,
             Json(serde_json::to_value(response).unwrap_or_default()),
-        ),
+        )
+            .into_response(),
         Ok(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, e),
         Err(_) => error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -170,8 +279,18 @@ async fn rpc(
     }
 }
 
-fn error(status: StatusCode, err: ApiError) -> (StatusCode, Json<serde_json::Value>) {
-    (status, Json(serde_json::to_value(err).unwrap_or_default()))
+fn error(status: StatusCode, err: ApiError) -> HttpResponse {
+    (status, Json(serde_json::to_value(err).unwrap_or_default())).into_response()
+}
+
+/// An error answer after which the connection is closed: the request's body
+/// was not (wholly) read, so the connection cannot carry another request.
+fn closing(status: StatusCode, err: ApiError) -> HttpResponse {
+    let mut response = error(status, err);
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -38,9 +38,12 @@ const MEMO_LIMIT: usize = 256;
 /// Errors signing or choosing a checkpoint.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    #[error("no checkpoint with id {0:?}; `concord checkpoint list` shows them")]
+    #[error(
+        "no checkpoint with id {}; `concord checkpoint list` shows them",
+        crate::clip::quote(.0)
+    )]
     Unknown(String),
-    #[error("checkpoint id {0:?} is ambiguous; give more of it")]
+    #[error("checkpoint id {} is ambiguous; give more of it", crate::clip::quote(.0))]
     Ambiguous(String),
     #[error("checkpoint {id} names change {head}, which this node does not hold")]
     MissingHead { id: String, head: String },

@@ -8,6 +8,11 @@
 //! optional script that reloads the page on such an event. Pages work with
 //! JavaScript off (a `<noscript>` refresh stands in for the script).
 //!
+//! It answers only to the host names it is configured for (127.0.0.1,
+//! localhost, [::1], its listen address and `[web] hosts`), so a page on
+//! another site whose name was rebound to this address (DNS rebinding)
+//! cannot read it through the operator's browser: any other `Host` gets 421.
+//!
 //! The web view never touches the replica: every datum comes from the node
 //! loop through a [`NodeHandle`] call, exactly as the CLI's. It never writes:
 //! it sends only read requests. The version counter it watches is bumped by
@@ -15,12 +20,16 @@
 
 pub(crate) mod pages;
 
+use std::collections::BTreeSet;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
+use axum::http::uri::Authority;
 use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::get;
@@ -55,6 +64,63 @@ const LIVE_JS: &str = r#"// Concord web view: reload when the node announces a n
 })();
 "#;
 
+/// The host names the web view answers to, lowercase, without a port (the
+/// port is not checked: a rebinding page differs in its name).
+#[derive(Clone, Debug)]
+pub struct AllowedHosts(Arc<BTreeSet<String>>);
+
+impl AllowedHosts {
+    /// 127.0.0.1, localhost, [::1], the address the view listens on (unless
+    /// it is 0.0.0.0 or ::) and the `extra` names (`[web] hosts`).
+    pub fn new(listen: SocketAddr, extra: &[String]) -> Self {
+        let mut hosts: BTreeSet<String> = ["127.0.0.1", "localhost", "[::1]"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        if !listen.ip().is_unspecified() {
+            hosts.insert(host_of_ip(listen.ip()));
+        }
+        hosts.extend(extra.iter().filter_map(|h| normalise_host(h)));
+        Self(Arc::new(hosts))
+    }
+
+    /// Whether a request's authority (`Host` header) names one of them.
+    fn allows(&self, authority: &str) -> bool {
+        authority_host(authority).is_some_and(|host| self.0.contains(&host))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(String::as_str)
+    }
+}
+
+/// An address as a `Host` header writes it (IPv6 in brackets).
+fn host_of_ip(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    }
+}
+
+/// The host of an authority (`name`, `name:port`, `[v6]:port`), lowercase;
+/// `None` if it does not parse or carries user information.
+fn authority_host(authority: &str) -> Option<String> {
+    let parsed: Authority = authority.parse().ok()?;
+    if parsed.as_str().contains('@') {
+        return None;
+    }
+    Some(parsed.host().to_ascii_lowercase())
+}
+
+/// A host name as configured: a name or an address, without a port,
+/// lowercase; `None` if it is not one.
+pub fn normalise_host(text: &str) -> Option<String> {
+    let text = text.trim();
+    let host = authority_host(text)?;
+    // A port given in the config would be ignored: refuse it as a mistake.
+    (host.len() == text.len()).then_some(host)
+}
+
 #[derive(Clone)]
 struct WebState {
     node: NodeHandle,
@@ -62,7 +128,7 @@ struct WebState {
 }
 
 /// The web view's router, for [`serve`] and for tests.
-pub fn router(node: NodeHandle, version: watch::Receiver<u64>) -> Router {
+pub fn router(node: NodeHandle, version: watch::Receiver<u64>, hosts: AllowedHosts) -> Router {
     Router::new()
         .route("/", get(register))
         .route("/dialogue", get(dialogue))
@@ -71,7 +137,54 @@ pub fn router(node: NodeHandle, version: watch::Receiver<u64>) -> Router {
         .route("/events", get(events))
         .route("/live.js", get(live_js))
         .fallback(fallback)
+        .layer(middleware::from_fn_with_state(hosts, check_host))
         .with_state(WebState { node, version })
+}
+
+/// Answers 421 to a request whose `Host` (or absolute URI) names a host the
+/// view is not configured for, before any route sees it.
+async fn check_host(
+    State(hosts): State<AllowedHosts>,
+    request: axum::extract::Request,
+    next: Next,
+) -> HttpResponse {
+    let authority = match request.uri().authority() {
+        Some(a) => Some(a.as_str().to_string()),
+        None => request
+            .headers()
+            .get(header::HOST)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+    };
+    match authority {
+        Some(a) if hosts.allows(&a) => next.run(request).await,
+        Some(a) => {
+            let host = crate::clip::quote(&a);
+            tracing::info!(host = %host, "web request for another host refused");
+            refuse_host(format!(
+                "this web view does not answer to the host {host}; it answers to {}. \
+                 An operator who serves it under another name adds it to [web] hosts in \
+                 concord.toml\n",
+                hosts.iter().collect::<Vec<_>>().join(", ")
+            ))
+        }
+        None => {
+            refuse_host("a request to this web view must name its host (no Host header)\n".into())
+        }
+    }
+}
+
+fn refuse_host(message: String) -> HttpResponse {
+    let mut response = (StatusCode::MISDIRECTED_REQUEST, message).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
 }
 
 /// Serves the web view on `listener` until `shutdown` resolves. Streams of
@@ -81,11 +194,13 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     node: NodeHandle,
     version: watch::Receiver<u64>,
+    extra_hosts: Vec<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let addr: Option<SocketAddr> = listener.local_addr().ok();
-    tracing::info!(?addr, "web view listening");
-    axum::serve(listener, router(node, version))
+    let addr = listener.local_addr()?;
+    let hosts = AllowedHosts::new(addr, &extra_hosts);
+    tracing::info!(%addr, hosts = ?hosts.0, "web view listening");
+    axum::serve(listener, router(node, version, hosts))
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -223,7 +338,10 @@ async fn register(
     {
         return Err(PageError::new(
             StatusCode::BAD_REQUEST,
-            format!("unknown institution {wanted:?}: pick one of the roster's node ids"),
+            format!(
+                "unknown institution {}: pick one of the roster's node ids",
+                crate::clip::quote(wanted)
+            ),
         ));
     }
     let assessments: Vec<_> = assessments

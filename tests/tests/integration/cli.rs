@@ -680,3 +680,47 @@ fn roster_changes_by_quorum_through_the_cli_and_bundles() {
         "already has the role member",
     );
 }
+
+#[cfg(unix)]
+#[test]
+fn the_data_directory_is_made_0700_on_init_and_whenever_it_is_opened() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &std::path::Path| {
+        let mode = std::fs::metadata(path)
+            .expect("the data directory")
+            .permissions()
+            .mode()
+            & 0o777;
+        format!("{mode:o}")
+    };
+    let parent = tempfile::tempdir().expect("tempdir");
+    let dir = parent.path().join("fresh").join("node");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(support::concord_bin())
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(args)
+            .env_remove("CONCORD_DATA_DIR")
+            .output()
+            .expect("run concord");
+        assert!(
+            out.status.success(),
+            "concord {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&["init", "--name", "Private"]);
+    assert_eq!(mode(&dir), "700", "after init");
+
+    // Widened by hand (or by an old version): tightened when next opened.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    run(&["id"]);
+    assert_eq!(mode(&dir), "700", "after `concord id`");
+
+    let fed = Federation::new(&["A"], &[]);
+    let a = &fed.nodes[0];
+    std::fs::set_permissions(a.dir(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let node = support::process::Proc::start(a.dir(), &[]).expect("A starts");
+    assert_eq!(mode(a.dir()), "700", "after `concord run`");
+    assert_eq!(node.stop(), Some(0));
+}

@@ -243,3 +243,210 @@ fn a_panic_in_one_request_fails_it_alone_and_the_node_serves_on() {
     assert!(body.contains("A second one"), "{body}");
     assert_eq!(daemon.stop(), Some(0));
 }
+
+/// Sends `head` (a request line and headers, no body) on a fresh connection
+/// to `addr` and returns everything the node answers until it closes the
+/// connection; fails if nothing complete comes within 10 s, as happens when
+/// the node waits for a body that never comes.
+pub(crate) fn raw_answer(addr: std::net::SocketAddr, head: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    stream.write_all(head.as_bytes()).expect("send the head");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!(
+                "no complete answer within 10 s ({e}); got so far: {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// The start of a POST announcing a `length`-byte JSON body, with
+/// `authorization` (a whole header line, or nothing).
+fn post_head(addr: std::net::SocketAddr, path: &str, authorization: &str, length: u64) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{authorization}\
+         Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    )
+}
+
+#[test]
+fn a_request_without_the_token_gets_401_before_its_body_is_read() {
+    use concord_node::api::server::{ApiFile, IMPORT_PATH, RPC_PATH};
+    let fed = Federation::new(&["A"], &[]);
+    let a = support::process::Proc::start(fed.nodes[0].dir(), &[]).expect("A starts");
+    let file = ApiFile::read(a.dir()).expect("api.json");
+    // 256 MiB announced, none sent: an answer proves the body was not awaited.
+    for path in [RPC_PATH, IMPORT_PATH] {
+        for authorization in ["", "Authorization: Bearer not-the-token\r\n"] {
+            let head = post_head(file.address, path, authorization, 256 << 20);
+            let answer = raw_answer(file.address, &head);
+            assert!(
+                answer.starts_with("HTTP/1.1 401"),
+                "{path} {authorization:?}: {answer}"
+            );
+            assert!(answer.contains("missing or wrong API token"), "{answer}");
+        }
+    }
+    // The node keeps serving its own CLI.
+    assert_eq!(a.api().status().envelopes, 0);
+}
+
+/// Text that does not compress: a bundle of it is as large as it looks.
+fn noise(seed: u64, len: usize) -> String {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            char::from(b'a' + ((x >> 33) % 26) as u8)
+        })
+        .collect()
+}
+
+#[test]
+fn a_body_over_the_limit_gets_413_and_a_large_bundle_still_imports() {
+    use concord_node::api::server::{ApiFile, IMPORT_PATH, MAX_REQUEST, RPC_PATH};
+    use concord_node::api::{AssessmentInput, Request, Response};
+    let fed = Federation::new(&["A", "B"], &[]);
+    let (a, b) = (&fed.nodes[0], &fed.nodes[1]);
+
+    // B writes a bundle larger than any other request may be.
+    let proc_b = support::process::Proc::start(b.dir(), &[]).expect("B starts");
+    let api_b = proc_b.api();
+    for chunk in 0..3u64 {
+        let requests = (0..20u64)
+            .map(|i| {
+                Request::AddAssessment(AssessmentInput {
+                    category: "algorithmic-bias".into(),
+                    title: format!("large {chunk}-{i}"),
+                    summary: noise(chunk * 100 + i, 18_000),
+                    status: "open".into(),
+                    ..AssessmentInput::default()
+                })
+            })
+            .collect();
+        match api_b.call(&Request::Batch { requests }) {
+            Ok(Response::Batch(_)) => {}
+            other => panic!("B writes: {other:?}"),
+        }
+    }
+    let bundle = match api_b.call(&Request::Export { since: Vec::new() }) {
+        Ok(Response::Exported(e)) => e.bundle,
+        other => panic!("export: {other:?}"),
+    };
+    assert!(bundle.len() > MAX_REQUEST, "{} bytes", bundle.len());
+    let path = b.dir().join("large.bundle");
+    std::fs::write(&path, &bundle).expect("write the bundle");
+    assert_eq!(proc_b.stop(), Some(0));
+
+    let proc_a = support::process::Proc::start(a.dir(), &[]).expect("A starts");
+    let file = ApiFile::read(a.dir()).expect("api.json");
+    let authorization = format!("Authorization: Bearer {}\r\n", file.token);
+    // Announced over the limit: refused at once, naming the limit.
+    let answer = raw_answer(
+        file.address,
+        &post_head(file.address, RPC_PATH, &authorization, 2 << 20),
+    );
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(
+        answer.contains("over the limit of 1 MiB for POST /v1/rpc"),
+        "{answer}"
+    );
+    let answer = raw_answer(
+        file.address,
+        &post_head(file.address, IMPORT_PATH, &authorization, 257 << 20),
+    );
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("256 MiB"), "{answer}");
+
+    // The CLI imports the large bundle through the running node.
+    a.ok(&["import", support::path_str(&path)]);
+    assert_eq!(proc_a.api().status().envelopes, 60);
+}
+
+#[test]
+fn a_nested_batch_and_a_megabyte_id_are_refused_with_short_messages() {
+    use concord_node::api::server::{ApiFile, RPC_PATH};
+    use concord_node::api::{AssessmentInput, Request};
+    let fed = Federation::new(&["A"], &[]);
+    let a = support::process::Proc::start(fed.nodes[0].dir(), &[]).expect("A starts");
+    let api = a.api();
+    let add = Request::AddAssessment(AssessmentInput {
+        category: "algorithmic-bias".into(),
+        title: "inside a nested batch".into(),
+        status: "open".into(),
+        ..AssessmentInput::default()
+    });
+    let nested = Request::Batch {
+        requests: vec![Request::Batch {
+            requests: vec![add.clone()],
+        }],
+    };
+    let err = api.call(&nested).expect_err("a nested batch is refused");
+    assert!(err.contains("batches do not nest"), "{err}");
+    assert_eq!(api.status().envelopes, 0, "nothing was written");
+
+    // A megabyte id: refused, and the message does not carry it.
+    let huge = format!("ra-{}", "x".repeat(1_000_000));
+    for request in [
+        Request::ShowAssessment { id: huge.clone() },
+        Request::History { id: huge.clone() },
+        Request::Batch {
+            requests: vec![Request::Comment {
+                id: huge.clone(),
+                text: "hi".into(),
+            }],
+        },
+        Request::ListAssessments {
+            category: Some(huge.clone()),
+            status: None,
+        },
+    ] {
+        let err = api.call(&request).expect_err("refused");
+        assert!(
+            err.len() < 300,
+            "{} bytes: {}",
+            err.len(),
+            err.chars().take(300).collect::<String>()
+        );
+        assert!(err.contains("1000003 bytes"), "{err}");
+    }
+    // Strings within the id limit but still user-provided are clipped too.
+    let err = api
+        .call(&Request::ListAssessments {
+            category: None,
+            status: Some("s".repeat(1_000_000)),
+        })
+        .expect_err("unknown status");
+    assert!(err.len() < 300, "{} bytes", err.len());
+    // So is what the JSON parser quotes back.
+    let file = ApiFile::read(a.dir()).expect("api.json");
+    let body = format!("{{\"op\": \"{}\"}}", "y".repeat(1_000_000));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut answer = agent
+        .post(&format!("http://{}{RPC_PATH}", file.address))
+        .header("Authorization", &format!("Bearer {}", file.token))
+        .header("Content-Type", "application/json")
+        .send(body.as_bytes())
+        .expect("an answer");
+    assert_eq!(answer.status().as_u16(), 400);
+    let text = answer.body_mut().read_to_string().expect("body");
+    assert!(text.len() < 400, "{} bytes", text.len());
+    assert!(text.contains("malformed request"), "{text}");
+}

@@ -462,3 +462,105 @@ fn a_taken_web_port_fails_the_start_and_names_the_address() {
     assert!(!a.dir().join("api.json").exists(), "nothing was published");
     a.fails(2, &["run", "--web", &addr, "--no-web"]);
 }
+
+/// `GET /` with `Host: host` on a raw connection; (status, whole answer).
+fn get_with_host(addr: &str, host: &str) -> (u16, String) {
+    let head = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let answer = super::daemon::raw_answer(addr.parse().expect("address"), &head);
+    let status = answer
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {answer}"));
+    (status, answer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_view_answers_only_to_its_own_host_names() {
+    let (mut nodes, _) = federation(&[BEIJING], &[]);
+    nodes[0].start(Vec::new()).await;
+    nodes[0].write("Seen only under the right name").await;
+    let addr = nodes[0].web_url().trim_start_matches("http://").to_string();
+    let port = addr.rsplit(':').next().expect("a port").to_string();
+    let long = format!("{}.example", "a".repeat(10_000));
+    let results = tokio::task::spawn_blocking(move || {
+        let served: Vec<_> = [
+            addr.clone(),
+            "127.0.0.1".to_string(),
+            "localhost".into(),
+            format!("localhost:{port}"),
+            format!("LOCALHOST:{port}"),
+            format!("[::1]:{port}"),
+        ]
+        .into_iter()
+        .map(|host| (host.clone(), get_with_host(&addr, &host)))
+        .collect();
+        let refused: Vec<_> = [
+            "evil.example".to_string(),
+            format!("evil.example:{port}"),
+            format!("user@127.0.0.1:{port}"),
+            long,
+        ]
+        .into_iter()
+        .map(|host| (host.clone(), get_with_host(&addr, &host)))
+        .collect();
+        (served, refused)
+    })
+    .await
+    .expect("requests");
+    let (served, refused) = results;
+    for (host, (status, answer)) in served {
+        assert_eq!(status, 200, "Host: {host}");
+        assert!(answer.contains("Seen only under the right name"), "{host}");
+    }
+    for (host, (status, answer)) in refused {
+        assert_eq!(status, 421, "Host: {host}: {answer}");
+        assert!(
+            !answer.contains("Seen only under"),
+            "{host}: the register leaked"
+        );
+        assert!(answer.len() < 1_000, "{} bytes", answer.len());
+        let shown = host.chars().take(30).collect::<String>();
+        assert!(
+            answer.contains(&shown),
+            "the refusal names the host: {answer}"
+        );
+    }
+
+    // An id of 60,000 bytes in a page's path: refused, and not echoed whole.
+    let long_id = format!("ra-{}", "z".repeat(60_000));
+    let (status, body) = fetch("GET", format!("{}/item/{long_id}", nodes[0].web_url())).await;
+    let start = &body[..body.len().min(500)];
+    assert_eq!(status, 404, "{start}");
+    assert!(body.contains("is too long"), "{start}");
+    assert!(!body.contains(&long_id), "the page echoes the whole id");
+}
+
+#[test]
+fn concord_run_serves_the_web_view_under_the_configured_host_names() {
+    let fed = support::Federation::new(&["A"], &[]);
+    let a = &fed.nodes[0];
+    let config = a.dir().join("concord.toml");
+    let text = std::fs::read_to_string(&config).expect("concord.toml");
+    let text = text.replacen(
+        "[web]\n",
+        "[web]\nhosts = [\"Concord.Test\", \"10.1.2.3\"]\n",
+        1,
+    );
+    std::fs::write(&config, text).expect("write concord.toml");
+    let daemon = Daemon::start(a, &["--web", "127.0.0.1:0"]);
+    let url = a.json(&["status"])["web"]
+        .as_str()
+        .expect("status names the web view")
+        .to_string();
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    for host in ["concord.test", "concord.test:443", "10.1.2.3", &addr] {
+        assert_eq!(get_with_host(&addr, host).0, 200, "Host: {host}");
+    }
+    let (status, answer) = get_with_host(&addr, "other.test");
+    assert_eq!(status, 421, "{answer}");
+    assert!(answer.contains("other.test") && answer.contains("[web] hosts"));
+    assert_eq!(daemon.stop(), Some(0));
+}
