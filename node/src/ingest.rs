@@ -151,6 +151,16 @@ pub enum IngestError {
     )]
     ForkAgain(Box<Fork>),
     #[error(
+        "change {hash} by {name} holds {ops} operations in {bytes} bytes; Concord's own changes \
+         never hold more operations than bytes, and each operation costs memory to check"
+    )]
+    TooManyOps {
+        hash: ChangeHash,
+        name: String,
+        ops: usize,
+        bytes: usize,
+    },
+    #[error(
         "change {hash} by {name} numbers its operations from {start}, but its dependency {dep} \
          already used numbers up to {dep_max}: Automerge numbers a change's operations after \
          everything it builds on, so this change reuses operation ids"
@@ -209,6 +219,10 @@ pub struct Fork {
     /// The refused envelope, for the evidence record.
     pub evidence: Envelope,
 }
+
+/// How many more operations than bytes a change may hold (a change's
+/// header alone is longer than this).
+const OPS_OVER_BYTES: usize = 64;
 
 /// The counter of a change's last operation (its start op less one if it
 /// has none).
@@ -290,6 +304,19 @@ pub fn check_batch_indexed(
                 source: Box::new(DocError::BadChange(
                     "Automerge computes a different hash".into(),
                 )),
+            });
+        }
+        // Automerge's columns run-length encode, so a few bytes can hold
+        // any number of operations, and everything after this point costs
+        // per operation. Concord's own changes carry at least a byte of key
+        // or value per operation.
+        let bytes = envelope.change_bytes().len();
+        if change.len() > bytes + OPS_OVER_BYTES {
+            return Err(IngestError::TooManyOps {
+                hash,
+                name: roster.display_name(&author),
+                ops: change.len(),
+                bytes,
             });
         }
         if change.actor_id().to_bytes() != author.as_bytes() {
@@ -1039,6 +1066,46 @@ mod tests {
         assert_eq!(
             warm, cold,
             "a running node and a restarted one decide differently"
+        );
+    }
+
+    /// From the hostile review (finding G): Automerge's run-length
+    /// encoding let an 85-byte change hold 200,000 operations, each of
+    /// which the checks then decoded, indexed and encoded again. A change
+    /// with more operations than bytes is refused before any of that.
+    #[test]
+    fn a_change_with_more_operations_than_bytes_is_refused_before_decoding() {
+        use automerge::ScalarValue;
+        use automerge::legacy::{self, Key, ObjectId, OpType, SortedVec};
+        let f = fixture();
+        let honest = changes(f.member.public(), "g", 1).remove(0);
+        let mut e = crate::doc::parse_change(&honest).expect("parse").decode();
+        e.hash = None;
+        e.operations = (0..200_000)
+            .map(|_| legacy::Op {
+                action: OpType::Put(ScalarValue::Null),
+                obj: ObjectId::Root,
+                key: Key::Map("z".into()),
+                pred: SortedVec::new(),
+                insert: false,
+            })
+            .collect();
+        let packed: Change = e.into();
+        assert!(
+            packed.raw_bytes().len() < 1_000,
+            "{}",
+            packed.raw_bytes().len()
+        );
+        let err = check_batch(
+            vec![sign(&f.member, packed.raw_bytes().to_vec())],
+            NET,
+            &f.roster,
+            &Mem::default(),
+        )
+        .expect_err("refused");
+        assert!(
+            matches!(err, IngestError::TooManyOps { ops: 200_000, .. }),
+            "{err}"
         );
     }
 

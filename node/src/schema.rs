@@ -273,6 +273,7 @@ fn free(action: Action<'_>) -> Result<(), BadValue> {
         Action::Make(_) => {
             bad("plain values only: objects go only where Concord's layout has them")
         }
+        Action::Put(ScalarValue::Unknown { .. }) => bad("only values of a type Automerge knows"),
         Action::Put(ScalarValue::Timestamp(t)) if !valid_time(*t) => {
             bad("timestamps in years 2000 to 9999")
         }
