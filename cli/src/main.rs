@@ -36,9 +36,14 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             let mut stderr = std::io::stderr().lock();
-            let _ = writeln!(stderr, "error: {err}");
+            // An error may echo a document string: no control character
+            // reaches the terminal.
+            let shown = |e: &dyn std::fmt::Display| {
+                concord_node::text::for_terminal(&e.to_string()).into_owned()
+            };
+            let _ = writeln!(stderr, "error: {}", shown(&err));
             for cause in err.chain().skip(1) {
-                let _ = writeln!(stderr, "  caused by: {cause}");
+                let _ = writeln!(stderr, "  caused by: {}", shown(&cause));
             }
             ExitCode::from(1)
         }

@@ -14,6 +14,8 @@
 //! - [`bundle`]: the file format for exchanging envelopes offline;
 //! - [`config`]: the data directory and the config file;
 //! - [`replica`]: a node's local state tying all of the above together;
+//! - [`text`]: text from the document refused on write, escaped on output
+//!   (terminal, Markdown);
 //! - [`report`]: the briefing of consensus and divergence;
 //! - [`checkpoint`]: attested checkpoints, the canonical state, and the
 //!   offline check of exported reports and bundles;
@@ -27,8 +29,8 @@
 //!
 //! Boundaries: only `store` imports sled; only `identity` (for the `PeerId`
 //! form of a key), `network` and `node` import libp2p; `identity`,
-//! `genesis`, `envelope`, `doc`, `ingest`, `model`, `report`, `checkpoint`
-//! and `history` do no IO and spawn nothing; `engine` does IO only through
+//! `genesis`, `envelope`, `doc`, `ingest`, `model`, `text`, `report`,
+//! `checkpoint` and `history` do no IO and spawn nothing; `engine` does IO only through
 //! its replica and its transport.
 
 pub mod api;
@@ -57,6 +59,7 @@ pub mod schema;
 pub mod store;
 pub mod sync;
 pub mod taxonomy;
+pub mod text;
 #[cfg(test)]
 mod totality;
 pub mod web;

@@ -7,6 +7,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::text::Lines;
+
 /// Errors in values a user typed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ValueError {
@@ -26,6 +28,23 @@ pub enum ValueError {
         len: usize,
         max: usize,
     },
+    #[error(
+        "{field} contains a control character U+{code:04X} at byte {at}{hint}",
+        hint = line_hint(.code)
+    )]
+    Control {
+        field: &'static str,
+        code: u32,
+        at: usize,
+    },
+}
+
+fn line_hint(code: &u32) -> &'static str {
+    if *code == 0x0a {
+        " (it must be one line)"
+    } else {
+        ""
+    }
 }
 
 /// Longest title or topic, in bytes.
@@ -33,23 +52,57 @@ pub const MAX_TITLE_LEN: usize = 300;
 /// Longest summary, body, comment or mitigation, in bytes.
 pub const MAX_TEXT_LEN: usize = 20_000;
 
-/// Checks a required text field: trimmed, non-empty, within `max` bytes.
+/// Checks a required text field of several lines (a body, a summary, a
+/// comment): trimmed, non-empty, within `max` bytes, and no control
+/// character but line breaks and tabs (see [`crate::text::is_unsafe`]).
 pub fn required_text(field: &'static str, value: &str, max: usize) -> Result<String, ValueError> {
+    required(field, value, max, Lines::Many)
+}
+
+/// Checks an optional text field of several lines: as [`required_text`],
+/// but it may be empty.
+pub fn optional_text(field: &'static str, value: &str, max: usize) -> Result<String, ValueError> {
+    checked(field, value, max, Lines::Many)
+}
+
+/// Checks a required one-line field (a title, a topic, a name): as
+/// [`required_text`], and no line break or tab either.
+pub fn required_line(field: &'static str, value: &str, max: usize) -> Result<String, ValueError> {
+    required(field, value, max, Lines::One)
+}
+
+fn required(
+    field: &'static str,
+    value: &str,
+    max: usize,
+    lines: Lines,
+) -> Result<String, ValueError> {
     let value = value.trim();
     if value.is_empty() {
         return Err(ValueError::Empty { field });
     }
-    optional_text(field, value, max)
+    checked(field, value, max, lines)
 }
 
-/// Checks an optional text field: within `max` bytes.
-pub fn optional_text(field: &'static str, value: &str, max: usize) -> Result<String, ValueError> {
+fn checked(
+    field: &'static str,
+    value: &str,
+    max: usize,
+    lines: Lines,
+) -> Result<String, ValueError> {
     let value = value.trim();
     if value.len() > max {
         return Err(ValueError::TooLong {
             field,
             len: value.len(),
             max,
+        });
+    }
+    if let Some((at, c)) = crate::text::refused(value, lines) {
+        return Err(ValueError::Control {
+            field,
+            code: u32::from(c),
+            at,
         });
     }
     Ok(value.to_string())
@@ -349,6 +402,37 @@ mod tests {
             err.to_string()
                 .contains("agree disagree reservation abstain")
         );
+    }
+
+    #[test]
+    fn control_characters_are_refused_naming_the_field_and_the_byte() {
+        let err = required_line("title", "Title\u{1b}[2J", 300).expect_err("escape");
+        assert_eq!(
+            err.to_string(),
+            "title contains a control character U+001B at byte 5"
+        );
+        let err = required_line("topic", "a\n# b", 300).expect_err("newline");
+        assert_eq!(
+            err.to_string(),
+            "topic contains a control character U+000A at byte 1 (it must be one line)"
+        );
+        assert!(required_text("body", "line one\n\tline two", 300).is_ok());
+        for bad in [
+            "a\rb",
+            "a\u{7}b",
+            "a\u{7f}b",
+            "a\u{9b}b",
+            "a\u{202e}b",
+            "a\u{2066}b",
+        ] {
+            assert!(
+                matches!(
+                    optional_text("comment", bad, 300),
+                    Err(ValueError::Control { at: 1, .. })
+                ),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -306,6 +306,8 @@ impl Replica {
     /// Creates a new identity and config in `dir`; refuses an existing identity.
     pub fn init(dir: &DataDir, name: &str) -> Result<IdentitySummary, ReplicaError> {
         let config = Config::new(name)?;
+        // The config refuses controls; the bidi overrides too, here.
+        model::required_line("name", name, crate::genesis::MAX_NAME_LEN)?;
         if dir.key_file().exists() {
             return Err(IdentityError::Exists(dir.key_file()).into());
         }
@@ -427,6 +429,13 @@ impl Replica {
         quorum: Option<u32>,
     ) -> Result<Genesis, ReplicaError> {
         self.refuse_if_joined(None)?;
+        // Names are shown on every member's terminal and in every report:
+        // one line, no control character.
+        let max = crate::genesis::MAX_NAME_LEN;
+        model::required_line("network name", name, max)?;
+        for entry in &roster {
+            model::required_line("institution name", &entry.name, max)?;
+        }
         let me = self.identity.public();
         if !roster.iter().any(|e| e.key == me) {
             roster.push(RosterEntry {
@@ -898,7 +907,7 @@ impl Replica {
     ) -> Result<(String, ChangeHash), ReplicaError> {
         self.require_writer()?;
         let new = NewAssessment {
-            title: model::required_text("title", &new.title, MAX_TITLE_LEN)?,
+            title: model::required_line("title", &new.title, MAX_TITLE_LEN)?,
             summary: model::optional_text("summary", &new.summary, MAX_TEXT_LEN)?,
             mitigations: clean_list("mitigation", &new.mitigations)?,
             ..new
@@ -924,7 +933,7 @@ impl Replica {
         let update = AssessmentUpdate {
             title: update
                 .title
-                .map(|t| model::required_text("title", &t, MAX_TITLE_LEN))
+                .map(|t| model::required_line("title", &t, MAX_TITLE_LEN))
                 .transpose()?,
             summary: update
                 .summary
@@ -952,7 +961,7 @@ impl Replica {
     pub fn add_note(&mut self, new: NewNote) -> Result<(String, ChangeHash), ReplicaError> {
         self.require_writer()?;
         let new = NewNote {
-            topic: model::required_text("topic", &new.topic, MAX_TITLE_LEN)?,
+            topic: model::required_line("topic", &new.topic, MAX_TITLE_LEN)?,
             body: model::required_text("body", &new.body, MAX_TEXT_LEN)?,
             ..new
         };
@@ -996,7 +1005,7 @@ impl Replica {
         if self.categories().iter().any(|c| c.key == key) {
             return Err(ReplicaError::CategoryExists(key.to_string()));
         }
-        let title = model::required_text("title", title, MAX_TITLE_LEN)?;
+        let title = model::required_line("title", title, MAX_TITLE_LEN)?;
         self.write(|doc, now| doc.add_category(key, group, &title, now))
     }
 
@@ -1578,7 +1587,7 @@ fn audit_one(envelope: &Envelope, network: NetworkId, store: &Store) -> Result<C
 /// Refuses, at once, a proposal that could not take effect now.
 fn check_fits(op: &Op, roster: &Roster) -> Result<(), ReplicaError> {
     if let Op::Add { name, .. } = op {
-        model::required_text("name", name, crate::genesis::MAX_NAME_LEN)?;
+        model::required_line("name", name, crate::genesis::MAX_NAME_LEN)?;
     }
     match governance::misfit(op, roster) {
         Some(reason) => Err(ReplicaError::BadProposal(reason)),

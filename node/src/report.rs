@@ -11,9 +11,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::doc::Document;
 use crate::genesis::Genesis;
-use crate::model::{AssessmentView, Institution, NoteView, Round, Standing};
+use crate::model::{AssessmentView, Institution, NoteView, Round, Stance, Standing};
 use crate::roster::Roster;
 use crate::taxonomy;
+use crate::text::{self, markdown as md};
+
+mod v1;
 
 /// The whole briefing, as `report --format json` prints it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -212,22 +215,102 @@ pub fn build_with(
     }
 }
 
-/// Renders the briefing as Markdown, fit to print.
+/// The versions of the briefing's Markdown and HTML rendering. An exported
+/// report names the version it was rendered with, and `checkpoint verify`
+/// renders it again with the same one, so a report attested and exported
+/// by an older build still verifies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Renderer {
+    /// Document strings written as they are. Frozen: the reports exported
+    /// before renderer versions existed carry none and are checked with it.
+    V1,
+    /// Every document string escaped for the format it is written into.
+    V2,
+}
+
+impl Renderer {
+    /// What new exports are rendered with.
+    pub const CURRENT: Renderer = Renderer::V2;
+
+    /// The version number written into an exported report.
+    pub fn number(self) -> u32 {
+        match self {
+            Renderer::V1 => 1,
+            Renderer::V2 => 2,
+        }
+    }
+
+    pub fn from_number(number: u32) -> Option<Self> {
+        match number {
+            1 => Some(Renderer::V1),
+            2 => Some(Renderer::V2),
+            _ => None,
+        }
+    }
+
+    pub fn markdown(self, report: &Report) -> String {
+        match self {
+            Renderer::V1 => v1::to_markdown(report),
+            Renderer::V2 => markdown_v2(report),
+        }
+    }
+
+    pub fn html(self, report: &Report) -> String {
+        match self {
+            Renderer::V1 => v1::to_html(report),
+            Renderer::V2 => html_v2(report),
+        }
+    }
+}
+
+/// Renders the briefing as Markdown, fit to print, with the current
+/// renderer: every string from the document escaped, so none can start a
+/// heading, a list item (a position), a table row or HTML.
 pub fn to_markdown(report: &Report) -> String {
+    Renderer::CURRENT.markdown(report)
+}
+
+/// Renders the briefing as a standalone HTML page, fit to print, with the
+/// current renderer.
+pub fn to_html(report: &Report) -> String {
+    Renderer::CURRENT.html(report)
+}
+
+/// The long name of the report's round, if it is limited to one.
+fn round_name(report: &Report) -> Option<&'static str> {
+    report
+        .round
+        .as_deref()
+        .and_then(|r| r.parse::<Round>().ok())
+        .map(Round::describe)
+}
+
+/// A hex id as a code span; anything else (never written by Concord) as
+/// escaped text.
+fn code(s: &str) -> String {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        format!("`{s}`")
+    } else {
+        md(s)
+    }
+}
+
+/// The first twelve characters of a head, for show.
+fn short(h: &str) -> &str {
+    h.get(..12).unwrap_or(h)
+}
+
+fn markdown_v2(report: &Report) -> String {
     let mut out = String::new();
     let t = &report.totals;
-    let _ = writeln!(out, "# Briefing: {}\n", report.network);
+    let _ = writeln!(out, "# Briefing: {}\n", md(&report.network));
     if let Some(round) = round_name(report) {
-        let _ = writeln!(out, "- Round: {round}");
+        let _ = writeln!(out, "- Round: {}", md(round));
     }
-    let _ = writeln!(out, "- Network id: `{}`", report.network_id);
-    let members: Vec<&str> = report.members.iter().map(|m| m.name.as_str()).collect();
+    let _ = writeln!(out, "- Network id: {}", code(&report.network_id));
+    let members: Vec<String> = report.members.iter().map(|m| md(&m.name)).collect();
     let _ = writeln!(out, "- Members: {}", members.join(", "));
-    let heads: Vec<String> = report
-        .heads
-        .iter()
-        .map(|h| format!("`{}`", &h[..12.min(h.len())]))
-        .collect();
+    let heads: Vec<String> = report.heads.iter().map(|h| code(short(h))).collect();
     let _ = writeln!(
         out,
         "- Document heads: {}",
@@ -239,38 +322,31 @@ pub fn to_markdown(report: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "- Assessments: {} ({} open); notes: {} ({} at consensus, {} diverging, {} open)\n",
+        "- Assessments: {} ({} open); notes: {} ({} at consensus, {} diverging, {} open)",
         t.assessments, t.open_assessments, t.notes, t.consensus, t.divergence, t.open_notes
     );
     if !report.checkpoint.state_hash.is_empty() {
-        // Remove the blank line above: the attestation belongs to the list.
-        out.pop();
-        let _ = writeln!(out, "- State: {}\n", report.checkpoint.describe());
+        let _ = writeln!(out, "- State: {}", md(&report.checkpoint.describe()));
     }
+    let _ = writeln!(out);
     let mut group = "";
     let general = (!report.general.is_empty()).then_some(&report.general);
     for section in report.categories.iter().chain(general) {
         if section.group != group && !section.group.is_empty() {
             group = &section.group;
-            let _ = writeln!(out, "## {}\n", taxonomy::group_title(group));
+            let _ = writeln!(out, "## {}\n", md(taxonomy::group_title(group)));
         }
-        let _ = writeln!(out, "### {}\n", section.title);
-        if !section.divergence.is_empty() {
-            let _ = writeln!(out, "**Points of divergence**\n");
-            for note in &section.divergence {
-                write_note(&mut out, note);
-            }
-        }
-        if !section.consensus.is_empty() {
-            let _ = writeln!(out, "**Consensus reached**\n");
-            for note in &section.consensus {
-                write_note(&mut out, note);
-            }
-        }
-        if !section.open_notes.is_empty() {
-            let _ = writeln!(out, "**Notes still open**\n");
-            for note in &section.open_notes {
-                write_note(&mut out, note);
+        let _ = writeln!(out, "### {}\n", md(&section.title));
+        for (heading, notes) in [
+            ("Points of divergence", &section.divergence),
+            ("Consensus reached", &section.consensus),
+            ("Notes still open", &section.open_notes),
+        ] {
+            if !notes.is_empty() {
+                let _ = writeln!(out, "**{heading}**\n");
+                for note in notes {
+                    write_note(&mut out, note);
+                }
             }
         }
         if !section.open_assessments.is_empty() {
@@ -278,17 +354,16 @@ pub fn to_markdown(report: &Report) -> String {
             let _ = writeln!(out, "| id | title | L | S | risk | status | author |");
             let _ = writeln!(out, "|---|---|---|---|---|---|---|");
             for a in &section.open_assessments {
-                let n = |v: Option<u8>| v.map_or("-".to_string(), |v| v.to_string());
                 let _ = writeln!(
                     out,
                     "| {} | {} | {} | {} | {} | {} | {} |",
-                    a.id,
-                    cell(&a.title),
-                    n(a.likelihood),
-                    n(a.severity),
-                    n(a.risk),
-                    a.status,
-                    cell(&a.author.name)
+                    md(&a.id),
+                    md(&a.title),
+                    score(a.likelihood),
+                    score(a.severity),
+                    score(a.risk),
+                    md(&a.status),
+                    md(&a.author.name)
                 );
             }
             let _ = writeln!(out);
@@ -301,13 +376,13 @@ pub fn to_markdown(report: &Report) -> String {
                     let values: Vec<String> = c
                         .values
                         .iter()
-                        .map(|v| format!("{} by {}", v.value, v.author.name))
+                        .map(|v| md(&format!("{} by {}", v.value, v.author.name)))
                         .collect();
                     let _ = writeln!(
                         out,
                         "> Concurrent edits of {} on {}: {}.",
-                        c.field,
-                        a.id,
+                        md(&c.field),
+                        md(&a.id),
                         values.join("; ")
                     );
                 }
@@ -318,29 +393,27 @@ pub fn to_markdown(report: &Report) -> String {
     out
 }
 
-/// The long name of the report's round, if it is limited to one.
-fn round_name(report: &Report) -> Option<&'static str> {
-    report
-        .round
-        .as_deref()
-        .and_then(|r| r.parse::<Round>().ok())
-        .map(Round::describe)
-}
-
+/// One note: its topic as the list item, its body quoted (every line
+/// escaped and prefixed, so none can pass for a position or a heading),
+/// then one nested item per position.
 fn write_note(out: &mut String, note: &NoteView) {
     let round = note.round.as_deref().unwrap_or("no round");
     let _ = writeln!(
         out,
-        "- **{}** ({}, {}, {})",
-        note.topic, note.id, note.kind, round
+        "- **{}** ({}, {}, {})\n",
+        md(&note.topic),
+        md(&note.id),
+        md(&note.kind),
+        md(round)
     );
-    let _ = writeln!(out, "  {}", note.body.replace('\n', "\n  "));
+    out.push_str(&text::markdown_lines(&note.body, "  > "));
+    let _ = writeln!(out);
     for p in &note.positions {
         let position = p.position.as_deref().unwrap_or("no position yet");
         let comment = if p.comment.is_empty() {
             String::new()
         } else {
-            format!(": {}", p.comment)
+            format!(": {}", md(&p.comment))
         };
         let counted = if p.counts {
             ""
@@ -350,24 +423,25 @@ fn write_note(out: &mut String, note: &NoteView) {
         let _ = writeln!(
             out,
             "  - {}{}: **{}**{}",
-            p.institution.name, counted, position, comment
+            md(&p.institution.name),
+            counted,
+            md(position),
+            comment
         );
     }
     let _ = writeln!(out);
 }
 
-fn cell(text: &str) -> String {
-    text.replace('|', "\\|").replace('\n', " ")
-}
-
-/// Renders the briefing as a standalone HTML page, fit to print.
-pub fn to_html(report: &Report) -> String {
+fn html_v2(report: &Report) -> String {
     use maud::{DOCTYPE, html};
+    // maud escapes every string it is given, in text and in attributes;
+    // control characters and bidi overrides are shown as visible escapes.
+    let line = |s: &str| text::visible(s, text::Lines::One).into_owned();
     let t = &report.totals;
     let general = (!report.general.is_empty()).then_some(&report.general);
     let title = match round_name(report) {
-        Some(round) => format!("Briefing: {} ({round} round)", report.network),
-        None => format!("Briefing: {}", report.network),
+        Some(round) => format!("Briefing: {} ({round} round)", line(&report.network)),
+        None => format!("Briefing: {}", line(&report.network)),
     };
     let notes = |heading: &str, notes: &[NoteView]| {
         html! {
@@ -376,23 +450,24 @@ pub fn to_html(report: &Report) -> String {
                 @for note in notes {
                     section.note {
                         p {
-                            strong { (note.topic) }
-                            " (" (note.id) ", " (note.kind) ", "
-                            (note.round.as_deref().unwrap_or("no round")) ")"
+                            strong { (line(&note.topic)) }
+                            " (" (line(&note.id)) ", " (line(&note.kind)) ", "
+                            (line(note.round.as_deref().unwrap_or("no round"))) ")"
                         }
-                        p { (note.body) }
+                        p.body { (text::visible(&note.body, text::Lines::Many)) }
                         table.positions {
                             tr { th { "Institution" } th { "Position" } th { "Comment" } }
                             @for p in &note.positions {
+                                @let stance = p.position.as_deref().and_then(|s| s.parse::<Stance>().ok());
                                 tr {
                                     td {
-                                        (p.institution.name)
+                                        (line(&p.institution.name))
                                         @if !p.counts { " (not a current member)" }
                                     }
-                                    td.(p.position.as_deref().unwrap_or("none")) {
-                                        (p.position.as_deref().unwrap_or("no position yet"))
+                                    td.(stance.map_or("none", Stance::as_str)) {
+                                        (line(p.position.as_deref().unwrap_or("no position yet")))
                                     }
-                                    td { (p.comment) }
+                                    td.body { (text::visible(&p.comment, text::Lines::Many)) }
                                 }
                             }
                         }
@@ -412,15 +487,15 @@ pub fn to_html(report: &Report) -> String {
             body {
                 h1 { (title) }
                 ul.facts {
-                    li { "Network id: " code { (report.network_id) } }
+                    li { "Network id: " code { (line(&report.network_id)) } }
                     li {
                         "Members: "
-                        (report.members.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", "))
+                        (report.members.iter().map(|m| line(&m.name)).collect::<Vec<_>>().join(", "))
                     }
                     li {
                         "Document heads: "
                         @if report.heads.is_empty() { "(empty)" }
-                        @for h in &report.heads { code { (&h[..12.min(h.len())]) } " " }
+                        @for h in &report.heads { code { (line(short(h))) } " " }
                     }
                     li {
                         "Assessments: " (t.assessments) " (" (t.open_assessments) " open); notes: "
@@ -428,15 +503,15 @@ pub fn to_html(report: &Report) -> String {
                         " diverging, " (t.open_notes) " open)"
                     }
                     @if !report.checkpoint.state_hash.is_empty() {
-                        li.state { "State: " (report.checkpoint.describe()) }
+                        li.state { "State: " (line(&report.checkpoint.describe())) }
                     }
                 }
                 @for section in report.categories.iter().chain(general) {
                     h2 {
                         @if !section.group.is_empty() {
-                            (taxonomy::group_title(&section.group)) ": "
+                            (line(taxonomy::group_title(&section.group))) ": "
                         }
-                        (section.title)
+                        (line(&section.title))
                     }
                     (notes("Points of divergence", &section.divergence))
                     (notes("Consensus reached", &section.consensus))
@@ -450,13 +525,13 @@ pub fn to_html(report: &Report) -> String {
                             }
                             @for a in &section.open_assessments {
                                 tr {
-                                    td { code { (a.id) } }
-                                    td { (a.title) }
+                                    td { code { (line(&a.id)) } }
+                                    td { (line(&a.title)) }
                                     td { (score(a.likelihood)) }
                                     td { (score(a.severity)) }
                                     td { (score(a.risk)) }
-                                    td { (a.status) }
-                                    td { (a.author.name) }
+                                    td { (line(&a.status)) }
+                                    td { (line(&a.author.name)) }
                                 }
                             }
                         }
@@ -472,12 +547,13 @@ fn score(value: Option<u8>) -> String {
     value.map_or("-".to_string(), |v| v.to_string())
 }
 
-/// The printed briefing's style: plain, black on white, tables ruled.
+/// The printed briefing's style: plain, black on white, tables ruled; a
+/// body keeps its line breaks.
 const PRINT_CSS: &str = "body{font-family:Georgia,serif;max-width:50em;margin:2em auto;color:#111}\
 table{border-collapse:collapse;width:100%;margin:.5em 0}\
 td,th{border:1px solid #999;padding:.25em .5em;text-align:left;vertical-align:top}\
 td.disagree{font-weight:bold}section.note{page-break-inside:avoid}\
-code{font-size:.9em}";
+.body{white-space:pre-line}code{font-size:.9em}";
 
 #[cfg(test)]
 mod tests {
@@ -528,5 +604,98 @@ mod tests {
             !to_markdown(&all).contains("- State:"),
             "no claim either way"
         );
+    }
+
+    /// Counts what a Markdown parser sees: headings (by text), list items,
+    /// and raw HTML events.
+    fn structure(md: &str) -> (Vec<String>, usize, usize) {
+        use pulldown_cmark::{Event, Options, Parser, Tag, TagEnd};
+        let (mut headings, mut items, mut html) = (Vec::new(), 0, 0);
+        let mut heading: Option<String> = None;
+        for event in Parser::new_ext(md, Options::ENABLE_TABLES | Options::ENABLE_GFM) {
+            match event {
+                Event::Start(Tag::Heading { .. }) => heading = Some(String::new()),
+                Event::End(TagEnd::Heading(_)) => headings.extend(heading.take()),
+                Event::Text(t) | Event::Code(t) => {
+                    if let Some(h) = heading.as_mut() {
+                        h.push_str(&t);
+                    }
+                }
+                Event::Start(Tag::Item) => items += 1,
+                Event::Html(_) | Event::InlineHtml(_) | Event::Start(Tag::HtmlBlock) => html += 1,
+                _ => {}
+            }
+        }
+        (headings, items, html)
+    }
+
+    #[test]
+    fn a_member_cannot_forge_headings_positions_or_html_in_the_briefing() {
+        let (me, other) = (
+            Identity::generate().expect("key"),
+            Identity::generate().expect("key"),
+        );
+        let entries = [(&me, "Inst a"), (&other, "Inst b")]
+            .map(|(id, name)| RosterEntry {
+                key: id.public(),
+                name: name.into(),
+                role: Role::Member,
+            })
+            .to_vec();
+        let genesis = Genesis::create(&me, "Net", entries, None, 0).expect("genesis");
+        let roster = genesis.roster();
+        let mut doc = Document::new(me.public());
+        // Written straight into the document, as a hostile member's own
+        // build would: no validation on the way.
+        let note = NewNote {
+            topic: "Labelling\n# Heading".into(),
+            body: "First line.\n- Inst b: **agree**: forged\n# Not a heading\n\
+                   <script>alert(1)</script>"
+                .into(),
+            kind: NoteKind::Agenda,
+            round: None,
+            assessments: Vec::new(),
+        };
+        doc.add_note("cn-hostile", &note, 1).expect("note");
+        let comment = "<img src=x onerror=alert(1)>\n## Comment heading\n  - Inst b: **agree**";
+        doc.set_position(
+            "cn-hostile",
+            me.node_id(),
+            crate::model::Stance::Disagree,
+            comment,
+            2,
+        )
+        .expect("position");
+        let report = build(&doc, &genesis, &roster);
+        let md = to_markdown(&report);
+        let (headings, items, html) = structure(&md);
+        assert_eq!(headings, ["Briefing: Net", "General"], "{md}");
+        // Four facts, one note, one position per member.
+        assert_eq!(items, 4 + 1 + 2, "{md}");
+        assert_eq!(html, 0, "{md}");
+        let position_lines: Vec<&str> = md.lines().filter(|l| l.starts_with("  - ")).collect();
+        assert_eq!(position_lines.len(), 2, "{md}");
+        assert!(
+            md.contains("  > \\- Inst b: \\*\\*agree\\*\\*: forged"),
+            "{md}"
+        );
+        // The frozen first renderer is what let it through.
+        let (old_headings, old_items, old_html) = structure(&Renderer::V1.markdown(&report));
+        assert!(old_headings.len() > 2 && old_items > 7 && old_html > 0);
+
+        let html = to_html(&report);
+        assert!(
+            !html.contains("<script") && !html.contains("<img"),
+            "{html}"
+        );
+        assert!(
+            html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+            "{html}"
+        );
+        assert!(
+            html.contains("&lt;img src=x onerror=alert(1)&gt;"),
+            "{html}"
+        );
+        assert!(html.contains("Labelling\\n# Heading"), "{html}");
     }
 }

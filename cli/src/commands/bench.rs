@@ -789,18 +789,21 @@ fn print_table(results: &Results) -> anyhow::Result<()> {
             "bytes" => format!("{v:.0} B"),
             _ => format!("{v:.0} {}", r.unit),
         };
-        table.add_row(vec![
-            r.name.to_string(),
-            fmt(r.ours),
-            fmt(r.baseline),
-            if r.ratio.is_nan() {
-                "-".to_string()
-            } else {
-                format!("{:.2}", r.ratio)
-            },
-            r.target.to_string(),
-            if r.met { "yes" } else { "no" }.to_string(),
-        ]);
+        output::row(
+            &mut table,
+            [
+                r.name.to_string(),
+                fmt(r.ours),
+                fmt(r.baseline),
+                if r.ratio.is_nan() {
+                    "-".to_string()
+                } else {
+                    format!("{:.2}", r.ratio)
+                },
+                r.target.to_string(),
+                if r.met { "yes" } else { "no" }.to_string(),
+            ],
+        );
     }
     let mut text = match results.changes {
         Some(n) => format!(

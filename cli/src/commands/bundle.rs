@@ -94,15 +94,18 @@ pub fn verify(session: &mut Session, json: bool) -> anyhow::Result<ExitCode> {
             "AUTHOR", "ROLE", "CHANGES", "VERIFIED", "ACCEPTED", "REJECTED", "FLAGGED",
         ]);
         for a in &audit.authors {
-            table.add_row(vec![
-                a.name.clone(),
-                a.role.clone().unwrap_or_else(|| "not on roster".into()),
-                a.changes.to_string(),
-                a.verified.to_string(),
-                a.accepted.to_string(),
-                a.rejected.to_string(),
-                a.flagged.to_string(),
-            ]);
+            output::row(
+                &mut table,
+                [
+                    a.name.clone(),
+                    a.role.clone().unwrap_or_else(|| "not on roster".into()),
+                    a.changes.to_string(),
+                    a.verified.to_string(),
+                    a.accepted.to_string(),
+                    a.rejected.to_string(),
+                    a.flagged.to_string(),
+                ],
+            );
         }
         let mut text = format!(
             "network {}: {} stored change(s)\n\n{table}\n",

@@ -113,21 +113,24 @@ fn render_list(list: &Checkpoints) -> String {
             "ATTESTED",
         ]);
         for c in &list.checkpoints {
-            table.add_row(vec![
-                c.id.clone(),
-                c.created_at.clone(),
-                c.signatures
-                    .iter()
-                    .map(|s| s.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                format!("{} of quorum {}", c.member_signatures, c.quorum),
-                match &c.problem {
-                    None => format!("verified {}", &c.state_hash[..12]),
-                    Some(p) => p.clone(),
-                },
-                if c.attested { "yes" } else { "no" }.to_string(),
-            ]);
+            output::row(
+                &mut table,
+                [
+                    c.id.clone(),
+                    c.created_at.clone(),
+                    c.signatures
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    format!("{} of quorum {}", c.member_signatures, c.quorum),
+                    match &c.problem {
+                        None => format!("verified {}", &c.state_hash[..12]),
+                        Some(p) => p.clone(),
+                    },
+                    if c.attested { "yes" } else { "no" }.to_string(),
+                ],
+            );
         }
         let _ = writeln!(out, "\n{table}");
     }
@@ -173,15 +176,24 @@ fn verify(file: &Path, genesis: &Genesis, json: bool) -> anyhow::Result<ExitCode
                     verified.file,
                     file.display(),
                     verified.checkpoint,
-                    genesis.name()
+                    output::line(genesis.name())
                 );
                 let _ = writeln!(
                     out,
                     "signed by {} (quorum {}); state hash {}",
-                    verified.signers.join(", "),
+                    output::line(&verified.signers.join(", ")),
                     verified.quorum,
                     verified.state_hash
                 );
+                if verified.renderer == Some(1) {
+                    let _ = writeln!(
+                        out,
+                        "note: it was rendered by renderer 1, which wrote the members' text \
+                         unescaped: text in it may imitate headings or other institutions' \
+                         positions; `concord report --checkpoint {}` renders it escaped",
+                        verified.checkpoint
+                    );
+                }
                 if let Some(n) = verified.changes {
                     let _ = writeln!(out, "every one of its {n} signed changes verified");
                 }
@@ -199,7 +211,11 @@ fn verify(file: &Path, genesis: &Genesis, json: bool) -> anyhow::Result<ExitCode
             if json {
                 output::json(&serde_json::json!({ "ok": false, "error": chain }))?;
             } else {
-                eprintln!("{} does not verify: {}", file.display(), chain.join(": "));
+                eprintln!(
+                    "{} does not verify: {}",
+                    file.display(),
+                    concord_node::text::for_terminal(&chain.join(": "))
+                );
             }
             Ok(ExitCode::from(DOES_NOT_VERIFY))
         }
@@ -218,20 +234,25 @@ pub fn history(session: &mut Session, id: String, json: bool) -> anyhow::Result<
     }
     let mut table = output::table(&["WHEN", "INSTITUTION", "CHANGE", "FIELDS", "SIGNATURE"]);
     for c in &history.changes {
-        table.add_row(vec![
-            c.at.clone(),
-            c.author.name.clone(),
-            c.change[..12].to_string(),
-            c.fields.join(", "),
-            match &c.problem {
-                None => "verified".to_string(),
-                Some(p) => format!("FAILED: {p}"),
-            },
-        ]);
+        output::row(
+            &mut table,
+            [
+                c.at.clone(),
+                c.author.name.clone(),
+                c.change[..12].to_string(),
+                c.fields.join(", "),
+                match &c.problem {
+                    None => "verified".to_string(),
+                    Some(p) => format!("FAILED: {p}"),
+                },
+            ],
+        );
     }
     output::text(&format!(
         "{} {}: {}\n\n{table}",
-        history.kind, history.id, history.title
+        history.kind,
+        output::line(&history.id),
+        output::line(&history.title)
     ))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -61,13 +61,16 @@ pub fn run(session: &mut Session, command: MemberCommand) -> anyhow::Result<Exit
             }
             let mut table = output::table(&["ID", "ACTION", "SIGNED BY", "STATE", "PROPOSED"]);
             for p in &list {
-                table.add_row(vec![
-                    p.id[..12].to_string(),
-                    p.action.clone(),
-                    signers(p),
-                    state(p),
-                    p.proposed_at.clone(),
-                ]);
+                output::row(
+                    &mut table,
+                    [
+                        p.id[..12].to_string(),
+                        p.action.clone(),
+                        signers(p),
+                        state(p),
+                        p.proposed_at.clone(),
+                    ],
+                );
             }
             output::text(&table.to_string())?;
             Ok(ExitCode::SUCCESS)
@@ -180,13 +183,16 @@ fn print_members(view: &MembersView) -> anyhow::Result<ExitCode> {
         } else {
             e.name.clone()
         };
-        table.add_row(vec![
-            name,
-            e.role.clone(),
-            e.since.clone().unwrap_or_default(),
-            e.node_id.clone(),
-            e.fingerprint.clone(),
-        ]);
+        output::row(
+            &mut table,
+            [
+                name,
+                e.role.clone(),
+                e.since.clone().unwrap_or_default(),
+                e.node_id.clone(),
+                e.fingerprint.clone(),
+            ],
+        );
     }
     let members = view.entries.iter().filter(|e| e.role == "member").count();
     let mut text = format!(
@@ -196,13 +202,16 @@ fn print_members(view: &MembersView) -> anyhow::Result<ExitCode> {
     if !view.former.is_empty() {
         let mut former = output::table(&["LEFT", "NAME", "HOW", "WHEN", "LAST CHANGE KEPT"]);
         for f in &view.former {
-            former.add_row(vec![
-                f.node_id.clone(),
-                f.name.clone(),
-                f.left.clone(),
-                f.left_at.clone(),
-                f.last_change.to_string(),
-            ]);
+            output::row(
+                &mut former,
+                [
+                    f.node_id.clone(),
+                    f.name.clone(),
+                    f.left.clone(),
+                    f.left_at.clone(),
+                    f.last_change.to_string(),
+                ],
+            );
         }
         text.push_str(&format!("\n\nKeys that left the roster:\n{former}"));
     }

@@ -122,11 +122,15 @@ pub fn run(dir: &DataDir, cmd: NetworkCommand) -> anyhow::Result<ExitCode> {
             } else {
                 let mut table = output::table(&["NAME", "ROLE", "NODE ID", "FINGERPRINT"]);
                 for e in &view.roster {
-                    table.add_row(vec![&e.name, &e.role, &e.node_id, &e.fingerprint]);
+                    output::row(&mut table, [&e.name, &e.role, &e.node_id, &e.fingerprint]);
                 }
                 output::text(&format!(
                     "network:    {}\nnetwork id: {}\ncreated:    {} by {}\nquorum:     {}\n\n{table}",
-                    view.name, view.network_id, view.created_at, view.created_by, view.quorum
+                    output::line(&view.name),
+                    view.network_id,
+                    view.created_at,
+                    view.created_by,
+                    view.quorum
                 ))?;
             }
         }

@@ -52,14 +52,17 @@ pub fn run(session: &mut Session, cmd: NoteCommand) -> anyhow::Result<ExitCode> 
                 let mut table =
                     output::table(&["ID", "TOPIC", "KIND", "ROUND", "STANDING", "POSITIONS"]);
                 for n in &notes {
-                    table.add_row(vec![
-                        n.id.clone(),
-                        n.topic.clone(),
-                        n.kind.clone(),
-                        n.round.clone().unwrap_or_else(|| "-".into()),
-                        n.standing.to_string(),
-                        tally(n),
-                    ]);
+                    output::row(
+                        &mut table,
+                        [
+                            n.id.clone(),
+                            n.topic.clone(),
+                            n.kind.clone(),
+                            n.round.clone().unwrap_or_else(|| "-".into()),
+                            n.standing.to_string(),
+                            tally(n),
+                        ],
+                    );
                 }
                 output::text(&table.to_string())?;
             }
@@ -118,20 +121,31 @@ fn tally(note: &NoteView) -> String {
 
 fn render(n: &NoteView) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{}  {}", n.id, n.topic);
+    let line = output::line;
+    let _ = writeln!(out, "{}  {}", line(&n.id), line(&n.topic));
     let _ = writeln!(out, "standing:    {}", n.standing);
-    let _ = writeln!(out, "kind:        {}", n.kind);
-    let _ = writeln!(out, "round:       {}", n.round.as_deref().unwrap_or("-"));
+    let _ = writeln!(out, "kind:        {}", line(&n.kind));
+    let _ = writeln!(
+        out,
+        "round:       {}",
+        line(n.round.as_deref().unwrap_or("-"))
+    );
     if !n.assessments.is_empty() {
-        let _ = writeln!(out, "assessments: {}", n.assessments.join(", "));
+        let _ = writeln!(out, "assessments: {}", line(&n.assessments.join(", ")));
     }
-    let _ = writeln!(out, "author:      {} ({})", n.author.name, n.author.node_id);
+    let _ = writeln!(
+        out,
+        "author:      {} ({})",
+        line(&n.author.name),
+        line(&n.author.node_id)
+    );
     let _ = writeln!(
         out,
         "created:     {}   updated: {}",
-        n.created_at, n.updated_at
+        line(&n.created_at),
+        line(&n.updated_at)
     );
-    let _ = writeln!(out, "\n{}\n\npositions:", n.body);
+    let _ = writeln!(out, "\n{}\npositions:", output::quoted(&n.body));
     for p in &n.positions {
         let position = p.position.as_deref().unwrap_or("(none yet)");
         let note = if p.counts {
@@ -147,7 +161,8 @@ fn render(n: &NoteView) -> String {
         let _ = writeln!(
             out,
             "  {:<28} {:<12}{comment}{note}",
-            p.institution.name, position
+            line(&p.institution.name),
+            line(position)
         );
     }
     render_conflicts(&mut out, &n.conflicts);

@@ -45,7 +45,12 @@ pub fn categories(dir: &DataDir, args: CategoriesArgs) -> anyhow::Result<ExitCod
         let _ = writeln!(out, "{title} ({group})");
         for c in categories.iter().filter(|c| c.group == group) {
             let mark = if c.builtin { "" } else { "  [added]" };
-            let _ = writeln!(out, "  {:<28} {}{mark}", c.key, c.title);
+            let _ = writeln!(
+                out,
+                "  {:<28} {}{mark}",
+                output::line(&c.key),
+                output::line(&c.title)
+            );
         }
     }
     output::text(&out)?;
@@ -102,16 +107,19 @@ pub fn run(session: &mut Session, cmd: AssessCommand) -> anyhow::Result<ExitCode
                 for a in &list {
                     let n = |v: Option<u8>| v.map_or("-".into(), |v| v.to_string());
                     let flag = if a.conflicts.is_empty() { "" } else { " (!)" };
-                    table.add_row(vec![
-                        a.id.clone(),
-                        a.category.clone(),
-                        format!("{}{flag}", a.title),
-                        n(a.likelihood),
-                        n(a.severity),
-                        n(a.risk),
-                        a.status.clone(),
-                        a.author.name.clone(),
-                    ]);
+                    output::row(
+                        &mut table,
+                        [
+                            a.id.clone(),
+                            a.category.clone(),
+                            format!("{}{flag}", a.title),
+                            n(a.likelihood),
+                            n(a.severity),
+                            n(a.risk),
+                            a.status.clone(),
+                            a.author.name.clone(),
+                        ],
+                    );
                 }
                 if list.iter().any(|a| !a.conflicts.is_empty()) {
                     output::text(&format!(
@@ -191,9 +199,10 @@ pub fn written(json: bool, w: &Written, verb: &str) -> anyhow::Result<()> {
 fn render(a: &AssessmentView) -> String {
     let n = |v: Option<u8>| v.map_or("-".into(), |v| v.to_string());
     let mut out = String::new();
-    let _ = writeln!(out, "{}  {}", a.id, a.title);
-    let _ = writeln!(out, "category:   {}", a.category);
-    let _ = writeln!(out, "status:     {}", a.status);
+    let line = output::line;
+    let _ = writeln!(out, "{}  {}", line(&a.id), line(&a.title));
+    let _ = writeln!(out, "category:   {}", line(&a.category));
+    let _ = writeln!(out, "status:     {}", line(&a.status));
     let _ = writeln!(
         out,
         "likelihood: {}   severity: {}   risk: {}",
@@ -201,25 +210,37 @@ fn render(a: &AssessmentView) -> String {
         n(a.severity),
         n(a.risk)
     );
-    let _ = writeln!(out, "author:     {} ({})", a.author.name, a.author.node_id);
+    let _ = writeln!(
+        out,
+        "author:     {} ({})",
+        line(&a.author.name),
+        line(&a.author.node_id)
+    );
     let _ = writeln!(
         out,
         "created:    {}   updated: {}",
-        a.created_at, a.updated_at
+        line(&a.created_at),
+        line(&a.updated_at)
     );
     if !a.summary.is_empty() {
-        let _ = writeln!(out, "\n{}", a.summary);
+        let _ = write!(out, "\n{}", output::quoted(&a.summary));
     }
     if !a.mitigations.is_empty() {
         let _ = writeln!(out, "\nmitigations:");
         for m in &a.mitigations {
-            let _ = writeln!(out, "  - {m}");
+            let _ = writeln!(out, "  - {}", line(m));
         }
     }
     if !a.comments.is_empty() {
         let _ = writeln!(out, "\ncomments:");
         for c in &a.comments {
-            let _ = writeln!(out, "  [{}] {}: {}", c.at, c.author.name, c.text);
+            let _ = writeln!(
+                out,
+                "  [{}] {}: {}",
+                line(&c.at),
+                line(&c.author.name),
+                line(&c.text)
+            );
         }
     }
     render_conflicts(&mut out, &a.conflicts);
@@ -236,10 +257,15 @@ pub fn render_conflicts(out: &mut String, conflicts: &[Conflict]) {
         "\nconcurrent edits (all values kept; the one marked * is shown):"
     );
     for c in conflicts {
-        let _ = writeln!(out, "  {}:", c.field);
+        let _ = writeln!(out, "  {}:", output::line(&c.field));
         for v in &c.values {
             let mark = if v.winner { "*" } else { " " };
-            let _ = writeln!(out, "   {mark} {} by {}", v.value, v.author.name);
+            let _ = writeln!(
+                out,
+                "   {mark} {} by {}",
+                output::line(&v.value.to_string()),
+                output::line(&v.author.name)
+            );
         }
     }
 }

@@ -25,11 +25,11 @@ pub fn status(session: &mut Session, json: bool) -> anyhow::Result<ExitCode> {
     } else {
         "not running"
     };
-    let _ = writeln!(out, "node:       {} ({state})", status.name);
+    let _ = writeln!(out, "node:       {} ({state})", output::line(&status.name));
     let _ = writeln!(out, "node id:    {}", status.node_id);
     match (&status.network, &status.network_id) {
         (Some(name), Some(id)) => {
-            let _ = writeln!(out, "network:    {name} ({id})");
+            let _ = writeln!(out, "network:    {} ({id})", output::line(name));
         }
         _ => {
             let _ = writeln!(out, "network:    none joined");
@@ -98,15 +98,18 @@ pub fn peers(session: &mut Session, json: bool) -> anyhow::Result<ExitCode> {
         } else {
             "no".to_string()
         };
-        table.add_row(vec![
-            p.name.clone(),
-            p.role.clone(),
-            connected,
-            p.last_seen.clone().unwrap_or_else(|| "-".into()),
-            n(p.they_lack),
-            n(p.we_lack),
-            p.addresses.join(" "),
-        ]);
+        output::row(
+            &mut table,
+            [
+                p.name.clone(),
+                p.role.clone(),
+                connected,
+                p.last_seen.clone().unwrap_or_else(|| "-".into()),
+                n(p.they_lack),
+                n(p.we_lack),
+                p.addresses.join(" "),
+            ],
+        );
     }
     output::text(&table.to_string())?;
     Ok(ExitCode::SUCCESS)

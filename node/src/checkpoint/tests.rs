@@ -239,3 +239,94 @@ fn the_state_at_old_heads_is_what_was_signed() {
     );
     assert_ne!(fresh.current(r[0].document()), then);
 }
+
+/// A report attested and exported by a build before renderer versions
+/// existed (made with main at 3dfaace; its note body forges a position line
+/// and its topic a heading): the frozen first renderer still verifies it,
+/// and says which renderer it used.
+#[test]
+fn a_report_exported_before_renderer_versions_still_verifies() {
+    let genesis = Genesis::decode(include_bytes!("fixtures/v1-genesis.bin")).expect("genesis");
+    let roster = genesis.roster();
+    let files: [(&[u8], Option<u32>); 3] = [
+        (include_bytes!("fixtures/v1-report.md"), Some(1)),
+        (include_bytes!("fixtures/v1-report.html"), Some(1)),
+        (include_bytes!("fixtures/v1-report.json"), None),
+    ];
+    for (file, renderer) in files {
+        let verified = verify_file(file, &genesis, &roster).expect("the old export verifies");
+        assert_eq!(verified.renderer, renderer);
+        assert_eq!(verified.signers.len(), 2);
+    }
+    let md = std::str::from_utf8(files[0].0).expect("utf-8");
+    let edited = md.replace("forged", "fudged");
+    assert!(matches!(
+        verify_file(edited.as_bytes(), &genesis, &roster),
+        Err(VerifyError::Edited { .. })
+    ));
+}
+
+/// Hostile text in an attested state: the export escapes it, and verifies.
+#[test]
+fn a_report_of_hostile_text_is_escaped_and_verifies() {
+    let (_dirs, mut r, genesis) = federation();
+    add(&mut r[0], "<img src=x onerror=alert(1)> | cell");
+    let (note, _) = r[0]
+        .add_note(crate::doc::NewNote {
+            topic: "Labelling # Heading".into(),
+            body: "First line.\n- Institution 1: **agree**: forged\n# Heading".into(),
+            kind: crate::model::NoteKind::Consensus,
+            round: None,
+            assessments: Vec::new(),
+        })
+        .expect("note");
+    r[0].set_position(
+        &note,
+        crate::model::Stance::Disagree,
+        "<script>alert(1)</script>",
+    )
+    .expect("position");
+    r[0].sign_checkpoint(None).expect("sign");
+    send(&mut r, 0, 2);
+    r[2].sign_checkpoint(None).expect("co-sign");
+    let briefing = r[2].briefing(None, None).expect("briefing");
+    let attestation = briefing.attestation.as_ref().expect("attested");
+    assert_eq!(attestation.version, verify::ATTESTATION_VERSION);
+    let roster = genesis.roster();
+    for format in [Format::Markdown, Format::Html] {
+        let file = export(&briefing.report, Some(attestation), format);
+        assert!(
+            !file.contains("<script") && !file.contains("<img"),
+            "{file}"
+        );
+        // In HTML the body is text in a paragraph; in Markdown no line of
+        // it starts a position or a heading.
+        assert!(
+            format == Format::Html
+                || !file
+                    .lines()
+                    .any(|l| l.starts_with("  - Institution 1: **agree**")
+                        || l.starts_with("# Heading")),
+            "{file}"
+        );
+        let verified = verify_file(file.as_bytes(), &genesis, &roster)
+            .unwrap_or_else(|e| panic!("{format:?}: {e}"));
+        assert_eq!(verified.renderer, Some(2));
+        // Rendered with the old renderer under a new attestation, it is
+        // refused: the version names the renderer.
+        let old = crate::report::Renderer::V1.markdown(&briefing.report);
+        if format == Format::Markdown {
+            let swapped = file.replacen(
+                file.split("\n\n<!-- concord-attestation")
+                    .next()
+                    .unwrap_or_default(),
+                old.trim_end(),
+                1,
+            );
+            assert!(matches!(
+                verify_file(swapped.as_bytes(), &genesis, &roster),
+                Err(VerifyError::Edited { .. })
+            ));
+        }
+    }
+}

@@ -23,11 +23,13 @@ use crate::genesis::{Genesis, GenesisError};
 use crate::identity::{NodeId, PublicKey};
 use crate::ingest::{self, IngestError, Known};
 use crate::model::Round;
-use crate::report::{self, AttestedBy, Report};
+use crate::report::{AttestedBy, Renderer, Report};
 use crate::roster::Roster;
 
-/// Version of the embedded attestation.
-pub const ATTESTATION_VERSION: u32 = 1;
+/// Version of the embedded attestation. Version 2 added `renderer`; a
+/// version 1 attestation has none, and its report was rendered by renderer
+/// 1 (`report::Renderer::V1`).
+pub const ATTESTATION_VERSION: u32 = 2;
 /// First line of the attestation block in Markdown and HTML reports.
 pub const BLOCK_START: &str = "<!-- concord-attestation v1";
 /// Last line of the block.
@@ -128,6 +130,18 @@ pub struct Attestation {
     /// roster the signatures are counted against.
     #[serde(default)]
     pub records: Vec<String>,
+    /// The version of the renderer the Markdown or HTML body was rendered
+    /// with; absent (1) in version 1 attestations.
+    #[serde(default = "renderer_v1", skip_serializing_if = "is_renderer_v1")]
+    pub renderer: u32,
+}
+
+fn renderer_v1() -> u32 {
+    Renderer::V1.number()
+}
+
+fn is_renderer_v1(renderer: &u32) -> bool {
+    *renderer == Renderer::V1.number()
 }
 
 impl Attestation {
@@ -150,7 +164,18 @@ impl Attestation {
             round: round.map(|r| r.as_str().to_string()),
             document,
             records: Vec::new(),
+            renderer: Renderer::CURRENT.number(),
         }
+    }
+
+    /// The renderer its report body was rendered with.
+    pub fn renderer(&self) -> Result<Renderer, VerifyError> {
+        Renderer::from_number(self.renderer).ok_or_else(|| {
+            VerifyError::Malformed(format!(
+                "renderer version {} (this build renders versions 1 and 2)",
+                self.renderer
+            ))
+        })
     }
 
     /// What the report says about its attestation.
@@ -186,11 +211,16 @@ impl Attestation {
     }
 }
 
-/// Renders a briefing as a file: the body, then the attestation if any.
+/// Renders a briefing as a file: the body, then the attestation if any. The
+/// body is rendered with the renderer the attestation names (the current one
+/// for an attestation made by this build, or without one).
 pub fn export(report: &Report, attestation: Option<&Attestation>, format: Format) -> String {
     match format {
         Format::Markdown | Format::Html => {
-            let mut body = render_body(report, format);
+            let renderer = attestation
+                .and_then(|a| a.renderer().ok())
+                .unwrap_or(Renderer::CURRENT);
+            let mut body = render_body(report, format, renderer);
             if let Some(a) = attestation {
                 if !body.ends_with('\n') {
                     body.push('\n');
@@ -213,10 +243,10 @@ pub fn export(report: &Report, attestation: Option<&Attestation>, format: Format
     }
 }
 
-fn render_body(report: &Report, format: Format) -> String {
+fn render_body(report: &Report, format: Format, renderer: Renderer) -> String {
     match format {
-        Format::Markdown => report::to_markdown(report),
-        Format::Html => report::to_html(report),
+        Format::Markdown => renderer.markdown(report),
+        Format::Html => renderer.html(report),
         Format::Json => serde_json::to_string_pretty(report).unwrap_or_default() + "\n",
     }
 }
@@ -235,6 +265,10 @@ pub struct Verified {
     pub quorum: u32,
     /// For a bundle: how many signed changes verified.
     pub changes: Option<usize>,
+    /// For a Markdown or HTML report: the renderer version it was checked
+    /// with. Version 1 wrote document strings unescaped, so a member's text
+    /// in such a report can imitate its structure.
+    pub renderer: Option<u32>,
 }
 
 /// Checks a bundle or an exported report against `genesis` and `roster`.
@@ -260,9 +294,11 @@ pub fn verify_file(
     } else {
         Format::Markdown
     };
-    let (report, verified) = check_attestation(&attestation, genesis, roster, format)?;
-    let expected = render_body(&report, format);
+    let renderer = attestation.renderer()?;
+    let (report, mut verified) = check_attestation(&attestation, genesis, roster, format)?;
+    let expected = render_body(&report, format, renderer);
     compare_lines(body, &expected)?;
+    verified.renderer = Some(renderer.number());
     Ok(verified)
 }
 
@@ -308,10 +344,16 @@ fn check_attestation(
     format: Format,
 ) -> Result<(Report, Verified), VerifyError> {
     let malformed = |what: &str| VerifyError::Malformed(what.to_string());
-    if a.version != ATTESTATION_VERSION {
+    let known = match a.version {
+        1 => a.renderer == Renderer::V1.number(),
+        ATTESTATION_VERSION => true,
+        _ => false,
+    };
+    if !known {
         return Err(VerifyError::Malformed(format!(
-            "version {} (this build reads version {ATTESTATION_VERSION})",
-            a.version
+            "version {} with renderer {} (this build reads versions 1 and \
+             {ATTESTATION_VERSION})",
+            a.version, a.renderer
         )));
     }
     let network = genesis.network_id();
@@ -403,7 +445,7 @@ fn check_attestation(
         .map(str::parse::<Round>)
         .transpose()
         .map_err(|e| VerifyError::Malformed(e.to_string()))?;
-    let report = report::build_with(&doc, genesis, roster, round, a.attested_by(roster));
+    let report = crate::report::build_with(&doc, genesis, roster, round, a.attested_by(roster));
     let verified = Verified {
         file: format!(
             "report ({})",
@@ -420,6 +462,7 @@ fn check_attestation(
         signers: a.attested_by(roster).signers,
         quorum: roster.quorum(),
         changes: None,
+        renderer: None,
     };
     Ok((report, verified))
 }
@@ -573,6 +616,7 @@ fn verify_bundle(
             .collect(),
         quorum: view.quorum,
         changes: Some(count),
+        renderer: None,
     })
 }
 
@@ -596,6 +640,7 @@ mod tests {
             round,
             document,
             records: Vec::new(),
+            renderer: Renderer::CURRENT.number(),
         }
     }
 

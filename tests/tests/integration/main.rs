@@ -10,6 +10,7 @@ mod crash;
 mod daemon;
 mod fuzz_corpus;
 mod hostile;
+mod hostile_text;
 mod netns;
 mod roster;
 mod simulation;
