@@ -67,6 +67,22 @@ pub struct NewAssessment {
     pub status: Status,
 }
 
+#[cfg(test)]
+impl NewAssessment {
+    /// A draft with no scores, summary or mitigations, for tests.
+    pub(crate) fn draft(category: &str, title: &str) -> Self {
+        Self {
+            category: category.into(),
+            title: title.into(),
+            summary: String::new(),
+            likelihood: None,
+            severity: None,
+            mitigations: Vec::new(),
+            status: Status::Draft,
+        }
+    }
+}
+
 /// Fields to change on an assessment; `None` leaves a field as it is.
 #[derive(Clone, Debug, Default)]
 pub struct AssessmentUpdate {

@@ -274,15 +274,7 @@ mod tests {
         use automerge::{ROOT, ReadDoc};
         let me = Identity::from_secret([4; 32]);
         let mut doc = Document::new(me.public());
-        let new = NewAssessment {
-            category: "algorithmic-bias".into(),
-            title: "t".into(),
-            summary: String::new(),
-            likelihood: None,
-            severity: None,
-            mitigations: Vec::new(),
-            status: Status::Draft,
-        };
+        let new = NewAssessment::draft("algorithmic-bias", "t");
         doc.add_assessment("ra-wide", &new, 1_700_000_000_000)
             .expect("assessment");
         let mut am = doc.automerge().clone();

@@ -2141,15 +2141,7 @@ mod tests {
     fn a_reopened_replica_holds_what_it_acknowledged() {
         let (dirs, mut replicas) = federation();
         let (id, _) = replicas[0]
-            .add_assessment(NewAssessment {
-                category: "reliability".into(),
-                title: "durable".into(),
-                summary: String::new(),
-                likelihood: None,
-                severity: None,
-                mitigations: Vec::new(),
-                status: Status::Draft,
-            })
+            .add_assessment(NewAssessment::draft("reliability", "durable"))
             .expect("add");
         let before = state(&replicas[0]);
         drop(replicas);
@@ -2169,15 +2161,7 @@ mod tests {
         let network = replicas[0].network_id().expect("network");
         let variant = |title: &str| {
             let mut doc = Document::new(forger.public());
-            let new = NewAssessment {
-                category: "reliability".into(),
-                title: title.into(),
-                summary: String::new(),
-                likelihood: None,
-                severity: None,
-                mitigations: Vec::new(),
-                status: Status::Draft,
-            };
+            let new = NewAssessment::draft("reliability", title);
             let change = doc
                 .add_assessment("ra-fork", &new, now_ms())
                 .expect("change");
@@ -2232,15 +2216,7 @@ mod tests {
         }
         // What the check on every other node would say of such a change.
         let mut doc = Document::new(Identity::from_secret([9; 32]).public());
-        let new = NewAssessment {
-            category: "reliability".into(),
-            title: "t".into(),
-            summary: String::new(),
-            likelihood: None,
-            severity: None,
-            mitigations: Vec::new(),
-            status: Status::Draft,
-        };
+        let new = NewAssessment::draft("reliability", "t");
         let change = doc
             .add_assessment("ra-clock", &new, model::MIN_TIME_MS - 1)
             .expect("the document itself takes any time");
@@ -2254,15 +2230,7 @@ mod tests {
     fn reload_reads_the_document_and_roster_afresh_from_the_store() {
         let (_dirs, mut replicas) = federation();
         let r = &mut replicas[0];
-        let new = NewAssessment {
-            category: "reliability".into(),
-            title: "Stored".into(),
-            summary: String::new(),
-            likelihood: None,
-            severity: None,
-            mitigations: Vec::new(),
-            status: Status::Draft,
-        };
+        let new = NewAssessment::draft("reliability", "Stored");
         let (stored, _) = r.add_assessment(new.clone()).expect("stored");
         // A write the panic cut short: in the document, never stored.
         r.doc
@@ -2299,16 +2267,8 @@ mod tests {
         let (dirs, mut replicas) = federation();
         let mut r = replicas.remove(0);
         let add = |r: &mut Replica, title: &str| {
-            r.add_assessment(NewAssessment {
-                category: "reliability".into(),
-                title: title.into(),
-                summary: String::new(),
-                likelihood: None,
-                severity: None,
-                mitigations: Vec::new(),
-                status: Status::Draft,
-            })
-            .expect("add")
+            r.add_assessment(NewAssessment::draft("reliability", title))
+                .expect("add")
         };
         add(&mut r, "before the snapshot");
         r.save_snapshot().expect("snapshot");
@@ -2333,17 +2293,9 @@ mod tests {
     }
 
     fn assess(r: &mut Replica, title: &str) -> ChangeHash {
-        r.add_assessment(NewAssessment {
-            category: "algorithmic-bias".into(),
-            title: title.into(),
-            summary: String::new(),
-            likelihood: None,
-            severity: None,
-            mitigations: Vec::new(),
-            status: Status::Draft,
-        })
-        .expect("add")
-        .1
+        r.add_assessment(NewAssessment::draft("algorithmic-bias", title))
+            .expect("add")
+            .1
     }
 
     fn sync(from: &Replica, to: &mut Replica) {
@@ -2457,15 +2409,7 @@ mod tests {
         // edit nor changes from a peer, and nothing more reaches the store.
         let stored = r[0].change_count();
         let err = r[0]
-            .add_assessment(NewAssessment {
-                category: "algorithmic-bias".into(),
-                title: "refused".into(),
-                summary: String::new(),
-                likelihood: None,
-                severity: None,
-                mitigations: Vec::new(),
-                status: Status::Draft,
-            })
+            .add_assessment(NewAssessment::draft("algorithmic-bias", "refused"))
             .expect_err("refused");
         assert!(matches!(err, ReplicaError::NotDurable(_)), "{err}");
         assert!(err.to_string().contains("writes are refused"), "{err}");
