@@ -1,0 +1,617 @@
+use proptest::prelude::*;
+
+use super::*;
+use crate::model::{Score, Status};
+
+/// Three members in temporary directories, all joined to one network.
+fn federation() -> (Vec<tempfile::TempDir>, Vec<Replica>) {
+    let dirs: Vec<_> = (0..3)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let mut replicas: Vec<Replica> = dirs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let dir = DataDir::new(d.path());
+            Replica::init(&dir, &format!("Member {i}")).expect("init");
+            Replica::open(&dir).expect("open")
+        })
+        .collect();
+    let roster = replicas
+        .iter()
+        .enumerate()
+        .map(|(i, r)| RosterEntry {
+            key: r.identity().public(),
+            name: format!("Member {i}"),
+            role: Role::Member,
+        })
+        .collect();
+    let genesis = replicas[0]
+        .create_network("Prop", roster, None)
+        .expect("create");
+    for r in &mut replicas[1..] {
+        r.join(genesis.clone()).expect("join");
+    }
+    (dirs, replicas)
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Add {
+        node: usize,
+        severity: i64,
+    },
+    Rescore {
+        node: usize,
+        target: usize,
+        severity: i64,
+    },
+    Note {
+        node: usize,
+    },
+    Position {
+        node: usize,
+        target: usize,
+        stance: usize,
+    },
+    Send {
+        from: usize,
+        to: usize,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0..3usize, 1..=5i64).prop_map(|(node, severity)| Op::Add { node, severity }),
+        (0..3usize, 0..8usize, 1..=5i64).prop_map(|(node, target, severity)| Op::Rescore {
+            node,
+            target,
+            severity
+        }),
+        (0..3usize).prop_map(|node| Op::Note { node }),
+        (0..3usize, 0..8usize, 0..4usize).prop_map(|(node, target, stance)| Op::Position {
+            node,
+            target,
+            stance
+        }),
+        (0..3usize, 0..3usize).prop_map(|(from, to)| Op::Send { from, to }),
+    ]
+}
+
+fn apply(replicas: &mut [Replica], op: &Op) {
+    match *op {
+        Op::Add { node, severity } => {
+            replicas[node]
+                .add_assessment(NewAssessment {
+                    category: "reliability".into(),
+                    title: format!("by {node}"),
+                    summary: String::new(),
+                    likelihood: None,
+                    severity: Some(Score::new("severity", severity).expect("score")),
+                    mitigations: Vec::new(),
+                    status: Status::Open,
+                })
+                .expect("add");
+        }
+        Op::Rescore {
+            node,
+            target,
+            severity,
+        } => {
+            let ids: Vec<String> = replicas[node]
+                .assessments(&AssessmentFilter::default())
+                .expect("list")
+                .into_iter()
+                .map(|a| a.id)
+                .collect();
+            if let Some(id) = ids.get(target % ids.len().max(1)) {
+                let update = AssessmentUpdate {
+                    severity: Some(Score::new("severity", severity).expect("score")),
+                    ..AssessmentUpdate::default()
+                };
+                // Re-stating the current value within the same millisecond
+                // is no change at all, and is reported as such.
+                match replicas[node].update_assessment(id, update) {
+                    Ok(_) | Err(ReplicaError::Doc(DocError::NothingToChange)) => {}
+                    Err(e) => panic!("update: {e}"),
+                }
+            }
+        }
+        Op::Note { node } => {
+            replicas[node]
+                .add_note(NewNote {
+                    topic: format!("topic {node}"),
+                    body: "body".into(),
+                    kind: model::NoteKind::Agenda,
+                    round: None,
+                    assessments: Vec::new(),
+                })
+                .expect("note");
+        }
+        Op::Position {
+            node,
+            target,
+            stance,
+        } => {
+            let ids: Vec<String> = replicas[node]
+                .notes()
+                .expect("notes")
+                .into_iter()
+                .map(|n| n.id)
+                .collect();
+            if let Some(id) = ids.get(target % ids.len().max(1)) {
+                replicas[node]
+                    .set_position(id, Stance::ALL[stance], "")
+                    .expect("position");
+            }
+        }
+        Op::Send { from, to } => {
+            if from != to {
+                let (bundle, _) = replicas[from].export(&[]).expect("export");
+                replicas[to].import(&bundle).expect("import");
+            }
+        }
+    }
+}
+
+fn state(r: &Replica) -> String {
+    let assessments = r.assessments(&AssessmentFilter::default()).expect("list");
+    let notes = r.notes().expect("notes");
+    serde_json::to_string(&(assessments, notes, r.document().heads())).expect("json")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Whatever the writes and the order bundles travel in, once every
+    /// node has every other node's bundle, all print the same JSON.
+    #[test]
+    fn replicas_exchanging_bundles_in_any_order_converge(
+        ops in proptest::collection::vec(op(), 1..25),
+        final_order in Just([0usize, 1, 2]).prop_shuffle(),
+    ) {
+        let (_dirs, mut replicas) = federation();
+        for op in &ops {
+            apply(&mut replicas, op);
+        }
+        let bundles: Vec<Vec<u8>> = final_order
+            .iter()
+            .map(|&i| replicas[i].export(&[]).expect("export").0)
+            .collect();
+        for r in &mut replicas {
+            for b in &bundles {
+                r.import(b).expect("import");
+            }
+        }
+        let first = state(&replicas[0]);
+        for r in &replicas[1..] {
+            prop_assert_eq!(&state(r), &first);
+        }
+    }
+}
+
+/// A chain whose top signature vouches for the rest, with one forged
+/// signature below the top: refused whole, nothing stored or applied,
+/// whether the rest is verified before the apply (a short chain) or
+/// beside it on another thread (a long one).
+#[test]
+fn a_forged_signature_inside_a_vouched_chain_is_refused_whole() {
+    for notes in [64, 200] {
+        let (_dirs, mut replicas) = federation();
+        for i in 0..notes {
+            replicas[0]
+                .add_note(NewNote {
+                    topic: format!("topic {i}"),
+                    body: "body".into(),
+                    kind: model::NoteKind::Agenda,
+                    round: None,
+                    assessments: Vec::new(),
+                })
+                .expect("note");
+        }
+        let (mut wire, _) = replicas[0]
+            .changes_for(&Tips::default(), usize::MAX)
+            .expect("changes");
+        let forged = wire.len() / 2;
+        let before = state(&replicas[1]);
+        let count = replicas[1].change_count();
+        let honest = wire[forged].clone();
+        // Bytes 60.. of an envelope are its signature.
+        wire[forged].0[60] ^= 1;
+        let err = replicas[1].ingest_wire(&wire).expect_err("forged");
+        assert!(
+            matches!(err, ReplicaError::Ingest(IngestError::Signature { .. })),
+            "{notes} notes: {err}"
+        );
+        assert_eq!(replicas[1].change_count(), count, "{notes} notes");
+        assert_eq!(state(&replicas[1]), before, "{notes} notes");
+        wire[forged] = honest;
+        let (summary, _) = replicas[1].ingest_wire(&wire).expect("honest");
+        assert_eq!(summary.new, wire.len(), "{notes} notes");
+        assert_eq!(state(&replicas[1]), state(&replicas[0]), "{notes} notes");
+    }
+}
+
+#[test]
+fn a_reopened_replica_holds_what_it_acknowledged() {
+    let (dirs, mut replicas) = federation();
+    let (id, _) = replicas[0]
+        .add_assessment(NewAssessment::draft("reliability", "durable"))
+        .expect("add");
+    let before = state(&replicas[0]);
+    drop(replicas);
+    let reopened = Replica::open(&DataDir::new(dirs[0].path())).expect("reopen");
+    assert_eq!(state(&reopened), before);
+    assert_eq!(reopened.assessment(&id).expect("there").title, "durable");
+}
+
+/// A member that signs endless versions of one change number leaves
+/// one proof behind, not one per version: the first variant refused is
+/// kept, the same one again changes nothing, and a third is refused as
+/// `ForkAgain` (which has its sender banned) and not stored.
+#[test]
+fn one_proof_is_kept_per_equivocation_however_many_variants_come() {
+    let (_dirs, mut replicas) = federation();
+    let forger = Identity::load(&replicas[1].data_dir().key_file()).expect("key");
+    let network = replicas[0].network_id().expect("network");
+    let variant = |title: &str| {
+        let mut doc = Document::new(forger.public());
+        let new = NewAssessment::draft("reliability", title);
+        let change = doc
+            .add_assessment("ra-fork", &new, now_ms())
+            .expect("change");
+        EnvelopeBytes(
+            Envelope::sign(&forger, network, change.raw_bytes().to_vec())
+                .expect("sign")
+                .encode(),
+        )
+    };
+    let r = &mut replicas[0];
+    r.ingest_wire(&[variant("first")])
+        .expect("the first version");
+    let second = variant("second");
+    for _ in 0..2 {
+        let err = r
+            .ingest_wire(std::slice::from_ref(&second))
+            .expect_err("a fork");
+        assert!(
+            matches!(err, ReplicaError::Ingest(IngestError::Fork(_))),
+            "{err}"
+        );
+    }
+    for n in 3..20 {
+        let err = r
+            .ingest_wire(&[variant(&format!("v{n}"))])
+            .expect_err("a fork");
+        assert!(
+            matches!(err, ReplicaError::Ingest(IngestError::ForkAgain(_))),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("one proof of its equivocation is kept")
+        );
+    }
+    let evidence = r.store().evidence().expect("evidence");
+    assert_eq!(evidence.len(), 1);
+    assert_eq!(r.audit().expect("audit").forks.len(), 1);
+}
+
+/// A node whose clock reads before 2000 writes nothing: its change
+/// would be refused by every other node (and its chain stuck there).
+#[test]
+fn a_clock_outside_years_2000_to_9999_signs_nothing() {
+    assert_eq!(
+        signing_time(1_700_000_000_000).ok(),
+        Some(1_700_000_000_000)
+    );
+    for bad in [0, model::MIN_TIME_MS - 1, model::MAX_TIME_MS + 1] {
+        let err = signing_time(bad).expect_err("refused");
+        assert!(err.to_string().contains("set the clock"), "{err}");
+    }
+    // What the check on every other node would say of such a change.
+    let mut doc = Document::new(Identity::from_secret([9; 32]).public());
+    let new = NewAssessment::draft("reliability", "t");
+    let change = doc
+        .add_assessment("ra-clock", &new, model::MIN_TIME_MS - 1)
+        .expect("the document itself takes any time");
+    assert!(crate::opcheck::check(&[&change], &()).is_err());
+}
+
+/// After a panic half-way through a write, the node reloads: what the
+/// document held in memory but the store never got is gone, and what
+/// the store holds is back.
+#[test]
+fn reload_reads_the_document_and_roster_afresh_from_the_store() {
+    let (_dirs, mut replicas) = federation();
+    let r = &mut replicas[0];
+    let new = NewAssessment::draft("reliability", "Stored");
+    let (stored, _) = r.add_assessment(new.clone()).expect("stored");
+    // A write the panic cut short: in the document, never stored.
+    r.doc
+        .add_assessment(
+            "ra-halfway",
+            &NewAssessment {
+                title: "Half".into(),
+                ..new
+            },
+            now_ms(),
+        )
+        .expect("in memory only");
+    assert_eq!(
+        r.assessments(&AssessmentFilter::default())
+            .expect("list")
+            .len(),
+        2
+    );
+    let members = r.roster().expect("roster").members().count();
+    r.reload().expect("reload");
+    let ids: Vec<String> = r
+        .assessments(&AssessmentFilter::default())
+        .expect("list")
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
+    assert_eq!(ids, vec![stored]);
+    assert_eq!(r.roster().expect("roster").members().count(), members);
+    assert!(r.tips().get(&r.identity().public()).is_some());
+}
+
+#[test]
+fn a_snapshot_plus_later_changes_restarts_to_the_same_state() {
+    let (dirs, mut replicas) = federation();
+    let mut r = replicas.remove(0);
+    let add = |r: &mut Replica, title: &str| {
+        r.add_assessment(NewAssessment::draft("reliability", title))
+            .expect("add")
+    };
+    add(&mut r, "before the snapshot");
+    r.save_snapshot().expect("snapshot");
+    add(&mut r, "after the snapshot");
+    let before = state(&r);
+    drop(r);
+    let dir = DataDir::new(dirs[0].path());
+    let reopened = Replica::open(&dir).expect("reopen");
+    assert_eq!(state(&reopened), before);
+    // A damaged snapshot is ignored: the envelopes are the truth.
+    reopened
+        .store()
+        .set_snapshot(&Snapshot {
+            tips: Vec::new(),
+            roster: reopened.records_digest(),
+            invalid: Vec::new(),
+            doc: vec![0x85, 0x6f, 0x4a, 0x83, 1, 2, 3],
+        })
+        .expect("damage");
+    drop(reopened);
+    assert_eq!(state(&Replica::open(&dir).expect("reopen")), before);
+}
+
+fn assess(r: &mut Replica, title: &str) -> ChangeHash {
+    r.add_assessment(NewAssessment::draft("algorithmic-bias", title))
+        .expect("add")
+        .1
+}
+
+fn sync(from: &Replica, to: &mut Replica) {
+    let (bundle, _) = from.export(&[]).expect("export");
+    to.import(&bundle).expect("import");
+}
+
+#[test]
+fn a_removed_members_later_change_is_rejected_whatever_the_order() {
+    let (_dirs, mut r) = federation();
+    assess(&mut r[2], "before removal");
+    for i in [0, 1] {
+        let (a, b) = if i == 0 { (2, 0) } else { (2, 1) };
+        let (from, to) = pick(&mut r, a, b);
+        sync(from, to);
+    }
+    let doomed = r[2].identity().public();
+    let proposal = r[0]
+        .propose(governance::Op::Remove { key: doomed })
+        .expect("propose");
+    // One signature of two: nothing happens yet.
+    assert!(r[0].roster().expect("roster").is_member(&doomed));
+    // Member 2 writes after the proposal; member 1 receives that change
+    // before it learns of the removal.
+    let late = assess(&mut r[2], "after removal");
+    {
+        let (from, to) = pick(&mut r, 2, 1);
+        sync(from, to);
+    }
+    assert!(r[1].document().has_change(&late));
+    // Member 1 approves (having seen the late change) and member 0 learns it.
+    assert_eq!(share_records(&mut r, 0, 1).new, 1);
+    r[1].approve(&proposal.to_hex()[..8]).expect("approve");
+    share_records(&mut r, 1, 0);
+    for node in [&r[0], &r[1]] {
+        let roster = node.roster().expect("roster");
+        assert!(roster.get(&doomed).is_none(), "removed on every node");
+    }
+    // Member 1 had seen change 2 of the removed member when it signed,
+    // so that change stays; the cutoff is the highest tip a signer saw.
+    assert!(r[1].document().has_change(&late));
+    // Member 0 (the proposer) had not seen it: verify flags it.
+    let audit = r[1].audit().expect("audit");
+    assert_eq!(audit.flags.len(), 1, "{:?}", audit.flags);
+    assert!(audit.flags[0].change == late.to_string());
+    assert!(audit.flags[0].problem.contains("not every signer"));
+    // A third change, made after everyone signed, is rejected by both:
+    // by member 0 at the door, by member 1 after the fact.
+    let later = assess(&mut r[2], "well after removal");
+    {
+        let (from, to) = pick(&mut r, 2, 0);
+        let (bundle, _) = from.export(&[]).expect("export");
+        let err = to.import(&bundle).expect_err("refused");
+        assert!(err.to_string().contains("removed"), "{err}");
+    }
+    assert!(!r[0].document().has_change(&later));
+    assert!(r[0].store().envelope(&later).expect("read").is_none());
+}
+
+/// Members 0 and 1 remove member 2 (member 1 holding both records),
+/// member 2 then writes, and member 0 takes that change before it has
+/// the approval. Returns the late change.
+fn late_change_before_its_removal(r: &mut [Replica]) -> ChangeHash {
+    let doomed = r[2].identity().public();
+    let proposal = r[0]
+        .propose(governance::Op::Remove { key: doomed })
+        .expect("propose");
+    share_records(r, 0, 1);
+    r[1].approve(&proposal.short()).expect("approve");
+    // Member 2 writes (its signers had seen nothing of it: cutoff 0).
+    let late = assess(&mut r[2], "after removal");
+    let (from, to) = pick(r, 2, 0);
+    sync(from, to);
+    late
+}
+
+#[test]
+fn state_is_recomputed_when_a_removal_arrives_after_the_change() {
+    let (_dirs, mut r) = federation();
+    let late = late_change_before_its_removal(&mut r);
+    assert!(r[0].document().has_change(&late));
+    assert!(share_records(&mut r, 1, 0).roster_changed);
+    assert!(!r[0].document().has_change(&late), "recomputed without it");
+    assert!(r[0].is_rejected(&late));
+    assert_eq!(state(&r[0]), state(&r[1]));
+    // It survives a restart, and verify says why.
+    let dir = r[0].data_dir().clone();
+    drop(r.remove(0));
+    let reopened = Replica::open(&dir).expect("reopen");
+    assert!(!reopened.document().has_change(&late));
+    let audit = reopened.audit().expect("audit");
+    assert!(audit.ok);
+    assert_eq!(audit.rejections.len(), 1);
+    assert!(
+        audit.rejections[0].problem.contains("removed"),
+        "{:?}",
+        audit.rejections
+    );
+}
+
+#[test]
+fn after_a_failed_group_flush_writes_are_refused_until_a_flush_succeeds() {
+    let (_dirs, mut r) = federation();
+    let durable = assess(&mut r[0], "durable");
+    r[0].begin_group();
+    let staged = assess(&mut r[0], "staged while the disk fails");
+    r[0].store().fail_flushes(true);
+    let err = r[0].end_group().expect_err("the flush fails");
+    assert!(matches!(err, ReplicaError::NotDurable(_)), "{err}");
+    // While the disk still fails, no write goes through: neither a local
+    // edit nor changes from a peer, and nothing more reaches the store.
+    let stored = r[0].change_count();
+    let err = r[0]
+        .add_assessment(NewAssessment::draft("algorithmic-bias", "refused"))
+        .expect_err("refused");
+    assert!(matches!(err, ReplicaError::NotDurable(_)), "{err}");
+    assert!(err.to_string().contains("writes are refused"), "{err}");
+    let from_peer = assess(&mut r[1], "from a peer");
+    let (bundle, _) = r[1].export(&[]).expect("export");
+    let err = r[0].import(&bundle).expect_err("refused");
+    assert!(matches!(err, ReplicaError::NotDurable(_)), "{err}");
+    assert_eq!(r[0].change_count(), stored);
+    assert!(!r[0].document().has_change(&from_peer));
+    // Once the disk works again the next write flushes first, then goes
+    // on; everything written is durable across a restart.
+    r[0].store().fail_flushes(false);
+    let after = assess(&mut r[0], "after recovery");
+    r[0].import(&bundle).expect("import");
+    let dir = r[0].data_dir().clone();
+    drop(r.remove(0));
+    let reopened = Replica::open(&dir).expect("reopen");
+    for hash in [durable, staged, after, from_peer] {
+        assert!(reopened.document().has_change(&hash), "{hash} is kept");
+    }
+}
+
+#[test]
+fn a_failed_rebuild_after_new_records_leaves_records_and_document_as_they_were() {
+    let (_dirs, mut r) = federation();
+    let late = late_change_before_its_removal(&mut r);
+    // The removal would rebuild member 0's document without `late`; a
+    // stored envelope that no longer decodes makes that rebuild fail.
+    let original = r[0].store().envelope(&late).expect("read").expect("stored");
+    r[0].store()
+        .put_envelope_bytes(&late, b"not an envelope")
+        .expect("corrupt");
+    let records_before = r[0].store().records().expect("records").len();
+    let state_before = state(&r[0]);
+    let wire = r[1].records_wire();
+    let err = r[0].add_records(&wire).expect_err("the rebuild fails");
+    assert!(
+        matches!(err, ReplicaError::Store(StoreError::Corrupt(_))),
+        "{err}"
+    );
+    // Nothing moved: the records are not stored, the roster and the
+    // document are the old ones, and the change still counts.
+    assert_eq!(
+        r[0].store().records().expect("records").len(),
+        records_before
+    );
+    assert!(
+        r[0].roster()
+            .expect("roster")
+            .is_member(&r[2].identity().public())
+    );
+    assert!(r[0].document().has_change(&late));
+    assert_eq!(state(&r[0]), state_before);
+    // With the store mended, the same records apply and recompute.
+    r[0].store()
+        .put_envelope_bytes(&late, &original)
+        .expect("mend");
+    assert!(r[0].add_records(&wire).expect("records").0.roster_changed);
+    assert!(!r[0].document().has_change(&late));
+    assert_eq!(state(&r[0]), state(&r[1]));
+}
+
+#[test]
+fn a_rotation_interrupted_before_the_key_swap_is_finished_at_the_next_start() {
+    let (dirs, mut r) = federation();
+    let old = r[0].identity().public();
+    let summary = r[0].rotate_key().expect("rotate");
+    let new_id = summary.node_id.clone();
+    let dir = DataDir::new(dirs[0].path());
+    drop(r.remove(0));
+    // Put the key files back as they were before the swap: the
+    // succession is stored, the new key is still staged.
+    let key_file = dir.key_file();
+    let retired = std::fs::read_dir(dir.root())
+        .expect("read dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().contains("key.retired-"))
+        .expect("retired key");
+    std::fs::rename(&key_file, key_file.with_extension("key.new")).expect("unstage");
+    std::fs::rename(&retired, &key_file).expect("restore old");
+    let reopened = Replica::open(&dir).expect("reopen");
+    assert_eq!(reopened.identity().node_id().to_string(), new_id);
+    assert_ne!(reopened.identity().public(), old);
+    assert!(!key_file.with_extension("key.new").exists());
+    assert!(
+        reopened
+            .roster()
+            .expect("roster")
+            .is_member(&reopened.identity().public())
+    );
+}
+
+/// Hands replica `a`'s roster records to replica `b`.
+fn share_records(r: &mut [Replica], a: usize, b: usize) -> RecordsSummary {
+    let (from, to) = pick(r, a, b);
+    let wire = from.records_wire();
+    to.add_records(&wire).expect("records").0
+}
+
+fn pick(r: &mut [Replica], a: usize, b: usize) -> (&Replica, &mut Replica) {
+    assert_ne!(a, b);
+    if a < b {
+        let (left, right) = r.split_at_mut(b);
+        (&left[a], &mut right[0])
+    } else {
+        let (left, right) = r.split_at_mut(a);
+        (&right[0], &mut left[b])
+    }
+}
