@@ -182,12 +182,20 @@ pub fn import(data: &[u8]) -> Outcome {
 pub fn ingest(data: &[u8]) -> Outcome {
     let request = sync::decode_request(data).map_err(refused)?;
     with_fixture(|replica| match request {
-        Request::Pull { have, .. } => {
+        Request::Pull { have, frozen, .. } => {
             let theirs = sync::tips_from_wire(&have);
-            // As the event loop does: whether to pull from them in turn.
-            let _ = sync::lacking(&theirs, replica.tips());
+            let their_frozen = concord_node::fork::frozen_from_wire(&frozen);
+            // As the engine does: whether to pull from them in turn, and
+            // what to answer.
+            let _ = sync::lacking(&theirs, &replica.counting_tips());
+            replica
+                .proofs_for(&their_frozen, sync::RESPONSE_TARGET_LEN)
+                .map_err(refused)?;
+            replica
+                .versions_for(&have, sync::RESPONSE_TARGET_LEN)
+                .map_err(refused)?;
             let (envelopes, _more) = replica
-                .changes_for(&theirs, sync::RESPONSE_TARGET_LEN)
+                .changes_for(&theirs, &their_frozen, sync::RESPONSE_TARGET_LEN)
                 .map_err(refused)?;
             for wire in &envelopes {
                 Envelope::decode(&wire.0).expect("a stored envelope decodes");
@@ -195,9 +203,15 @@ pub fn ingest(data: &[u8]) -> Outcome {
             Ok(())
         }
         Request::Push {
-            records, envelopes, ..
+            records,
+            envelopes,
+            proofs,
+            versions,
+            ..
         } => {
             replica.add_records(&records).map_err(refused)?;
+            replica.adopt_proofs(&proofs).map_err(refused)?;
+            replica.take_versions(&versions).map_err(refused)?;
             replica.ingest_wire(&envelopes).map_err(refused)?;
             read_everything(replica);
             Ok(())
@@ -511,21 +525,26 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let have = vec![ChainTip {
         author: net.keys[1].public(),
         seq: 1,
+        hash: net.changes[0].hash().0,
     }];
     let push = Request::Push {
         network,
         records: records.clone(),
         envelopes: later.clone(),
+        proofs: Vec::new(),
+        versions: Vec::new(),
     };
     let pull = Request::Pull {
         network,
         have: have.clone(),
         records: [0; 32],
+        frozen: Vec::new(),
     };
     let pull_nothing = Request::Pull {
         network,
         have: Vec::new(),
         records: [0; 32],
+        frozen: Vec::new(),
     };
     let bundle = Bundle {
         genesis: net.genesis.encode(),
@@ -559,8 +578,15 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             envelopes: later.clone(),
             more: true,
             have: have.clone(),
+            frozen: Vec::new(),
+            proofs: Vec::new(),
+            versions: Vec::new(),
         },
-        Response::Ack { accepted: 2, have },
+        Response::Ack {
+            accepted: 2,
+            have,
+            frozen: Vec::new(),
+        },
         Response::Refused {
             reason: "wrong network".into(),
         },

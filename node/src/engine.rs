@@ -21,20 +21,25 @@
 //! - sorts failures into misbehaviour (the peer is refused and disconnected)
 //!   and mere gaps (we pull from the sender);
 //! - follows the roster in force: entries that join are allowed, keys that
-//!   leave are refused and disconnected.
+//!   leave are refused and disconnected;
+//! - finds forks: where a peer's tip names another hash for a change it
+//!   holds, it sends the peer its version; proofs of forks (and so the fork
+//!   points that freeze their authors) are taken before anything else in a
+//!   message, relayed to every peer, and sent to any peer that lacks them.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
 use crate::bundle::EnvelopeBytes;
+use crate::fork::{Frozen, ProofBytes, frozen_from_wire, frozen_to_wire, lower_than};
 use crate::genesis::NetworkId;
 use crate::identity::PublicKey;
 use crate::ingest::IngestError;
 use crate::model::now_ms;
 use crate::replica::{Replica, ReplicaError};
 use crate::roster::{Role, Roster};
-use crate::sync::{self, RESPONSE_TARGET_LEN, Tips, lacking, tips_from_wire, tips_to_wire};
+use crate::sync::{self, ChainTip, RESPONSE_TARGET_LEN, Tips, lacking, tips_from_wire};
 
 /// Requests in flight to one peer; past this, pushes wait for the next pull.
 pub const MAX_IN_FLIGHT_PER_PEER: usize = 16;
@@ -84,6 +89,8 @@ pub struct PeerState {
     pub last_seen: Option<i64>,
     /// Their chain tips as of the last exchange.
     pub tips: Option<Tips>,
+    /// Their fork points as of the last exchange.
+    pub frozen: Option<Frozen>,
     pulling: bool,
     pull_again: bool,
     in_flight: usize,
@@ -107,6 +114,7 @@ impl PeerState {
             connected: false,
             last_seen: None,
             tips: None,
+            frozen: None,
             pulling: false,
             pull_again: false,
             in_flight: 0,
@@ -290,37 +298,33 @@ impl<T: Transport> Engine<T> {
                 network,
                 have,
                 records,
+                frozen,
             } => {
                 if network != self.network {
                     tracing::warn!(%peer, "pull for another network; disconnecting");
                     return refused("wrong network");
                 }
                 let theirs = tips_from_wire(&have);
+                let their_frozen = frozen_from_wire(&frozen);
                 let ours = self.replica.records_digest();
                 let records_differ = records != ours;
-                // They may hold records we lack: pull once per digest of theirs.
-                let they_have_more = lacking(&theirs, self.replica.tips()) > 0
-                    || (records_differ && state.pulled_for_records != Some(records));
+                // They may hold records or proofs we lack: pull once per
+                // digest of theirs, and whenever they know a lower fork.
+                let they_have_more = lacking(&theirs, &self.replica.counting_tips()) > 0
+                    || (records_differ && state.pulled_for_records != Some(records))
+                    || !lower_than(&their_frozen, self.replica.frozen()).is_empty();
                 if records_differ {
                     state.pulled_for_records = Some(records);
                 }
                 state.records = Some(records);
                 state.tips = Some(theirs.clone());
-                let answer = self.replica.changes_for(&theirs, RESPONSE_TARGET_LEN);
+                state.frozen = Some(their_frozen.clone());
+                let answer = self.changes_answer(&have, &theirs, &their_frozen, records_differ);
                 if they_have_more {
                     self.start_pull(peer, now);
                 }
                 match answer {
-                    Ok((envelopes, more)) => sync::Response::Changes {
-                        records: if records_differ {
-                            self.replica.records_wire()
-                        } else {
-                            Vec::new()
-                        },
-                        envelopes,
-                        more,
-                        have: tips_to_wire(self.replica.tips()),
-                    },
+                    Ok(answer) => answer,
                     Err(e) => {
                         tracing::error!(%peer, error = %e, "cannot read changes to send");
                         refused("internal error")
@@ -331,12 +335,17 @@ impl<T: Transport> Engine<T> {
                 network,
                 records,
                 envelopes,
+                proofs,
+                versions,
             } => {
                 if network != self.network {
                     tracing::warn!(%peer, "push for another network; disconnecting");
                     return refused("wrong network");
                 }
                 if let Err(reason) = self.take_records(peer, &records) {
+                    return refused(&reason);
+                }
+                if let Err(reason) = self.take_forks(peer, &proofs, &versions, now) {
                     return refused(&reason);
                 }
                 let accepted = match self.ingest(peer, &envelopes) {
@@ -353,7 +362,8 @@ impl<T: Transport> Engine<T> {
                 };
                 sync::Response::Ack {
                     accepted: u32::try_from(accepted).unwrap_or(u32::MAX),
-                    have: tips_to_wire(self.replica.tips()),
+                    have: self.replica.wire_tips(),
+                    frozen: frozen_to_wire(self.replica.frozen()),
                 }
             }
         }
@@ -397,15 +407,22 @@ impl<T: Transport> Engine<T> {
                 envelopes,
                 more,
                 have,
+                frozen,
+                proofs,
+                versions,
             } => {
                 if let Some(state) = self.peers.get_mut(&peer) {
                     state.tips = Some(tips_from_wire(&have));
+                    state.frozen = Some(frozen_from_wire(&frozen));
                     state.last_seen = Some(now_ms());
                 }
-                if self.take_records(peer, &records).is_err() {
+                if self.take_records(peer, &records).is_err()
+                    || self.take_forks(peer, &proofs, &versions, now).is_err()
+                {
                     self.transport.disconnect(peer);
                     return;
                 }
+                self.compare_forks(peer, &have);
                 self.follow_roster(now);
                 if !self.peers.contains_key(&peer) {
                     return;
@@ -431,15 +448,17 @@ impl<T: Transport> Engine<T> {
                     tracing::debug!(%peer, "in sync");
                 }
             }
-            sync::Response::Ack { have, .. } => {
+            sync::Response::Ack { have, frozen, .. } => {
                 let pull = match self.peers.get_mut(&peer) {
                     Some(state) => {
                         state.tips = Some(tips_from_wire(&have));
+                        state.frozen = Some(frozen_from_wire(&frozen));
                         state.last_seen = Some(now_ms());
                         state.pull_again && !state.pulling
                     }
                     None => false,
                 };
+                self.compare_forks(peer, &have);
                 if pull {
                     self.start_pull(peer, now);
                 }
@@ -453,7 +472,7 @@ impl<T: Transport> Engine<T> {
     /// Local writes were committed (and flushed): pushes every change added
     /// since `before` to the connected peers.
     pub fn committed(&mut self, before: &Tips) {
-        match self.replica.changes_for(before, usize::MAX) {
+        match self.replica.changes_for(before, &Frozen::new(), usize::MAX) {
             Ok((new, _)) => {
                 self.transport.changed();
                 self.relay(&new, None);
@@ -480,6 +499,7 @@ impl<T: Transport> Engine<T> {
         // disk (every peer verifies on its own), but the answer to the
         // sender, which says we hold the changes, does.
         self.replica.begin_group();
+        let frozen_before = self.replica.frozen().clone();
         let ingested = self.replica.ingest_wire(envelopes);
         if let Ok((summary, accepted)) = &ingested
             && summary.new > 0
@@ -507,6 +527,17 @@ impl<T: Transport> Engine<T> {
             )) => Ingested::Incomplete,
             Err(ReplicaError::Ingest(e @ IngestError::Fork(_))) => {
                 tracing::warn!(%peer, error = %e, "fork refused and kept as evidence");
+                if self.replica.frozen() != &frozen_before {
+                    // A proof was made: every peer should have it, and what
+                    // else the sender holds may count now.
+                    match self.replica.proofs_for(&frozen_before, usize::MAX) {
+                        Ok(proofs) => self.push_forks(None, proofs, Vec::new()),
+                        Err(e) => tracing::error!(error = %e, "cannot read fork proofs"),
+                    }
+                    if let Some(state) = self.peers.get_mut(&peer) {
+                        state.pull_again = true;
+                    }
+                }
                 Ingested::Kept(e.to_string())
             }
             Err(ReplicaError::Ingest(
@@ -519,13 +550,27 @@ impl<T: Transport> Engine<T> {
                 // records and pull again once it has them. A peer that holds
                 // our very records and still sends such changes misbehaves.
                 let ours = self.replica.records_digest();
+                let our_frozen = self.replica.frozen().clone();
+                let their_frozen = self.peers.get(&peer).and_then(|s| s.frozen.clone());
+                // A change from a frozen author's fork point on is refused
+                // here: a peer that lacks the proof gets it.
+                match self
+                    .replica
+                    .proofs_for(their_frozen.as_ref().unwrap_or(&Frozen::new()), usize::MAX)
+                {
+                    Ok(proofs) => self.push_forks(Some(peer), proofs, Vec::new()),
+                    Err(e) => tracing::error!(error = %e, "cannot read fork proofs"),
+                }
                 let Some(state) = self.peers.get_mut(&peer) else {
                     return Ingested::Refused(e.to_string());
                 };
                 // Its records push and a relayed change travel on separate
                 // streams and may cross, so one such refusal is no proof.
                 state.roster_refusals += 1;
-                if state.records == Some(ours) && state.roster_refusals > ROSTER_REFUSALS_MAX {
+                if state.records == Some(ours)
+                    && state.frozen.as_ref() == Some(&our_frozen)
+                    && state.roster_refusals > ROSTER_REFUSALS_MAX
+                {
                     tracing::warn!(%peer, error = %e, "peer knows our roster yet keeps sending changes it refuses; disconnecting");
                     return Ingested::Refused(e.to_string());
                 }
@@ -603,6 +648,8 @@ impl<T: Transport> Engine<T> {
                 network: self.network,
                 records: records.clone(),
                 envelopes: Vec::new(),
+                proofs: Vec::new(),
+                versions: Vec::new(),
             };
             self.transport.send(target, Purpose::Push, request);
         }
@@ -666,6 +713,8 @@ impl<T: Transport> Engine<T> {
                     network: self.network,
                     records: Vec::new(),
                     envelopes: chunk.to_vec(),
+                    proofs: Vec::new(),
+                    versions: Vec::new(),
                 };
                 self.transport.send(*peer, Purpose::Push, request);
             }
@@ -691,10 +740,194 @@ impl<T: Transport> Engine<T> {
         state.retry_pull = None;
         let request = sync::Request::Pull {
             network: self.network,
-            have: tips_to_wire(self.replica.tips()),
+            have: self.replica.wire_tips(),
             records: self.replica.records_digest(),
+            frozen: frozen_to_wire(self.replica.frozen()),
         };
         self.transport.send(peer, Purpose::Pull, request);
+    }
+
+    /// The answer to a pull: first the proofs of forks the puller lacks,
+    /// then our versions where its tips name other hashes, then the
+    /// envelopes it lacks, all within one message's size target (the
+    /// envelopes wait for the next pull when the others fill it).
+    fn changes_answer(
+        &mut self,
+        have: &[ChainTip],
+        theirs: &Tips,
+        their_frozen: &Frozen,
+        records_differ: bool,
+    ) -> Result<sync::Response, ReplicaError> {
+        let proofs = self.replica.proofs_for(their_frozen, RESPONSE_TARGET_LEN)?;
+        let used: usize = proofs.iter().map(|p| p.0.len()).sum();
+        let versions = self
+            .replica
+            .versions_for(have, RESPONSE_TARGET_LEN.saturating_sub(used))?;
+        let used = used + versions.iter().map(|v| v.0.len()).sum::<usize>();
+        let (envelopes, more) = if used == 0 {
+            self.replica
+                .changes_for(theirs, their_frozen, RESPONSE_TARGET_LEN)?
+        } else {
+            // Proofs and versions change what the puller holds and counts:
+            // it pulls again for the rest.
+            (Vec::new(), true)
+        };
+        Ok(sync::Response::Changes {
+            records: if records_differ {
+                self.replica.records_wire()
+            } else {
+                Vec::new()
+            },
+            envelopes,
+            more,
+            have: self.replica.wire_tips(),
+            frozen: frozen_to_wire(self.replica.frozen()),
+            proofs,
+            versions,
+        })
+    }
+
+    /// Takes a peer's fork proofs and versions (before its records'
+    /// envelopes, which the new fork points may concern); new proofs are
+    /// relayed to every other peer. `Err` (a refusal reason) when the peer
+    /// sent a proof or version that does not verify.
+    fn take_forks(
+        &mut self,
+        peer: T::Peer,
+        proofs: &[ProofBytes],
+        versions: &[EnvelopeBytes],
+        now: Instant,
+    ) -> Result<(), String> {
+        if proofs.is_empty() && versions.is_empty() {
+            return Ok(());
+        }
+        let mut new = Vec::new();
+        for result in [
+            self.replica.adopt_proofs(proofs),
+            self.replica.take_versions(versions),
+        ] {
+            match result {
+                Ok(adopted) => new.extend(adopted),
+                Err(
+                    e @ (ReplicaError::Fork(_)
+                    | ReplicaError::Ingest(_)
+                    | ReplicaError::Envelope(_)),
+                ) => {
+                    tracing::warn!(%peer, error = %e, "peer sent an invalid fork proof or version; disconnecting");
+                    return Err(e.to_string());
+                }
+                Err(e) => {
+                    tracing::error!(%peer, error = %e, "cannot keep a fork proof");
+                    return Ok(());
+                }
+            }
+        }
+        if !new.is_empty() {
+            self.transport.changed();
+            // What counts here changed: every peer gets the proofs (the
+            // sender too, when the versions were its own), and we pull
+            // again from the sender.
+            let except = if versions.is_empty() {
+                Some(peer)
+            } else {
+                None
+            };
+            self.push_forks_except(except, new);
+            self.start_pull(peer, now);
+        }
+        Ok(())
+    }
+
+    /// After an answer or acknowledgement: where the peer's tips name
+    /// another hash for a change we hold, send it our version; and send it
+    /// the proofs it lacks.
+    fn compare_forks(&mut self, peer: T::Peer, have: &[ChainTip]) {
+        let their_frozen = self
+            .peers
+            .get(&peer)
+            .and_then(|s| s.frozen.clone())
+            .unwrap_or_default();
+        let proofs = self.replica.proofs_for(&their_frozen, usize::MAX);
+        let versions = self.replica.versions_for(have, usize::MAX);
+        match (proofs, versions) {
+            (Ok(proofs), Ok(versions)) => {
+                if !versions.is_empty() {
+                    tracing::warn!(%peer, versions = versions.len(), "peer holds other versions of changes we hold; sending ours to prove the fork");
+                }
+                self.push_forks(Some(peer), proofs, versions);
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(%peer, error = %e, "cannot read fork proofs or versions")
+            }
+        }
+    }
+
+    /// Pushes proofs to every connected peer but `except`.
+    fn push_forks_except(&mut self, except: Option<T::Peer>, proofs: Vec<ProofBytes>) {
+        let targets: Vec<T::Peer> = self
+            .peers
+            .iter()
+            .filter(|(p, s)| s.connected && Some(**p) != except)
+            .map(|(p, _)| *p)
+            .collect();
+        for target in targets {
+            self.push_forks(Some(target), proofs.clone(), Vec::new());
+        }
+    }
+
+    /// Pushes proofs and versions to `peer` (or, with `None`, to every
+    /// connected peer), in messages within the size target.
+    fn push_forks(
+        &mut self,
+        peer: Option<T::Peer>,
+        proofs: Vec<ProofBytes>,
+        versions: Vec<EnvelopeBytes>,
+    ) {
+        if proofs.is_empty() && versions.is_empty() {
+            return;
+        }
+        let Some(peer) = peer else {
+            self.push_forks_except(None, proofs);
+            return;
+        };
+        if !self.peers.get(&peer).is_some_and(|s| s.connected) {
+            return;
+        }
+        let mut items: Vec<(bool, Vec<u8>)> = proofs
+            .into_iter()
+            .map(|p| (true, p.0))
+            .chain(versions.into_iter().map(|v| (false, v.0)))
+            .collect();
+        while !items.is_empty() {
+            let mut take = 0;
+            let mut bytes = 0;
+            while take < items.len()
+                && (take == 0 || bytes + items[take].1.len() <= RESPONSE_TARGET_LEN)
+            {
+                bytes += items[take].1.len();
+                take += 1;
+            }
+            let rest = items.split_off(take);
+            let (mut proofs, mut versions) = (Vec::new(), Vec::new());
+            for (is_proof, bytes) in std::mem::replace(&mut items, rest) {
+                if is_proof {
+                    proofs.push(ProofBytes(bytes));
+                } else {
+                    versions.push(EnvelopeBytes(bytes));
+                }
+            }
+            if let Some(state) = self.peers.get_mut(&peer) {
+                state.in_flight += 1;
+            }
+            let request = sync::Request::Push {
+                network: self.network,
+                records: Vec::new(),
+                envelopes: Vec::new(),
+                proofs,
+                versions,
+            };
+            self.transport.send(peer, Purpose::Push, request);
+        }
     }
 }
 
@@ -822,6 +1055,7 @@ mod tests {
             network: engine.network(),
             have: Vec::new(),
             records: [0; 32],
+            frozen: Vec::new(),
         };
         let answer = engine.handle_request(stranger, pull, t0);
         assert!(

@@ -10,6 +10,7 @@
 //! - [`taxonomy`] and [`model`]: the domain and the views printed as JSON;
 //! - [`doc`]: the Automerge document and its typed reads and writes;
 //! - [`ingest`]: the single verification path for changes from outside;
+//! - [`fork`]: proofs that an author signed two changes with one number;
 //! - [`store`]: the sled store of envelopes;
 //! - [`bundle`]: the file format for exchanging envelopes offline;
 //! - [`config`]: the data directory and the config file;
@@ -43,6 +44,7 @@ pub mod doc;
 pub mod engine;
 pub mod envelope;
 pub mod faults;
+pub mod fork;
 pub mod genesis;
 pub mod governance;
 pub mod history;

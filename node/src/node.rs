@@ -710,6 +710,8 @@ impl NodeLoop {
                     network,
                     records: records.clone(),
                     envelopes: Vec::new(),
+                    proofs: Vec::new(),
+                    versions: Vec::new(),
                 };
                 let peer = *peer;
                 async move { client.request(peer, request).await }
@@ -916,7 +918,7 @@ impl NodeLoop {
     }
 
     fn peer_views(&self) -> Vec<PeerView> {
-        let ours = self.engine.replica().tips();
+        let ours = &self.engine.replica().counting_tips();
         let dials = &self.engine.transport().dials;
         let mut views = api::stopped_peers(self.engine.replica());
         for view in &mut views {

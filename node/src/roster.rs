@@ -92,6 +92,11 @@ pub enum NotAuthorized {
     Rotated { last: u64 },
     #[error("its author was not a member when it made change number {seq}")]
     NotMemberThen { seq: u64 },
+    #[error(
+        "its author signed two different changes numbered {fork}, so none of its changes from \
+         that number on count"
+    )]
+    Forked { fork: u64 },
 }
 
 /// The roster in force: entries by key, the quorum for roster changes, when
@@ -103,6 +108,9 @@ pub struct Roster {
     since: BTreeMap<PublicKey, i64>,
     former: BTreeMap<PublicKey, Former>,
     spans: BTreeMap<PublicKey, Vec<Span>>,
+    /// Keys proven to have forked, and the change number where (see
+    /// [`crate::fork`]): none of their changes from it on count.
+    forked: BTreeMap<PublicKey, u64>,
 }
 
 impl Roster {
@@ -129,6 +137,7 @@ impl Roster {
             since: BTreeMap::new(),
             former: BTreeMap::new(),
             spans,
+            forked: BTreeMap::new(),
         }
     }
 
@@ -153,6 +162,9 @@ impl Roster {
                 .and_then(|s| s.iter().filter_map(|s| s.until).max())
                 .unwrap_or(0)
         };
+        if let Some(fork) = self.forked.get(key).filter(|f| seq >= **f) {
+            return Err(NotAuthorized::Forked { fork: *fork });
+        }
         Err(match (self.entries.get(key), self.former.get(key)) {
             (Some(e), _) if e.role == Role::Observer && !self.spans.contains_key(key) => {
                 NotAuthorized::Observer
@@ -242,6 +254,18 @@ impl Roster {
             }),
             Role::Observer => close(spans, mark),
         }
+    }
+
+    /// Freezes `key` at its fork at change number `fork` (see
+    /// [`crate::fork`]): none of its changes from `fork` on count.
+    pub(crate) fn freeze(&mut self, key: &PublicKey, fork: u64) {
+        self.clamp(key, fork.saturating_sub(1));
+        self.forked.insert(*key, fork);
+    }
+
+    /// Where `key` is frozen by a fork, if it is.
+    pub fn forked_at(&self, key: &PublicKey) -> Option<u64> {
+        self.forked.get(key).copied()
     }
 
     /// Lets none of `key`'s changes after `mark` count, whatever its spans.

@@ -8,6 +8,8 @@
 //! - `x` ‖ author key (32) ‖ seq (u64 big-endian) → evidence record (see
 //!   [`Evidence`]): one proof per equivocation (stores written before this
 //!   layout keyed it by the refused change's hash; those are still read);
+//! - `f` ‖ author key (32) → the proof of that author's lowest known fork
+//!   (see [`crate::fork`]), which freezes its chain there;
 //! - `r` ‖ record id (32) → roster record bytes (see [`crate::governance`]);
 //! - `t` ‖ author key (32) → highest stored seq (u64 big-endian);
 //! - `p` ‖ peer key (32) → remembered addresses;
@@ -38,6 +40,7 @@ const PREFIX_EVIDENCE: u8 = b'x';
 const PREFIX_PEER: u8 = b'p';
 const PREFIX_TIP: u8 = b't';
 const PREFIX_RECORD: u8 = b'r';
+const PREFIX_FORK: u8 = b'f';
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -237,6 +240,25 @@ impl Store {
                     .map_err(|e| StoreError::Corrupt(format!("evidence record: {e}")))
             })
             .transpose()
+    }
+
+    /// Keeps `proof` (encoded, see [`crate::fork::ForkProof`]) as the proof
+    /// of `author`'s lowest known fork, replacing any earlier one, and
+    /// flushes.
+    pub fn put_fork_proof(&self, author: &PublicKey, proof: &[u8]) -> Result<(), StoreError> {
+        let mut key = vec![PREFIX_FORK];
+        key.extend_from_slice(author.as_bytes());
+        self.db.insert(key, proof)?;
+        self.sync()?;
+        Ok(())
+    }
+
+    /// Every fork proof kept, one per author, undecoded.
+    pub fn fork_proofs(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.db
+            .scan_prefix([PREFIX_FORK])
+            .map(|item| Ok(item?.1.to_vec()))
+            .collect()
     }
 
     /// Every fork recorded.

@@ -2,32 +2,48 @@
 //! network layer frames these bytes on a libp2p request-response stream.
 //!
 //! A node's state is summarised by its **chain tips**: for every author, the
-//! highest sequence number it holds. Acceptance requires each author's chain
-//! to be stored without gaps, so the tips say exactly which changes a node
-//! has. Reconciling is then one `Pull` carrying the puller's tips, answered
-//! with the envelopes it lacks in causal order (in chunks, `more` saying
-//! whether to pull again); new changes are `Push`ed to connected peers and
-//! relayed onwards by every node that accepts them.
+//! highest sequence number it holds (for an author frozen by a fork, the
+//! highest that counts) and the hash of that change. Acceptance requires each
+//! author's chain to be stored without gaps, so the tips say exactly which
+//! changes a node has. Reconciling is then one `Pull` carrying the puller's
+//! tips, answered with the envelopes it lacks in causal order (in chunks,
+//! `more` saying whether to pull again); new changes are `Push`ed to
+//! connected peers and relayed onwards by every node that accepts them.
+//!
+//! The hashes in the tips are how a fork is found: when an author signs two
+//! versions of one change number and gives one to each half of the network,
+//! both halves hold the same numbers and would never see the other version.
+//! A node that holds, at a peer's tip, a change with another hash sends the
+//! peer its version (`versions`); the peer then holds two signed versions,
+//! a [`crate::fork::ForkProof`], and freezes the author there. Proofs travel
+//! beside the changes: every message carries the sender's fork points
+//! (`frozen`), and a node sends the proofs a peer lacks or holds only at a
+//! higher point. Each exchange lowers a fork point, so the halves find the
+//! lowest fork between them in a few round trips.
 //!
 //! Roster records travel beside the envelopes: a `Pull` carries the digest of
 //! the puller's records, and the answer carries every record the answerer
 //! holds whenever the digests differ (records are few and small); new records
-//! are pushed like new changes. A node applies records before envelopes, so
-//! a change by a member the same message admits is accepted. The byte layout
-//! is specified in `docs/protocol.md`.
+//! are pushed like new changes. A node applies proofs and records before
+//! envelopes, so a change by a member the same message admits is accepted.
+//! The byte layout is specified in `docs/protocol.md`.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::bundle::EnvelopeBytes;
+use crate::fork::{FrozenAt, ProofBytes};
 use crate::genesis::NetworkId;
 use crate::identity::PublicKey;
 
-/// The libp2p protocol id of the sync protocol, version 1.
-pub const PROTOCOL: &str = "/concord/sync/1";
-/// Largest message (request or response body) accepted, in bytes.
-pub const MAX_MESSAGE_LEN: usize = 8 * 1024 * 1024;
+/// The libp2p protocol id of the sync protocol, version 2 (version 1's tips
+/// carried no hashes and it had no fork proofs; a node speaks one version,
+/// so a version 1 peer's streams are not negotiated at all).
+pub const PROTOCOL: &str = "/concord/sync/2";
+/// Largest message (request or response body) accepted, in bytes: room for
+/// one fork proof of two changes of the largest size.
+pub const MAX_MESSAGE_LEN: usize = 9 * 1024 * 1024;
 /// A `Changes` response holds at most this many bytes of envelopes (or one
 /// envelope, at most 4 MiB), so a catch-up of any size travels in chunks that
 /// stay under [`MAX_MESSAGE_LEN`].
@@ -42,22 +58,25 @@ pub enum SyncError {
     Decode(String),
 }
 
-/// One author's highest stored sequence number.
+/// One author's highest stored sequence number, and that change's hash.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChainTip {
     pub author: PublicKey,
     pub seq: u64,
+    pub hash: [u8; 32],
 }
 
 /// A node's chain tips by author.
 pub type Tips = BTreeMap<PublicKey, u64>;
 
-/// Converts tips to their wire form, ordered by author.
+/// Tips in their wire form, ordered by author, with no hashes (all zero):
+/// for measuring messages, and for a node that holds no changes to compare.
 pub fn tips_to_wire(tips: &Tips) -> Vec<ChainTip> {
     tips.iter()
         .map(|(author, seq)| ChainTip {
             author: *author,
             seq: *seq,
+            hash: [0; 32],
         })
         .collect()
 }
@@ -90,13 +109,18 @@ pub enum Request {
         have: Vec<ChainTip>,
         /// Digest of the puller's roster records (see `governance::digest`).
         records: [u8; 32],
+        /// The puller's fork points.
+        frozen: Vec<FrozenAt>,
     },
-    /// New roster records and envelopes, sent as soon as they are committed
-    /// or accepted.
+    /// New roster records, envelopes and fork proofs, sent as soon as they
+    /// are committed or accepted; and the sender's versions of changes where
+    /// the receiver's tips showed another hash.
     Push {
         network: NetworkId,
         records: Vec<EnvelopeBytes>,
         envelopes: Vec<EnvelopeBytes>,
+        proofs: Vec<ProofBytes>,
+        versions: Vec<EnvelopeBytes>,
     },
 }
 
@@ -112,10 +136,22 @@ pub enum Response {
         envelopes: Vec<EnvelopeBytes>,
         more: bool,
         have: Vec<ChainTip>,
+        /// The answerer's fork points.
+        frozen: Vec<FrozenAt>,
+        /// Proofs of forks the puller does not know, or knows only at a
+        /// higher change number.
+        proofs: Vec<ProofBytes>,
+        /// The answerer's versions of changes at the puller's tips where its
+        /// hash differs.
+        versions: Vec<EnvelopeBytes>,
     },
     /// A push was received: how many envelopes were new, and the receiver's
-    /// tips afterwards.
-    Ack { accepted: u32, have: Vec<ChainTip> },
+    /// tips and fork points afterwards.
+    Ack {
+        accepted: u32,
+        have: Vec<ChainTip>,
+        frozen: Vec<FrozenAt>,
+    },
     /// The request was refused (wrong network, invalid envelope); the
     /// connection is closed after this.
     Refused { reason: String },
@@ -185,16 +221,19 @@ mod tests {
             ChainTip {
                 author: key(1),
                 seq: u64::MAX,
+                hash: [1; 32],
             },
             ChainTip {
                 author: key(2),
                 seq: 1 << 63,
+                hash: [2; 32],
             },
         ];
         let pull = Request::Pull {
             network: NetworkId([0; 32]),
             have: wire.to_vec(),
             records: [0; 32],
+            frozen: Vec::new(),
         };
         let Request::Pull { have, .. } = decode_request(&encode_request(&pull)).expect("decode")
         else {
@@ -211,11 +250,13 @@ mod tests {
             more: bool,
             net in any::<[u8; 32]>(),
         ) {
-            let have: Vec<ChainTip> = seqs.iter().map(|(k, s)| ChainTip { author: key(*k), seq: *s }).collect();
+            let have: Vec<ChainTip> = seqs.iter().map(|(k, s)| ChainTip { author: key(*k), seq: *s, hash: net }).collect();
+            let frozen: Vec<FrozenAt> = seqs.iter().map(|(k, s)| FrozenAt { author: key(*k), seq: *s }).collect();
             let envelopes: Vec<EnvelopeBytes> = envs.into_iter().map(EnvelopeBytes).collect();
+            let proofs: Vec<ProofBytes> = envelopes.iter().map(|e| ProofBytes(e.0.clone())).collect();
             for request in [
-                Request::Pull { network: NetworkId(net), have: have.clone(), records: net },
-                Request::Push { network: NetworkId(net), records: envelopes.clone(), envelopes: envelopes.clone() },
+                Request::Pull { network: NetworkId(net), have: have.clone(), records: net, frozen: frozen.clone() },
+                Request::Push { network: NetworkId(net), records: envelopes.clone(), envelopes: envelopes.clone(), proofs: proofs.clone(), versions: envelopes.clone() },
             ] {
                 let bytes = encode_request(&request);
                 prop_assert_eq!(decode_request(&bytes).expect("decode"), request);
@@ -224,8 +265,8 @@ mod tests {
                 }
             }
             for response in [
-                Response::Changes { records: envelopes.clone(), envelopes, more, have: have.clone() },
-                Response::Ack { accepted: 3, have },
+                Response::Changes { records: envelopes.clone(), envelopes: envelopes.clone(), more, have: have.clone(), frozen: frozen.clone(), proofs, versions: envelopes },
+                Response::Ack { accepted: 3, have, frozen },
                 Response::Refused { reason: "no".into() },
             ] {
                 let bytes = encode_response(&response);

@@ -963,6 +963,8 @@ impl Sim {
             network: engine.network(),
             records: Vec::new(),
             envelopes: batch,
+            proofs: Vec::new(),
+            versions: Vec::new(),
         };
         self.note(&[12, node as u64, to as u64, count as u64]);
         let id = self.next_id;
@@ -1008,6 +1010,8 @@ impl Sim {
             network,
             records: Vec::new(),
             envelopes: vec![EnvelopeBytes(envelope.encode())],
+            proofs: Vec::new(),
+            versions: Vec::new(),
         };
         let id = self.next_id;
         self.next_id += 1;

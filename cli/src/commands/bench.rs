@@ -213,7 +213,7 @@ fn store_benchmarks(args: &BenchArgs, root: &Path) -> anyhow::Result<Vec<Row>> {
     for seq in behind.values_mut() {
         *seq -= (*seq / 100).max(1).min(*seq);
     }
-    let (missing, missing_bytes) = holder.changes_for(&behind, usize::MAX)?;
+    let (missing, missing_bytes) = holder.changes_for(&behind, &Default::default(), usize::MAX)?;
     let one_percent = exchange_bytes(&mut holder, network, &behind)?;
     let payload: usize = missing.iter().map(|e| e.0.len()).sum();
     ensure!(!missing_bytes, "changes_for without a limit reported more");
@@ -720,8 +720,10 @@ fn exchange_bytes(
             network,
             have: sync::tips_to_wire(&have),
             records: holder.records_digest(),
+            frozen: Vec::new(),
         });
-        let (envelopes, more) = holder.changes_for(&have, RESPONSE_TARGET_LEN)?;
+        let (envelopes, more) =
+            holder.changes_for(&have, &Default::default(), RESPONSE_TARGET_LEN)?;
         for e in &envelopes {
             let env = Envelope::decode(&e.0)?;
             let seq = parse_change(env.change_bytes())?.seq();
@@ -732,7 +734,10 @@ fn exchange_bytes(
             records: Vec::new(),
             envelopes,
             more,
-            have: sync::tips_to_wire(holder.tips()),
+            have: holder.wire_tips(),
+            frozen: Vec::new(),
+            proofs: Vec::new(),
+            versions: Vec::new(),
         });
         if !more {
             break;
@@ -741,14 +746,18 @@ fn exchange_bytes(
     // The holder pulls too, and gets an empty answer.
     total += framed_request(&sync::Request::Pull {
         network,
-        have: sync::tips_to_wire(holder.tips()),
+        have: holder.wire_tips(),
         records: holder.records_digest(),
+        frozen: Vec::new(),
     });
     total += framed_response(&sync::Response::Changes {
         records: Vec::new(),
         envelopes: Vec::new(),
         more: false,
         have: sync::tips_to_wire(theirs),
+        frozen: Vec::new(),
+        proofs: Vec::new(),
+        versions: Vec::new(),
     });
     Ok(total)
 }

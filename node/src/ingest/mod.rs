@@ -568,7 +568,8 @@ fn check_author(envelope: &Envelope, roster: &Roster) -> Result<(), IngestError>
             author: author.node_id().to_string(),
         });
     }
-    if roster.spans(&author).is_empty() {
+    // A forked key's changes are refused per number, below, saying why.
+    if roster.spans(&author).is_empty() && roster.forked_at(&author).is_none() {
         return Err(IngestError::Observer {
             hash: envelope.hash(),
             author: author.node_id().to_string(),

@@ -13,12 +13,14 @@ use std::path::Path;
 
 use automerge::{Change, ChangeHash};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::bundle::{Bundle, BundleError, EnvelopeBytes};
 use crate::checkpoint::{self, Briefing, CheckpointError, Checkpoints, StateMemo};
 use crate::config::{Config, ConfigError, DataDir};
 use crate::doc::{AssessmentUpdate, DocError, Document, NewAssessment, NewNote, parse_change};
 use crate::envelope::{Envelope, EnvelopeError};
+use crate::fork::{self, ForkError, ForkProof, Frozen};
 use crate::genesis::{Genesis, GenesisError, NetworkId};
 use crate::governance::{
     self, Body, Governance, Motion, MotionKind, Op, Record, RecordError, RecordId, Seen, Standing,
@@ -36,6 +38,7 @@ use crate::sync::Tips;
 use crate::taxonomy::{self, Category};
 
 mod audit;
+mod forks;
 
 pub use audit::{Audit, AuthorAudit, ForkReport, Problem};
 
@@ -67,6 +70,15 @@ pub enum ReplicaError {
     Envelope(#[from] EnvelopeError),
     #[error("roster record refused, nothing was stored: {0}")]
     Record(#[from] RecordError),
+    #[error("fork proof refused: {0}")]
+    Fork(#[from] ForkError),
+    #[error(
+        "this node's key signed two different changes numbered {seq} (a fork: perhaps this data \
+         directory was restored from an older copy and wrote before it synced), so every node \
+         stops counting this key's changes from number {seq} on; run `concord key rotate` to go \
+         on writing under a new key"
+    )]
+    OwnKeyFrozen { seq: u64 },
     #[error("only members can propose or approve roster changes")]
     NotAMember,
     #[error(
@@ -203,16 +215,36 @@ struct Membership {
     genesis: Genesis,
     records: BTreeMap<RecordId, Record>,
     governance: Governance,
+    /// Authors proven to have forked, and where (see [`crate::fork`]):
+    /// their write spans are clamped below the fork point.
+    frozen: Frozen,
 }
 
 impl Membership {
-    fn new(genesis: Genesis, records: BTreeMap<RecordId, Record>) -> Self {
-        let governance = governance::resolve(&genesis, records.values());
+    fn new(genesis: Genesis, records: BTreeMap<RecordId, Record>, frozen: Frozen) -> Self {
+        let mut governance = governance::resolve(&genesis, records.values());
+        for (author, seq) in &frozen {
+            governance.roster.freeze(author, *seq);
+        }
         Self {
             genesis,
             records,
             governance,
+            frozen,
         }
+    }
+
+    /// What a saved document was computed under: the records and the fork
+    /// points (the records' digest alone while no fork is known, as stores
+    /// written before forks froze anything have it).
+    fn snapshot_key(&self) -> [u8; 32] {
+        if self.frozen.is_empty() {
+            return self.digest();
+        }
+        let mut hasher = Sha256::new();
+        hasher.update(self.digest());
+        hasher.update(fork::digest(&self.frozen));
+        hasher.finalize().into()
     }
 
     fn roster(&self) -> &Roster {
@@ -526,7 +558,7 @@ impl Replica {
             });
         }
         self.store.set_genesis(&genesis.encode())?;
-        self.membership = Some(Membership::new(genesis, BTreeMap::new()));
+        self.membership = Some(Membership::new(genesis, BTreeMap::new(), Frozen::new()));
         Ok(())
     }
 
@@ -564,6 +596,9 @@ impl Replica {
         let me = self.identity.public();
         match membership.roster().role_of(&me) {
             Some(Role::Member) => {
+                if let Some(seq) = membership.frozen.get(&me) {
+                    return Err(ReplicaError::OwnKeyFrozen { seq: *seq });
+                }
                 // Writing on top of a rejected change of our own would fork
                 // our chain: every node holds the rejected one.
                 let tip = self.tips.get(&me).copied().unwrap_or(0);
@@ -664,7 +699,10 @@ impl Replica {
     pub fn save_snapshot(&self) -> Result<(), ReplicaError> {
         self.store.set_snapshot(&Snapshot {
             tips: self.tips.iter().map(|(k, s)| (*k, *s)).collect(),
-            roster: self.records_digest(),
+            roster: self
+                .membership
+                .as_ref()
+                .map_or([0; 32], Membership::snapshot_key),
             invalid: self.invalid.iter().map(|h| h.0).collect(),
             doc: self.doc.save(),
         })?;
@@ -723,7 +761,7 @@ impl Replica {
         let rows: Vec<([u8; 32], Vec<u8>)> =
             accepted.iter().map(|r| (r.id().0, r.encode())).collect();
         let before = m.roster().clone();
-        let next = Membership::new(m.genesis.clone(), all);
+        let next = Membership::new(m.genesis.clone(), all, m.frozen.clone());
         let summary = RecordsSummary {
             new: accepted.len(),
             roster_changed: &before != next.roster(),
@@ -1107,15 +1145,23 @@ impl Replica {
 
     /// The envelopes a node with `have` lacks, in causal order, at most
     /// `max_bytes` of them (but always at least one). `true` when more remain.
+    ///
+    /// `frozen` holds the node's fork points: it is not sent an author's
+    /// changes from its fork point on, which it would refuse.
     pub fn changes_for(
         &mut self,
         have: &Tips,
+        frozen: &Frozen,
         max_bytes: usize,
     ) -> Result<(Vec<EnvelopeBytes>, bool), ReplicaError> {
-        let behind = self
-            .tips
-            .iter()
-            .any(|(author, seq)| have.get(author).copied().unwrap_or(0) < *seq);
+        let wanted = |author: &PublicKey, seq: u64| {
+            seq > have.get(author).copied().unwrap_or(0)
+                && frozen.get(author).is_none_or(|f| seq < *f)
+        };
+        let behind = self.tips.iter().any(|(author, seq)| {
+            let from = have.get(author).copied().unwrap_or(0) + 1;
+            from <= *seq && wanted(author, from)
+        });
         if !behind {
             return Ok((Vec::new(), false));
         }
@@ -1123,7 +1169,7 @@ impl Replica {
         let mut out = Vec::new();
         let mut bytes = 0;
         for &(hash, author, seq) in log.iter() {
-            if seq <= have.get(&author).copied().unwrap_or(0) {
+            if !wanted(&author, seq) {
                 continue;
             }
             let envelope = self.store.envelope(&hash)?.ok_or_else(|| {
@@ -1291,6 +1337,9 @@ impl Replica {
         match kept {
             None => {
                 tracing::warn!(author = %fork.author, seq = fork.seq, refused = %fork.conflicting, "fork refused and kept as evidence");
+                if let Err(e) = self.adopt_fork(&fork) {
+                    return e;
+                }
                 let evidence = Evidence {
                     envelope: fork.evidence.encode(),
                     conflicts_with: fork.existing.0,
@@ -1305,6 +1354,10 @@ impl Replica {
             Some(kept)
                 if Envelope::decode(&kept.envelope).map(|e| e.hash()) == Ok(fork.conflicting) =>
             {
+                // Kept before proofs froze forks: freeze now.
+                if let Err(e) = self.adopt_fork(&fork) {
+                    return e;
+                }
                 IngestError::Fork(fork).into()
             }
             Some(_) => {
@@ -1530,7 +1583,7 @@ fn load_document(
     let started = std::time::Instant::now();
     let tips: Tips = store.tips()?;
     let roster = membership.map(Membership::roster);
-    let digest = membership.map_or([0; 32], Membership::digest);
+    let digest = membership.map_or([0; 32], Membership::snapshot_key);
     let parse = |hash: &ChangeHash, bytes: &[u8]| -> Result<Change, ReplicaError> {
         let envelope = Envelope::decode(bytes)
             .map_err(|e| StoreError::Corrupt(format!("envelope {hash}: {e}")))?;
@@ -1656,7 +1709,13 @@ fn load_membership(store: &Store) -> Result<Option<Membership>, ReplicaError> {
     let genesis =
         Genesis::decode(&bytes).map_err(|e| StoreError::Corrupt(format!("stored genesis: {e}")))?;
     let records = load_records(store)?;
-    Ok(Some(Membership::new(genesis, records)))
+    let mut frozen = Frozen::new();
+    for bytes in store.fork_proofs()? {
+        let proof = ForkProof::decode(&bytes, genesis.network_id())
+            .map_err(|e| StoreError::Corrupt(format!("stored fork proof: {e}")))?;
+        frozen.insert(proof.author(), proof.seq());
+    }
+    Ok(Some(Membership::new(genesis, records, frozen)))
 }
 
 /// A short random id with a type prefix, e.g. `ra-k3j9x2qd`.

@@ -210,7 +210,7 @@ fn a_forged_signature_inside_a_vouched_chain_is_refused_whole() {
                 .expect("note");
         }
         let (mut wire, _) = replicas[0]
-            .changes_for(&Tips::default(), usize::MAX)
+            .changes_for(&Tips::default(), &Default::default(), usize::MAX)
             .expect("changes");
         let forged = wire.len() / 2;
         let before = state(&replicas[1]);
@@ -247,8 +247,9 @@ fn a_reopened_replica_holds_what_it_acknowledged() {
 
 /// A member that signs endless versions of one change number leaves
 /// one proof behind, not one per version: the first variant refused is
-/// kept, the same one again changes nothing, and a third is refused as
-/// `ForkAgain` (which has its sender banned) and not stored.
+/// kept and proves the fork, which freezes the forger at that number, so
+/// every later variant is refused as a change it may no longer make, and
+/// nothing more is stored. The version that came first stops counting.
 #[test]
 fn one_proof_is_kept_per_equivocation_however_many_variants_come() {
     let (_dirs, mut replicas) = federation();
@@ -269,31 +270,31 @@ fn one_proof_is_kept_per_equivocation_however_many_variants_come() {
     let r = &mut replicas[0];
     r.ingest_wire(&[variant("first")])
         .expect("the first version");
-    let second = variant("second");
-    for _ in 0..2 {
-        let err = r
-            .ingest_wire(std::slice::from_ref(&second))
-            .expect_err("a fork");
-        assert!(
-            matches!(err, ReplicaError::Ingest(IngestError::Fork(_))),
-            "{err}"
-        );
-    }
-    for n in 3..20 {
+    assert_eq!(r.change_count(), 1);
+    let err = r.ingest_wire(&[variant("second")]).expect_err("a fork");
+    assert!(
+        matches!(err, ReplicaError::Ingest(IngestError::Fork(_))),
+        "{err}"
+    );
+    assert_eq!(r.frozen().get(&forger.public()), Some(&1));
+    assert_eq!(r.change_count(), 0, "neither version counts");
+    assert!(
+        r.assessments(&AssessmentFilter::default())
+            .expect("list")
+            .is_empty()
+    );
+    for n in 2..20 {
         let err = r
             .ingest_wire(&[variant(&format!("v{n}"))])
-            .expect_err("a fork");
+            .expect_err("refused");
         assert!(
-            matches!(err, ReplicaError::Ingest(IngestError::ForkAgain(_))),
+            matches!(err, ReplicaError::Ingest(IngestError::NotAuthorized { .. })),
             "{err}"
-        );
-        assert!(
-            err.to_string()
-                .contains("one proof of its equivocation is kept")
         );
     }
     let evidence = r.store().evidence().expect("evidence");
     assert_eq!(evidence.len(), 1);
+    assert_eq!(r.store().fork_proofs().expect("proofs").len(), 1);
     assert_eq!(r.audit().expect("audit").forks.len(), 1);
 }
 
@@ -614,4 +615,120 @@ fn pick(r: &mut [Replica], a: usize, b: usize) -> (&Replica, &mut Replica) {
         let (left, right) = r.split_at_mut(a);
         (&right[0], &mut left[b])
     }
+}
+
+/// One reconciliation between two replicas, as the engine runs it both
+/// ways: proofs, versions at each other's tips, then the changes each
+/// lacks. Returns whether anything changed.
+fn reconcile(a: &mut Replica, b: &mut Replica) -> bool {
+    let one_way = |from: &mut Replica, to: &mut Replica| {
+        let mut changed = false;
+        let proofs = from.proofs_for(to.frozen(), usize::MAX).expect("proofs");
+        changed |= !to.adopt_proofs(&proofs).expect("adopt").is_empty();
+        let versions = from
+            .versions_for(&to.wire_tips(), usize::MAX)
+            .expect("versions");
+        changed |= !to.take_versions(&versions).expect("take").is_empty();
+        let frozen = to.frozen().clone();
+        let (envelopes, _) = from
+            .changes_for(&to.counting_tips(), &frozen, usize::MAX)
+            .expect("changes");
+        match to.ingest_wire(&envelopes) {
+            Ok((summary, _)) => changed |= summary.new > 0,
+            Err(ReplicaError::Ingest(IngestError::Fork(_))) => changed = true,
+            Err(e) => panic!("ingest: {e}"),
+        }
+        changed
+    };
+    let there = one_way(a, b);
+    let back = one_way(b, a);
+    there || back
+}
+
+/// `author`'s chain: one change both branches share, then two branches of
+/// `len` changes each from change number 2, signed with `key`.
+fn forked_chain(key: &Identity, network: NetworkId, len: usize) -> [Vec<EnvelopeBytes>; 2] {
+    let sign = |c: Change| {
+        EnvelopeBytes(
+            Envelope::sign(key, network, c.raw_bytes().to_vec())
+                .expect("sign")
+                .encode(),
+        )
+    };
+    let mut base = Document::new(key.public());
+    let shared = base
+        .add_assessment(
+            "ra-shared",
+            &NewAssessment::draft("reliability", "shared"),
+            now_ms(),
+        )
+        .expect("change");
+    let shared = sign(shared);
+    ["x", "y"].map(|side| {
+        let mut doc = Document::load(&base.save(), key.public()).expect("load");
+        let mut chain = vec![shared.clone()];
+        for n in 0..len {
+            let new = NewAssessment::draft("reliability", &format!("{side} {n}"));
+            let change = doc
+                .add_assessment(&format!("ra-{side}{n}"), &new, now_ms())
+                .expect("change");
+            chain.push(sign(change));
+        }
+        chain
+    })
+}
+
+/// A member gives one branch of its chain to one node and another branch
+/// to another (forked at change 2, each running on to change 4). Their tips
+/// carry the same numbers, but the hashes differ: each sends the other its
+/// version, both hold a proof, and exchange by exchange the fork point
+/// drops to 2, where the branches part. Both then count the same changes
+/// (the shared change 1, nothing of either branch), a third node that
+/// held only change 1 learns the proof, and it all survives a restart.
+#[test]
+fn two_branches_of_a_fork_are_found_and_settled_alike() {
+    let (_dirs, mut r) = federation();
+    let forger = Identity::load(&r[2].data_dir().key_file()).expect("key");
+    let network = r[0].network_id().expect("network");
+    let [x, y] = forked_chain(&forger, network, 3);
+    r[0].ingest_wire(&x).expect("x branch");
+    r[1].ingest_wire(&y).expect("y branch");
+    assert_eq!(r[0].tips().get(&forger.public()), Some(&4));
+    assert_eq!(r[1].tips().get(&forger.public()), Some(&4));
+    assert_ne!(state(&r[0]), state(&r[1]));
+
+    let (a, rest) = r.split_at_mut(1);
+    let mut rounds = 0;
+    while reconcile(&mut a[0], &mut rest[0]) {
+        rounds += 1;
+        assert!(rounds < 10, "the fork point keeps moving");
+    }
+    // The forger's own node held none of this: it learns the proof too.
+    while reconcile(&mut a[0], &mut rest[1]) {
+        rounds += 1;
+        assert!(rounds < 20, "the fork point keeps moving");
+    }
+    for replica in [&a[0], &rest[0], &rest[1]] {
+        assert_eq!(replica.frozen().get(&forger.public()), Some(&2));
+        assert_eq!(state(replica), state(&a[0]));
+    }
+    assert_eq!(a[0].counting_tips().get(&forger.public()), Some(&1));
+    let titles: Vec<String> = a[0]
+        .assessments(&AssessmentFilter::default())
+        .expect("list")
+        .into_iter()
+        .map(|v| v.title)
+        .collect();
+    assert_eq!(titles, ["shared"]);
+    assert!(matches!(
+        rest[1].add_assessment(NewAssessment::draft("reliability", "forged")),
+        Err(ReplicaError::OwnKeyFrozen { seq: 2 })
+    ));
+
+    let dir = r[0].data_dir().clone();
+    let before = state(&r[0]);
+    drop(r.remove(0));
+    let reopened = Replica::open(&dir).expect("reopen");
+    assert_eq!(reopened.frozen().get(&forger.public()), Some(&2));
+    assert_eq!(state(&reopened), before);
 }

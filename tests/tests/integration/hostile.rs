@@ -214,6 +214,7 @@ fn pull(network: NetworkId) -> sync::Request {
         network,
         have: Vec::new(),
         records: [0; 32],
+        frozen: Vec::new(),
     }
 }
 
@@ -357,6 +358,8 @@ fn ten_thousand_replayed_messages_are_answered_and_change_nothing() {
         network,
         records: Vec::new(),
         envelopes: vec![EnvelopeBytes(envelope.encode())],
+        proofs: Vec::new(),
+        versions: Vec::new(),
     };
     const REPLAYS: usize = 10_000;
     const IN_FLIGHT: usize = 16;

@@ -405,6 +405,8 @@ async fn an_observers_change_never_reaches_a_members_document() {
             network: genesis.network_id(),
             records: Vec::new(),
             envelopes: vec![EnvelopeBytes(envelope.encode())],
+            proofs: Vec::new(),
+            versions: Vec::new(),
         },
     )
     .await;
@@ -521,6 +523,7 @@ async fn after_a_key_rotation_the_new_key_writes_and_the_old_keys_new_changes_ar
             network: genesis.network_id(),
             have: Vec::new(),
             records: [0; 32],
+            frozen: Vec::new(),
         },
     )
     .await;

@@ -168,6 +168,7 @@ async fn a_peer_off_the_roster_receives_nothing_and_is_disconnected() {
             network: genesis.network_id(),
             have: Vec::new(),
             records: [0; 32],
+            frozen: Vec::new(),
         },
     )
     .await;
@@ -207,6 +208,8 @@ async fn a_member_pushing_a_forged_envelope_is_disconnected_and_others_keep_sync
             network: genesis.network_id(),
             records: Vec::new(),
             envelopes: vec![EnvelopeBytes(forged.encode())],
+            proofs: Vec::new(),
+            versions: Vec::new(),
         },
     )
     .await;
