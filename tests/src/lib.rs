@@ -741,14 +741,21 @@ pub mod rogue {
             }
             // A node that keeps the connection open is not going to drop it:
             // after an answer, give it a short while, then report.
+            // (The node's own requests to this peer keep events coming, so
+            // the grace is one span, not one per event.)
             if matches!(outcome, Some(Outcome::Answered(_))) && !disconnected {
-                match tokio::time::timeout(Duration::from_secs(3), swarm.select_next_some()).await {
-                    Ok(SwarmEvent::ConnectionClosed {
+                let grace = tokio::time::Instant::now() + Duration::from_secs(3);
+                while let Ok(event) = tokio::time::timeout_at(grace, swarm.select_next_some()).await
+                {
+                    if let SwarmEvent::ConnectionClosed {
                         num_established: 0, ..
-                    }) => disconnected = true,
-                    Ok(_) => continue,
-                    Err(_) => break,
+                    } = event
+                    {
+                        disconnected = true;
+                        break;
+                    }
                 }
+                break;
             }
         }
         Exchange {

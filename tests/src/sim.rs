@@ -12,7 +12,10 @@
 //! writes (a time in the year 10000, a number for a title, a 30 KB
 //! summary, a text object, a position filed under no node id…) and pushes
 //! it to a peer; honest nodes must refuse every one, and keep running and
-//! converging. Every choice comes
+//! converging. In every run C also forks its chain: it signs two valid
+//! versions of one change number and gives one to A and the other to B;
+//! the honest nodes must find the fork, freeze C at it alike, and
+//! converge. Every choice comes
 //! from one seeded generator and the engine keeps no hash-ordered state, so
 //! a seed replays exactly: [`Outcome::trace`] digests every delivery.
 //!
@@ -58,6 +61,8 @@ pub struct Plan {
     pub intruder_changes: usize,
     /// Changes with hostile values member C signs and pushes.
     pub hostile_changes: usize,
+    /// Times member C gives A and B two versions of one change number.
+    pub forks: usize,
 }
 
 impl Default for Plan {
@@ -70,6 +75,7 @@ impl Default for Plan {
             restarts: 5,
             intruder_changes: 20,
             hostile_changes: 20,
+            forks: 2,
         }
     }
 }
@@ -91,6 +97,9 @@ pub struct Outcome {
     pub refusals: usize,
     /// C's pushes of hostile values that the receiving engine refused.
     pub hostile_refused: usize,
+    /// Where the honest nodes froze C's chain for its fork (0: neither
+    /// version of any fork reached an honest node).
+    pub c_frozen_at: u64,
     pub messages: usize,
     pub dropped: usize,
     pub duplicated: usize,
@@ -183,6 +192,8 @@ enum What {
     },
     /// Member C pushes a change carrying a value Concord never writes.
     Hostile,
+    /// Member C gives A and B two versions of its next change number.
+    Fork,
     Partition,
     Heal,
     Down {
@@ -357,7 +368,7 @@ impl fmt::Display for Outcome {
             f,
             "seed {}: {} changes converged {:.1} s after the last fault; {} messages ({} dropped, \
              {} duplicated); {} writes refused locally, {} stored changes rejected, {} requests \
-             refused ({} hostile values); trace {}",
+             refused ({} hostile values); C frozen at {}; trace {}",
             self.seed,
             self.changes,
             self.converged_after.as_secs_f64(),
@@ -368,6 +379,7 @@ impl fmt::Display for Outcome {
             self.rejected,
             self.refusals,
             self.hostile_refused,
+            self.c_frozen_at,
             hex::encode(&self.trace[..8]),
         )
     }
@@ -475,6 +487,7 @@ impl Sim {
             rejected: 0,
             refusals: 0,
             hostile_refused: 0,
+            c_frozen_at: 0,
             messages: 0,
             dropped: 0,
             duplicated: 0,
@@ -543,6 +556,12 @@ impl Sim {
         for _ in 0..self.plan.hostile_changes {
             let at = self.rng.random_range(0..span);
             self.at(at, What::Hostile);
+        }
+        // Before C's removal can take effect, so both versions count at
+        // first where they land.
+        for _ in 0..self.plan.forks {
+            let at = self.rng.random_range(0..span / 4);
+            self.at(at, What::Fork);
         }
         let mut t = 0;
         let gap = span / (self.plan.partitions as u64 + 1);
@@ -660,6 +679,7 @@ impl Sim {
             What::Write { node } => self.write(node)?,
             What::Intrude { node } => self.intrude(node)?,
             What::Hostile => self.hostile()?,
+            What::Fork => self.fork()?,
             What::Partition => {
                 let mut side = [false; 5];
                 for s in &mut side {
@@ -930,7 +950,8 @@ impl Sim {
             Err(
                 ReplicaError::NotOnRoster { .. }
                 | ReplicaError::ObserverCannotWrite
-                | ReplicaError::TaintedChain { .. },
+                | ReplicaError::TaintedChain { .. }
+                | ReplicaError::OwnKeyFrozen { .. },
             ) => {
                 self.stats.refused_locally += 1;
                 Ok(())
@@ -1025,6 +1046,68 @@ impl Sim {
         Ok(())
     }
 
+    /// Member C signs two ordinary versions of its next change number on
+    /// top of its own document, stores neither, and pushes one to A and the
+    /// other to B (each only if linked): a fork that splits the honest
+    /// members unless they find it.
+    fn fork(&mut self) -> Result<(), String> {
+        self.note(&[16]);
+        let Some(engine) = self.nodes[C].engine.as_ref() else {
+            return Ok(());
+        };
+        let network = engine.network();
+        let saved = engine.replica().document().save();
+        let mut versions = Vec::new();
+        for side in ["A", "B"] {
+            let mut doc = concord_node::doc::Document::load(&saved, self.nodes[C].key())
+                .map_err(|e| format!("fork: {e}"))?;
+            let new = NewAssessment {
+                category: "algorithmic-bias".into(),
+                title: format!("C's version for {side} at {}", self.now),
+                summary: String::new(),
+                likelihood: None,
+                severity: None,
+                mitigations: Vec::new(),
+                status: Status::Draft,
+            };
+            let change = doc
+                .add_assessment(
+                    &format!("ra-fork-{side}-{}", self.now),
+                    &new,
+                    concord_node::model::now_ms(),
+                )
+                .map_err(|e| format!("fork: {e}"))?;
+            let envelope = Envelope::sign(
+                &self.nodes[C].identity,
+                network,
+                change.raw_bytes().to_vec(),
+            )
+            .map_err(|e| format!("sign: {e}"))?;
+            versions.push(envelope);
+        }
+        for (to, envelope) in [A, B].into_iter().zip(versions) {
+            if !self.linked(C, to) {
+                continue;
+            }
+            let request = sync::Request::Push {
+                network,
+                records: Vec::new(),
+                envelopes: vec![EnvelopeBytes(envelope.encode())],
+                proofs: Vec::new(),
+                versions: Vec::new(),
+            };
+            let id = self.next_id;
+            self.next_id += 1;
+            self.transmit(What::Request {
+                id,
+                from: C,
+                to,
+                request: Box::new(request),
+            });
+        }
+        Ok(())
+    }
+
     fn propose(&mut self, by: Ix, target: Ix) -> Result<(), String> {
         self.note(&[13, by as u64, target as u64]);
         let key = self.nodes[target].key();
@@ -1091,7 +1174,7 @@ impl Sim {
             .collect())
     }
 
-    fn state_of(&self, i: Ix) -> Option<(Vec<u8>, [u8; 32], usize)> {
+    fn state_of(&self, i: Ix) -> Option<(Vec<u8>, [u8; 32], usize, [u8; 32])> {
         let replica = self.nodes[i].engine.as_ref()?.replica();
         let mut heads: Vec<u8> = replica
             .document()
@@ -1100,7 +1183,12 @@ impl Sim {
             .flat_map(|h| h.0)
             .collect();
         heads.sort_unstable();
-        Some((heads, replica.records_digest(), replica.change_count()))
+        Some((
+            heads,
+            replica.records_digest(),
+            replica.change_count(),
+            concord_node::fork::digest(replica.frozen()),
+        ))
     }
 
     fn converged(&self) -> Result<bool, String> {
@@ -1117,7 +1205,7 @@ impl Sim {
         let honest = self.honest()?;
         Ok((0..self.nodes.len())
             .map(|i| match self.state_of(i) {
-                Some((_, records, count)) => format!(
+                Some((_, records, count, _)) => format!(
                     "{}{}: {count} changes, records {}",
                     NAMES[i],
                     if honest.contains(&i) { "" } else { " (off)" },
@@ -1173,6 +1261,11 @@ impl Sim {
                     ));
                 }
                 self.stats.rejected = audit.rejections.len();
+                self.stats.c_frozen_at = replica
+                    .frozen()
+                    .get(&self.nodes[C].key())
+                    .copied()
+                    .unwrap_or(0);
                 self.stats.changes = replica.document().change_log().len();
             }
         }

@@ -135,6 +135,16 @@ pub fn verify(session: &mut Session, json: bool) -> anyhow::Result<ExitCode> {
                 f.name, f.author, f.seq, f.kept, f.refused, f.recorded_at
             ));
         }
+        for f in &audit.frozen {
+            text.push_str(&format!(
+                "\nFROZEN {} ({}): signed two different changes numbered {} ({}); none of its \
+                 changes from that number on count",
+                output::line(&f.name),
+                f.author,
+                f.fork_at,
+                f.versions.join(" and ")
+            ));
+        }
         text.push_str(if audit.ok {
             "\nEvery stored change verified (rejected ones are kept, verified, and left out \
              of the document by the roster)."

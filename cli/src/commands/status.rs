@@ -52,6 +52,16 @@ pub fn status(session: &mut Session, json: bool) -> anyhow::Result<ExitCode> {
              member's changes are all here, stop the node and run `concord network resynced`"
         );
     }
+    for f in &status.forks {
+        let _ = writeln!(
+            out,
+            "fork:       {} ({}) signed two different changes numbered {}; its changes from \
+             that number on do not count",
+            output::line(&f.name),
+            f.node_id,
+            f.fork_at
+        );
+    }
     let heads: Vec<&str> = status.heads.iter().map(|h| &h[..12.min(h.len())]).collect();
     let _ = writeln!(out, "heads:      {}", heads.join(", "));
     if status.running {
@@ -87,6 +97,7 @@ pub fn peers(session: &mut Session, json: bool) -> anyhow::Result<ExitCode> {
         "LAST SEEN",
         "THEY LACK",
         "WE LACK",
+        "FORKED AT",
         "ADDRESSES",
     ]);
     let n = |v: Option<u64>| v.map_or("?".to_string(), |v| v.to_string());
@@ -107,6 +118,7 @@ pub fn peers(session: &mut Session, json: bool) -> anyhow::Result<ExitCode> {
                 p.last_seen.clone().unwrap_or_else(|| "-".into()),
                 n(p.they_lack),
                 n(p.we_lack),
+                p.forked_at.map_or("-".to_string(), |f| f.to_string()),
                 p.addresses.join(" "),
             ],
         );

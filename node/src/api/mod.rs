@@ -489,6 +489,34 @@ pub struct StatusView {
     /// `concord network resynced`.
     #[serde(default)]
     pub resyncing: bool,
+    /// Members proven to have signed two versions of one change number,
+    /// and where: none of their changes from there on count.
+    #[serde(default)]
+    pub forks: Vec<ForkView>,
+}
+
+/// A key frozen by a proven fork (see `concord_node::fork`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ForkView {
+    pub node_id: String,
+    pub name: String,
+    /// The change number it signed twice; its changes from here on do not
+    /// count.
+    pub fork_at: u64,
+}
+
+/// The forks a replica holds proofs of, for display.
+pub fn fork_views(replica: &Replica) -> Vec<ForkView> {
+    let roster = replica.roster().ok();
+    replica
+        .frozen()
+        .iter()
+        .map(|(key, seq)| ForkView {
+            node_id: key.node_id().to_string(),
+            name: roster.map(|r| r.display_name(key)).unwrap_or_default(),
+            fork_at: *seq,
+        })
+        .collect()
 }
 
 /// One roster entry as `concord peers` shows it.
@@ -509,6 +537,10 @@ pub struct PeerView {
     pub we_lack: Option<u64>,
     /// The last ping round trip to the peer, in milliseconds.
     pub rtt_ms: Option<f64>,
+    /// The change number this key signed twice, when a fork is proven:
+    /// its changes from there on do not count.
+    #[serde(default)]
+    pub forked_at: Option<u64>,
 }
 
 /// Carries out a request on a replica. `Status` and `Peers` describe a
@@ -839,6 +871,7 @@ pub fn stopped_status(replica: &Replica) -> StatusView {
         flushes: replica.store().flush_count(),
         web: None,
         resyncing: replica.is_resyncing(),
+        forks: fork_views(replica),
     }
 }
 
@@ -866,6 +899,7 @@ pub fn stopped_peers(replica: &Replica) -> Vec<PeerView> {
             they_lack: None,
             we_lack: None,
             rtt_ms: None,
+            forked_at: replica.frozen().get(&e.key).copied(),
         })
         .collect()
 }

@@ -124,6 +124,22 @@ impl Replica {
                 }
             })
             .collect();
+        let mut frozen = Vec::new();
+        for bytes in self.store.fork_proofs()? {
+            match crate::fork::ForkProof::decode(&bytes, network) {
+                Ok(proof) => frozen.push(FrozenReport {
+                    author: proof.author().node_id().to_string(),
+                    name: roster.display_name(&proof.author()),
+                    fork_at: proof.seq(),
+                    versions: proof.versions().map(|e| e.hash().to_string()).to_vec(),
+                }),
+                Err(e) => problems.push(Problem {
+                    change: String::new(),
+                    author: String::new(),
+                    problem: format!("a stored fork proof does not verify: {e}"),
+                }),
+            }
+        }
         Ok(Audit {
             ok: problems.is_empty(),
             network_id: network.to_string(),
@@ -134,6 +150,7 @@ impl Replica {
             rejections,
             flags,
             forks,
+            frozen,
         })
     }
 }
@@ -186,6 +203,21 @@ pub struct Audit {
     pub flags: Vec<Problem>,
     /// Forks refused at import and kept as evidence.
     pub forks: Vec<ForkReport>,
+    /// Keys frozen by a proven fork: the proof held for each (two signed
+    /// versions of one change number), checked again.
+    #[serde(default)]
+    pub frozen: Vec<FrozenReport>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FrozenReport {
+    pub author: String,
+    pub name: String,
+    /// The change number signed twice; none of the key's changes from it
+    /// on count.
+    pub fork_at: u64,
+    /// The hashes of the two versions.
+    pub versions: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -40,7 +40,7 @@ use crate::taxonomy::{self, Category};
 mod audit;
 mod forks;
 
-pub use audit::{Audit, AuthorAudit, ForkReport, Problem};
+pub use audit::{Audit, AuthorAudit, ForkReport, FrozenReport, Problem};
 
 /// Everything that can go wrong in a node's local operations.
 #[derive(Debug, thiserror::Error)]

@@ -454,6 +454,16 @@ pub fn network(frame: &Frame, network: &NetworkView, peers: &[PeerView]) -> Mark
             tr { th { "Last sync" } td { (s.last_sync.as_deref().unwrap_or("never")) } }
             tr { th { "Connected" } td { @if s.connected.is_empty() { "none" } @else { (s.connected.join(", ")) } } }
         }
+        @if !s.forks.is_empty() {
+            h2 { "Forks" }
+            p.muted { "Each of these members signed two different changes with one number. None of its changes from that number on count, on every node that holds the proof." }
+            table {
+                tr { th { "Institution" } th { "Node id" } th { "Signed twice" } }
+                @for f in &s.forks {
+                    tr { td { (f.name) } td { code { (f.node_id) } } td.pos-disagree { "change " (f.fork_at) } }
+                }
+            }
+        }
         h2 { "Roster" }
         table {
             tr { th { "Institution" } th { "Role" } th { "Node id" } th { "Fingerprint" } th { "Connected" } th { "Last seen" } }

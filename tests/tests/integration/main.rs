@@ -8,6 +8,7 @@ mod cli;
 mod convergence;
 mod crash;
 mod daemon;
+mod fork;
 mod fuzz_corpus;
 mod hostile;
 mod hostile_text;

@@ -1,0 +1,154 @@
+//! A member that forks its chain against live nodes on 127.0.0.1: it gives
+//! one version of its changes to A and another version, with the same
+//! numbers, to B. Before protocol 2 their tips were equal, neither saw the
+//! other version, and every later write of A's and B's was refused on the
+//! other side for good. Now the tips' hashes show the fork, both nodes hold
+//! a proof, freeze the forker alike and converge.
+
+use std::time::Duration;
+
+use concord_node::api::{Request, Response};
+use concord_node::bundle::EnvelopeBytes;
+use concord_node::identity::Identity;
+use concord_node::sync;
+use support::forge;
+use support::live::{LiveNode, federation, wait_until};
+use support::rogue::{self, Outcome};
+
+fn key_of(node: &LiveNode) -> Identity {
+    Identity::load(&node.dir.path().join("identity.key")).expect("key")
+}
+
+/// Pushes `changes` to `to` as the holder of `forger`'s key.
+async fn push_as(
+    forger: &Identity,
+    to: &LiveNode,
+    genesis: &std::path::Path,
+    changes: Vec<Vec<u8>>,
+) {
+    let envelopes = changes
+        .into_iter()
+        .map(|c| EnvelopeBytes(forge::envelope(forger, genesis, c).encode()))
+        .collect();
+    let exchange = rogue::request(
+        forger.libp2p_keypair(),
+        to.addresses().remove(0),
+        sync::Request::Push {
+            network: forge::read_genesis(genesis).network_id(),
+            records: Vec::new(),
+            envelopes,
+            proofs: Vec::new(),
+            versions: Vec::new(),
+        },
+    )
+    .await;
+    match exchange.outcome {
+        Outcome::Answered(sync::Response::Ack { accepted: 2, .. }) => {}
+        other => panic!("{} did not take its version: {other:?}", to.name),
+    }
+}
+
+async fn web_page(url: String) -> String {
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        agent
+            .get(&url)
+            .call()
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+            .body_mut()
+            .read_to_string()
+            .expect("body")
+    })
+    .await
+    .expect("fetch")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_given_half_to_each_node_is_found_and_settled_alike() {
+    let (mut nodes, genesis) = federation(&["A", "B", "F"], &[]);
+    let genesis_file = nodes[0].dir.path().join("genesis-copy.concord");
+    std::fs::write(&genesis_file, genesis.encode()).expect("write genesis");
+    let forger = key_of(&nodes[2]);
+    // A and B run apart at first, so each gets only its own version.
+    nodes[0].start(Vec::new()).await;
+    nodes[1].start(Vec::new()).await;
+    push_as(
+        &forger,
+        &nodes[0],
+        &genesis_file,
+        forge::changes(forger.public(), "for-a", 2),
+    )
+    .await;
+    push_as(
+        &forger,
+        &nodes[1],
+        &genesis_file,
+        forge::changes(forger.public(), "for-b", 2),
+    )
+    .await;
+    for node in &nodes[..2] {
+        let status = node.status().await;
+        assert_eq!(status.envelopes, 2, "{} counts its version", node.name);
+        assert!(status.forks.is_empty());
+    }
+    // Now they meet: B restarts and dials A.
+    nodes[1].stop().await;
+    let a_addr = nodes[0].addresses();
+    nodes[1].start(a_addr).await;
+
+    let forger_id = forger.node_id().to_string();
+    let (a, b) = (&nodes[0], &nodes[1]);
+    wait_until("both nodes hold the proof and count the same", || async {
+        let (sa, sb) = (a.status().await, b.status().await);
+        let frozen = |s: &concord_node::api::StatusView| {
+            s.forks
+                .iter()
+                .any(|f| f.node_id == forger_id && f.fork_at == 1)
+        };
+        frozen(&sa) && frozen(&sb) && sa.heads == sb.heads && sa.envelopes == sb.envelopes
+    })
+    .await;
+    assert_eq!(a.state().await, b.state().await);
+    // Neither version counts: the forker wrote nothing that stands.
+    assert_eq!(a.status().await.envelopes, 0);
+    // Honest writes after the settlement reach the other side.
+    let id = a.write("after the fork").await;
+    wait_until("B holds A's write after the fork", || async {
+        matches!(
+            b.handle()
+                .call(Request::ShowAssessment { id: id.clone() })
+                .await,
+            Ok(Response::Assessment(_))
+        )
+    })
+    .await;
+    // `peers` shows the forker frozen and nothing lacking either way.
+    wait_until("A's peers show nothing lacking and the fork", || async {
+        let Response::Peers(peers) = a.call(Request::Peers).await else {
+            return false;
+        };
+        let b_id = b.status().await.node_id;
+        let to_b = peers.iter().find(|p| p.node_id == b_id);
+        let of_f = peers.iter().find(|p| p.node_id == forger_id);
+        to_b.is_some_and(|p| p.they_lack == Some(0) && p.we_lack == Some(0))
+            && of_f.is_some_and(|p| p.forked_at == Some(1))
+    })
+    .await;
+    // `verify` names the frozen key and the two versions.
+    let Response::Audit(audit) = b.call(Request::Verify).await else {
+        panic!("verify answers with an audit");
+    };
+    assert!(audit.ok, "{:?}", audit.problems);
+    assert_eq!(audit.frozen.len(), 1, "{:?}", audit.frozen);
+    assert_eq!(audit.frozen[0].fork_at, 1);
+    assert_eq!(audit.frozen[0].versions.len(), 2);
+    // The web view's network page shows it.
+    let page = web_page(format!("{}/network", a.web_url())).await;
+    assert!(
+        page.contains("Forks") && page.contains(&forger_id),
+        "{page}"
+    );
+}
