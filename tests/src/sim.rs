@@ -108,6 +108,10 @@ pub struct Outcome {
     pub converged_after: Duration,
 }
 
+/// What must be equal on converged nodes: sorted heads, the records'
+/// digest, the changes that count, and the fork points' digest.
+type State = (Vec<u8>, [u8; 32], usize, [u8; 32]);
+
 /// Virtual milliseconds since the start of the run.
 type Ms = u64;
 
@@ -1174,7 +1178,7 @@ impl Sim {
             .collect())
     }
 
-    fn state_of(&self, i: Ix) -> Option<(Vec<u8>, [u8; 32], usize, [u8; 32])> {
+    fn state_of(&self, i: Ix) -> Option<State> {
         let replica = self.nodes[i].engine.as_ref()?.replica();
         let mut heads: Vec<u8> = replica
             .document()
