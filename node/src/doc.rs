@@ -15,6 +15,9 @@
 //! institution it is filed under wrote it. This module does no IO; every call
 //! into Automerge on data from outside runs under `catch_unwind`.
 
+mod carry;
+pub use carry::Carried;
+
 use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 

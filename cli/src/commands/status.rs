@@ -52,6 +52,14 @@ pub fn status(session: &mut Session, json: bool) -> anyhow::Result<ExitCode> {
              member's changes are all here, stop the node and run `concord network resynced`"
         );
     }
+    if let Some(seq) = status.tainted_from {
+        let _ = writeln!(
+            out,
+            "writes:     refused: this node's changes from number {seq} on were built on a \
+             change that no longer counts (a removal, or a proven fork); run `concord key \
+             rotate` to write their effect again under a new key and go on writing"
+        );
+    }
     for f in &status.forks {
         let _ = writeln!(
             out,

@@ -493,6 +493,11 @@ pub struct StatusView {
     /// and where: none of their changes from there on count.
     #[serde(default)]
     pub forks: Vec<ForkView>,
+    /// This node's first change that no longer counts, when its chain ends
+    /// in such changes: it writes nothing more until its key is rotated,
+    /// which carries them over.
+    #[serde(default)]
+    pub tainted_from: Option<u64>,
 }
 
 /// A key frozen by a proven fork (see `concord_node::fork`).
@@ -872,6 +877,7 @@ pub fn stopped_status(replica: &Replica) -> StatusView {
         web: None,
         resyncing: replica.is_resyncing(),
         forks: fork_views(replica),
+        tainted_from: replica.tainted_from(),
     }
 }
 

@@ -23,15 +23,24 @@ impl Replica {
     }
 
     /// The tips as peers compare them: per author, the highest stored change
-    /// number, or for a frozen author the highest below its fork point.
+    /// number that counts (below its fork point, for a frozen author; below
+    /// the changes a removal or a frozen dependency took out, for others).
     pub fn counting_tips(&self) -> Tips {
         let frozen = self.frozen();
         self.tips
             .iter()
             .map(|(author, seq)| {
-                let seq = frozen
+                let mut seq = frozen
                     .get(author)
                     .map_or(*seq, |f| (*seq).min(f.saturating_sub(1)));
+                while seq > 0
+                    && self
+                        .store
+                        .hash_at(author, seq)
+                        .is_some_and(|h| self.invalid.contains(&h))
+                {
+                    seq -= 1;
+                }
                 (*author, seq)
             })
             .filter(|(_, seq)| *seq > 0)
@@ -240,5 +249,80 @@ impl Replica {
         self.op_index.clear();
         self.checkpoint_memo = Default::default();
         Ok(encoded)
+    }
+}
+
+/// What carrying an old key's uncounted changes over did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CarryReport {
+    /// The old key's stored changes that did not count.
+    pub changes: usize,
+    /// New changes written with their effect.
+    pub written: usize,
+    /// Operations replayed, and operations on objects no longer there.
+    pub replayed: usize,
+    pub left_behind: usize,
+}
+
+impl Replica {
+    /// Writes again, under this node's current key, the effect of every
+    /// stored change of `old` (this institution's previous key) that does not
+    /// count: changes built on a version a fork froze, or on another change
+    /// taken out of the document. `None` when there were none. See
+    /// [`crate::doc::Carried`] for what can be carried.
+    pub(super) fn carry_over(
+        &mut self,
+        old: crate::identity::PublicKey,
+    ) -> Result<Option<CarryReport>, ReplicaError> {
+        let tip = self.tips.get(&old).copied().unwrap_or(0);
+        let mut lost = Vec::new();
+        for seq in 1..=tip {
+            let Some(hash) = self.store.hash_at(&old, seq) else {
+                continue;
+            };
+            if !self.invalid.contains(&hash) {
+                continue;
+            }
+            let envelope = self.stored_envelope(&hash)?;
+            lost.push(
+                crate::doc::parse_change(envelope.change_bytes())
+                    .map_err(|e| StoreError::Corrupt(format!("change {hash}: {e}")))?,
+            );
+        }
+        if lost.is_empty() {
+            return Ok(None);
+        }
+        let mut carried = crate::doc::Carried::default();
+        let mut written = 0;
+        for change in &lost {
+            let result = self.write(|doc, now| {
+                doc.carry(change, &mut carried, now)?
+                    .ok_or(crate::doc::DocError::NothingToChange)
+            });
+            match result {
+                Ok(_) => written += 1,
+                Err(ReplicaError::Doc(crate::doc::DocError::NothingToChange)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Some(CarryReport {
+            changes: lost.len(),
+            written,
+            replayed: carried.replayed,
+            left_behind: carried.left_behind,
+        }))
+    }
+}
+
+impl Replica {
+    /// When this node's own chain ends in changes that do not count (built
+    /// on a change a fork froze or a removal took out): the first of them.
+    /// The node writes nothing more under this key until it is rotated, and
+    /// the rotation carries them over.
+    pub fn tainted_from(&self) -> Option<u64> {
+        let me = self.identity.public();
+        let stored = self.tips.get(&me).copied().unwrap_or(0);
+        let counting = self.counting_tips().get(&me).copied().unwrap_or(0);
+        (stored > counting).then_some(counting + 1)
     }
 }

@@ -107,9 +107,10 @@ pub enum ReplicaError {
         start: String,
     },
     #[error(
-        "this node's change number {seq} builds on a change that is rejected under the roster \
-         in force, so every node rejects it and everything after it in this key's chain; \
-         run `concord key rotate` to go on writing under a new key"
+        "this node's change number {seq} builds on a change that no longer counts (its author \
+         was removed, or proven to have forked), so no node counts it or anything after it in \
+         this key's chain; run `concord key rotate`: the node then writes the effect of those \
+         changes again under the new key, and goes on writing"
     )]
     TaintedChain { seq: u64 },
     #[error("cannot access {path}")]
@@ -939,6 +940,19 @@ impl Replica {
         self.doc.set_actor(self.identity.public());
         self.log = None;
         tracing::info!(old = %me.node_id(), new = %self.identity.node_id(), "key rotated");
+        match self.carry_over(me) {
+            Ok(None) => {}
+            Ok(Some(c)) => tracing::warn!(
+                changes = c.changes,
+                written = c.written,
+                operations = c.replayed,
+                left_behind = c.left_behind,
+                "changes of the old key that no longer counted were written again under the new key"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot carry the old key's uncounted changes over")
+            }
+        }
         Ok(summary(&self.identity, &self.config))
     }
 

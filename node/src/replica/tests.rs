@@ -636,6 +636,10 @@ fn reconcile(a: &mut Replica, b: &mut Replica) -> bool {
         match to.ingest_wire(&envelopes) {
             Ok((summary, _)) => changed |= summary.new > 0,
             Err(ReplicaError::Ingest(IngestError::Fork(_))) => changed = true,
+            // As the engine does: pull again once more is known.
+            Err(ReplicaError::Ingest(
+                IngestError::MissingDependency { .. } | IngestError::MissingPredecessor { .. },
+            )) => {}
             Err(e) => panic!("ingest: {e}"),
         }
         changed
@@ -731,4 +735,59 @@ fn two_branches_of_a_fork_are_found_and_settled_alike() {
     let reopened = Replica::open(&dir).expect("reopen");
     assert_eq!(reopened.frozen().get(&forger.public()), Some(&2));
     assert_eq!(state(&reopened), before);
+}
+
+/// An honest member that wrote on top of a version a fork later froze
+/// loses nothing: its write stops counting with the frozen version (and its
+/// node refuses to write on top of it), and once its key is rotated the
+/// node writes the write's effect again under the new key, which every
+/// node then counts.
+#[test]
+fn an_honest_write_built_on_a_frozen_version_is_carried_over_by_rotation() {
+    let (_dirs, mut r) = federation();
+    let forger = Identity::load(&r[2].data_dir().key_file()).expect("key");
+    let network = r[0].network_id().expect("network");
+    let [x, y] = forked_chain(&forger, network, 2);
+    r[0].ingest_wire(&x).expect("x branch");
+    r[1].ingest_wire(&y).expect("y branch");
+    let (honest, _) = r[0]
+        .add_assessment(NewAssessment::draft(
+            "reliability",
+            "written on the x branch",
+        ))
+        .expect("honest write");
+    r[0].comment(&honest, "and a comment on it")
+        .expect("comment");
+
+    let (a, rest) = r.split_at_mut(1);
+    while reconcile(&mut a[0], &mut rest[0]) {}
+    assert_eq!(a[0].frozen().get(&forger.public()), Some(&2));
+    assert!(
+        a[0].assessment(&honest).is_err(),
+        "built on x: no longer counts"
+    );
+    assert!(matches!(
+        a[0].add_assessment(NewAssessment::draft("reliability", "more")),
+        Err(ReplicaError::TaintedChain { .. })
+    ));
+    assert_eq!(state(&a[0]), state(&rest[0]));
+
+    let old = a[0].identity().public();
+    a[0].rotate_key().expect("rotate");
+    assert_ne!(a[0].identity().public(), old);
+    let view = a[0].assessment(&honest).expect("carried over");
+    assert_eq!(view.title, "written on the x branch");
+    assert_eq!(view.comments.len(), 1, "{view:?}");
+    assert_eq!(view.comments[0].text, "and a comment on it");
+    // B learns the succession and the carried changes, and agrees.
+    let records = a[0].records_wire();
+    rest[0].add_records(&records).expect("succession");
+    while reconcile(&mut a[0], &mut rest[0]) {}
+    assert_eq!(
+        rest[0].assessment(&honest).expect("at B").title,
+        "written on the x branch"
+    );
+    assert_eq!(state(&a[0]), state(&rest[0]));
+    a[0].add_assessment(NewAssessment::draft("reliability", "writing again"))
+        .expect("the new key writes");
 }

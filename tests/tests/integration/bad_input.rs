@@ -186,8 +186,15 @@ fn fork_is_refused_kept_as_evidence_and_named_by_verify() {
     let envelopes_before = a.json(&["verify"])["envelopes"].clone();
     let stderr = a.refuses(&["import", path_str(&two)], "fork");
     assert!(stderr.contains(&second.hash().to_string()), "{stderr}");
+    // The second version is not stored, but the two prove B forked at 1:
+    // B is frozen there, so neither version counts any more.
+    assert_eq!(before[0].as_array().map(Vec::len), Some(1));
     let after = serde_json::json!([a.json(&["assess", "list"]), a.json(&["note", "list"])]);
-    assert_eq!(before, after, "the document changed");
+    assert_eq!(
+        after,
+        serde_json::json!([[], []]),
+        "B's version still counts"
+    );
     let audit = a.json(&["verify"]);
     assert_eq!(
         audit["envelopes"], envelopes_before,
@@ -198,8 +205,17 @@ fn fork_is_refused_kept_as_evidence_and_named_by_verify() {
     assert_eq!(forks[0]["refused"], second.hash().to_string());
     assert_eq!(forks[0]["kept"], first.hash().to_string());
     assert_eq!(forks[0]["seq"], 1);
+    let frozen = audit["frozen"].as_array().expect("frozen");
+    assert_eq!(frozen.len(), 1, "{audit}");
+    assert_eq!(frozen[0]["fork_at"], 1);
     let text = a.ok(&["verify"]);
     assert!(text.contains("FORK by B"), "{text}");
+    assert!(text.contains("FROZEN B"), "{text}");
+    let status = a.ok(&["status"]);
+    assert!(
+        status.contains("fork:") && status.contains("numbered 1"),
+        "{status}"
+    );
 }
 
 #[test]

@@ -94,6 +94,10 @@ async fn a_fork_given_half_to_each_node_is_found_and_settled_alike() {
         assert_eq!(status.envelopes, 2, "{} counts its version", node.name);
         assert!(status.forks.is_empty());
     }
+    // A writes on top of its version before anyone knows of the fork.
+    let honest = nodes[0]
+        .write("written at A on top of the forker's version")
+        .await;
     // Now they meet: B restarts and dials A.
     nodes[1].stop().await;
     let a_addr = nodes[0].addresses();
@@ -112,8 +116,37 @@ async fn a_fork_given_half_to_each_node_is_found_and_settled_alike() {
     })
     .await;
     assert_eq!(a.state().await, b.state().await);
-    // Neither version counts: the forker wrote nothing that stands.
+    // Neither version counts, nor A's write built on one: nothing stands.
     assert_eq!(a.status().await.envelopes, 0);
+    // A's node refuses to write on top of it and says how to go on.
+    let refused = a
+        .handle()
+        .call(Request::AddAssessment(concord_node::api::AssessmentInput {
+            category: "algorithmic-bias".into(),
+            title: "refused".into(),
+            status: "open".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect_err("A's chain is tainted");
+    assert!(
+        refused.error.contains("concord key rotate"),
+        "{}",
+        refused.error
+    );
+    // Rotating the key carries A's write over: B gets its content.
+    match a.call(Request::RotateKey).await {
+        Response::Rotated(_) => {}
+        other => panic!("rotate: {other:?}"),
+    }
+    let b_handle = b.handle();
+    wait_until("B holds A's honest write, carried over", || async {
+        matches!(
+            b_handle.call(Request::ShowAssessment { id: honest.clone() }).await,
+            Ok(Response::Assessment(view)) if view.title == "written at A on top of the forker's version"
+        )
+    })
+    .await;
     // Honest writes after the settlement reach the other side.
     let id = a.write("after the fork").await;
     wait_until("B holds A's write after the fork", || async {
