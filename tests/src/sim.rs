@@ -15,7 +15,9 @@
 //! converging. In every run C also forks its chain: it signs two valid
 //! versions of one change number and gives one to A and the other to B;
 //! the honest nodes must find the fork, freeze C at it alike, and
-//! converge. Every choice comes
+//! converge, and no honest write may be lost: a member whose chain was
+//! built on a frozen version rotates its key, which carries its writes
+//! over. Every choice comes
 //! from one seeded generator and the engine keeps no hash-ordered state, so
 //! a seed replays exactly: [`Outcome::trace`] digests every delivery.
 //!
@@ -100,6 +102,10 @@ pub struct Outcome {
     /// Where the honest nodes froze C's chain for its fork (0: neither
     /// version of any fork reached an honest node).
     pub c_frozen_at: u64,
+    /// Key rotations by A or B after a write of theirs stopped counting.
+    pub rotations: usize,
+    /// Assessments A and B wrote, every one of them in the converged state.
+    pub honest_writes: usize,
     pub messages: usize,
     pub dropped: usize,
     pub duplicated: usize,
@@ -280,6 +286,11 @@ struct Sim {
     quiet_from: Ms,
     /// Replicas opened during setup, taken by each node's first start.
     opened: Vec<Option<Replica>>,
+    /// Every assessment A and B wrote: (node, id, change); each must be in
+    /// the converged document, carried over if its change stopped counting.
+    honest_writes: Vec<(Ix, String, automerge::ChangeHash)>,
+    /// The roster records after the last key rotation.
+    successions: Vec<EnvelopeBytes>,
     stats: Outcome,
 }
 
@@ -372,7 +383,8 @@ impl fmt::Display for Outcome {
             f,
             "seed {}: {} changes converged {:.1} s after the last fault; {} messages ({} dropped, \
              {} duplicated); {} writes refused locally, {} stored changes rejected, {} requests \
-             refused ({} hostile values); C frozen at {}; trace {}",
+             refused ({} hostile values); C frozen at {}; {} rotations, {} honest writes \
+             all kept; trace {}",
             self.seed,
             self.changes,
             self.converged_after.as_secs_f64(),
@@ -384,6 +396,8 @@ impl fmt::Display for Outcome {
             self.refusals,
             self.hostile_refused,
             self.c_frozen_at,
+            self.rotations,
+            self.honest_writes,
             hex::encode(&self.trace[..8]),
         )
     }
@@ -492,6 +506,8 @@ impl Sim {
             refusals: 0,
             hostile_refused: 0,
             c_frozen_at: 0,
+            rotations: 0,
+            honest_writes: 0,
             messages: 0,
             dropped: 0,
             duplicated: 0,
@@ -516,6 +532,8 @@ impl Sim {
             hostile_ids: BTreeSet::new(),
             quiet_from: 0,
             opened,
+            honest_writes: Vec::new(),
+            successions: Vec::new(),
             stats,
         })
     }
@@ -760,6 +778,7 @@ impl Sim {
         let engine = Engine::new(replica, Outbox::default(), self.instant())
             .map_err(|e| format!("{}: engine: {e}", NAMES[i]))?;
         self.nodes[i].engine = Some(engine);
+        self.hand_successions(i)?;
         self.connect_all()
     }
 
@@ -929,6 +948,7 @@ impl Sim {
         let before = engine.replica().tips().clone();
         let replica = engine.replica_mut();
         let comment_on = target.filter(|id| pick >= 3 && replica.document().has_assessment(id));
+        let is_comment = comment_on.is_some();
         let result = match comment_on {
             Some(id) => replica.comment(&id, &format!("comment {}", self.now)),
             None => replica
@@ -947,9 +967,20 @@ impl Sim {
                 }),
         };
         match result {
-            Ok(_) => {
+            Ok(hash) => {
+                if !is_comment && node != C {
+                    let id = self.assessments.last().cloned().unwrap_or_default();
+                    self.honest_writes.push((node, id, hash));
+                }
                 engine.committed(&before);
                 self.flush_outbox(node)
+            }
+            Err(ReplicaError::TaintedChain { .. }) if node != C => {
+                // As its operator would: rotate the key, which carries the
+                // writes that no longer count over, then write.
+                self.stats.rotations += 1;
+                self.rotate(node)?;
+                self.write(node)
             }
             Err(
                 ReplicaError::NotOnRoster { .. }
@@ -962,6 +993,54 @@ impl Sim {
             }
             Err(e) => Err(format!("{} cannot write: {e}", NAMES[node])),
         }
+    }
+
+    /// Rotates `node`'s key as `concord key rotate` does on a running node:
+    /// the succession reaches every member (here handed over directly, as
+    /// the real node pushes it before it restarts its network), the node's
+    /// connections drop and are dialled again under the new key.
+    fn rotate(&mut self, node: Ix) -> Result<(), String> {
+        self.note(&[17, node as u64]);
+        let now = self.instant();
+        let Some(engine) = self.nodes[node].engine.as_mut() else {
+            return Ok(());
+        };
+        engine
+            .replica_mut()
+            .rotate_key()
+            .map_err(|e| format!("{} cannot rotate: {e}", NAMES[node]))?;
+        let identity = engine.replica().identity().clone();
+        let records = engine.replica().records_wire();
+        engine.follow_roster(now);
+        for other in 0..self.nodes.len() {
+            if other != node {
+                self.cut(node, other)?;
+            }
+        }
+        self.nodes[node].identity = identity;
+        self.successions = records;
+        for other in 0..self.nodes.len() {
+            self.hand_successions(other)?;
+        }
+        Ok(())
+    }
+
+    /// Gives `node` (if up) the roster records of the last rotation, as an
+    /// operator carries a succession to a member that was down.
+    fn hand_successions(&mut self, node: Ix) -> Result<(), String> {
+        if self.successions.is_empty() || node == STRANGER {
+            return Ok(());
+        }
+        let now = self.instant();
+        let records = self.successions.clone();
+        if let Some(engine) = self.nodes[node].engine.as_mut() {
+            engine
+                .replica_mut()
+                .add_records(&records)
+                .map_err(|e| format!("{} refuses the succession: {e}", NAMES[node]))?;
+            engine.follow_roster(now);
+        }
+        Ok(())
     }
 
     /// The stranger or the observer pushes one of its own signed changes to
@@ -1276,6 +1355,21 @@ impl Sim {
         if self.stats.changes == 0 {
             return Err("nothing was written".into());
         }
+        // No honest write is lost.
+        let replica = self.nodes[honest[0]]
+            .engine
+            .as_ref()
+            .ok_or("down")?
+            .replica();
+        for (node, id, change) in &self.honest_writes {
+            if replica.assessment(id).is_err() {
+                return Err(format!(
+                    "{}'s assessment {id} (change {change}) is not in the converged state",
+                    NAMES[*node]
+                ));
+            }
+        }
+        self.stats.honest_writes = self.honest_writes.len();
         Ok(())
     }
 }
