@@ -278,7 +278,9 @@ pub enum NetworkCommand {
         #[arg(long)]
         pending: bool,
     },
-    /// After `network recover`: say the node has caught up, so it may write again
+    /// After `network recover`, or in a directory restored from a copy of the
+    /// key: say the node holds all of its key's changes (it has caught up, or
+    /// the key never wrote), so it may write again
     Resynced,
 }
 

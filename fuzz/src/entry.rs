@@ -462,6 +462,7 @@ impl Fixture {
             .expect("write the config");
         let mut replica = Replica::open(&data).expect("open the fixture node");
         replica.join(net.genesis.clone()).expect("join");
+        replica.key_is_new().expect("the fixture's key is new");
         replica
             .ingest_wire(&[EnvelopeBytes(net.changes[0].encode())])
             .expect("the fixture's first change is accepted");

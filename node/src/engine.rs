@@ -446,6 +446,16 @@ impl<T: Transport> Engine<T> {
                 } else {
                     self.last_sync = Some(now_ms());
                     tracing::debug!(%peer, "in sync");
+                    // A member's whole state, our own chain included, is
+                    // here now: a restored node may sign again.
+                    if self
+                        .peers
+                        .get(&peer)
+                        .is_some_and(|s| s.role == Role::Member)
+                        && let Err(e) = self.replica.learned_own_chain()
+                    {
+                        tracing::error!(error = %e, "cannot record that this key's chain is known");
+                    }
                 }
             }
             sync::Response::Ack { have, frozen, .. } => {

@@ -15,7 +15,9 @@
 //! - `p` ‖ peer key (32) → remembered addresses;
 //! - `d` → the document snapshot (see [`Snapshot`]);
 //! - `k` → present while a store recovered empty re-syncs (see
-//!   [`Store::set_resyncing`]).
+//!   [`Store::set_resyncing`]);
+//! - `o` → the key (32) whose chain this store is known to hold all of: made
+//!   here, or learned from a member (see [`Store::set_chain_known`]).
 //!
 //! A batch of envelopes is written with one atomic `apply_batch` and then
 //! flushed; nothing is reported stored before the flush returns. Only this
@@ -34,6 +36,7 @@ use crate::ingest::Known;
 const KEY_GENESIS: &[u8] = b"g";
 const KEY_SNAPSHOT: &[u8] = b"d";
 const KEY_RESYNCING: &[u8] = b"k";
+const KEY_CHAIN_KNOWN: &[u8] = b"o";
 const PREFIX_ENVELOPE: u8 = b'e';
 const PREFIX_SEQ: u8 = b's';
 const PREFIX_EVIDENCE: u8 = b'x';
@@ -157,6 +160,21 @@ impl Store {
             self.db.remove(KEY_RESYNCING)?;
         }
         self.sync()
+    }
+
+    /// Records that this store holds every change `key` has signed (the key
+    /// was made here, or its chain was learned from a member), and flushes.
+    pub fn set_chain_known(&self, key: &PublicKey) -> Result<(), StoreError> {
+        self.db.insert(KEY_CHAIN_KNOWN, key.as_bytes().as_slice())?;
+        self.sync()
+    }
+
+    /// The key whose whole chain this store is known to hold, if any.
+    pub fn chain_known(&self) -> Result<Option<[u8; 32]>, StoreError> {
+        Ok(self
+            .db
+            .get(KEY_CHAIN_KNOWN)?
+            .and_then(|v| <[u8; 32]>::try_from(v.as_ref()).ok()))
     }
 
     /// Whether the store was recovered empty and is re-syncing.

@@ -482,6 +482,8 @@ impl Sim {
                 replica.join(genesis.clone())
             };
             joined.map_err(|e| format!("join: {e}"))?;
+            // The harness made these keys for this run.
+            replica.key_is_new().map_err(|e| format!("key: {e}"))?;
             opened.push(Some(replica));
         }
         // The intruders' changes: validly signed, by keys that may not write.

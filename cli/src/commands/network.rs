@@ -103,6 +103,15 @@ pub fn run(dir: &DataDir, cmd: NetworkCommand) -> anyhow::Result<ExitCode> {
                 genesis.name(),
                 genesis.network_id()
             ))?;
+            if !replica.chain_known() {
+                output::text(
+                    "This data directory did not make this node's key (restored from a copy?): \
+                     the node signs nothing until it has caught up with a member once, so it \
+                     cannot reuse one of the key's change numbers. Start it with a member to \
+                     bootstrap from; if the key has never written anywhere, run \
+                     `concord network resynced` instead.",
+                )?;
+            }
         }
         NetworkCommand::Recover { .. } => {}
         NetworkCommand::Resynced => {
@@ -110,7 +119,7 @@ pub fn run(dir: &DataDir, cmd: NetworkCommand) -> anyhow::Result<ExitCode> {
                 bail!("the node is running: stop it, then run `concord network resynced`");
             };
             replica.finish_resync()?;
-            output::text("Re-sync finished: this node writes again.")?;
+            output::text("This node holds its key's whole chain, as you said: it writes again.")?;
         }
         NetworkCommand::Show(flag) => {
             let view = match session.call(Request::NetworkShow)? {

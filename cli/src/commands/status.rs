@@ -52,6 +52,15 @@ pub fn status(session: &mut Session, json: bool) -> anyhow::Result<ExitCode> {
              member's changes are all here, stop the node and run `concord network resynced`"
         );
     }
+    if status.chain_unknown {
+        let _ = writeln!(
+            out,
+            "writes:     refused until this node has caught up with a member once: this data \
+             directory did not make its key and does not hold the key's changes (restored \
+             from a copy?); if the key has never written anywhere, stop the node and run \
+             `concord network resynced`"
+        );
+    }
     if let Some(seq) = status.tainted_from {
         let _ = writeln!(
             out,

@@ -498,6 +498,10 @@ pub struct StatusView {
     /// which carries them over.
     #[serde(default)]
     pub tainted_from: Option<u64>,
+    /// This data directory did not make the node's key and has not yet
+    /// learned the key's chain from a member: it signs nothing until then.
+    #[serde(default)]
+    pub chain_unknown: bool,
 }
 
 /// A key frozen by a proven fork (see `concord_node::fork`).
@@ -878,6 +882,7 @@ pub fn stopped_status(replica: &Replica) -> StatusView {
         resyncing: replica.is_resyncing(),
         forks: fork_views(replica),
         tainted_from: replica.tainted_from(),
+        chain_unknown: replica.genesis().is_some() && !replica.chain_known(),
     }
 }
 

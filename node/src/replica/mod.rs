@@ -186,6 +186,15 @@ pub enum ReplicaError {
     NothingToRecover(std::path::PathBuf),
     #[error("this node's store is not being re-synced (see `concord network recover`)")]
     NotResyncing,
+    #[error(
+        "this data directory did not make this node's key and does not hold the key's changes \
+         (a directory restored from a copy of `identity.key`?): it signs nothing until it has \
+         caught up with a member once, so it cannot sign a change number the key already \
+         used. Start the node with a member to bootstrap from (`concord run --bootstrap \
+         ADDR`); or, if this key has never written anywhere, stop the node and run \
+         `concord network resynced`"
+    )]
+    ChainUnknown,
 }
 
 /// What `concord init` created.
@@ -306,6 +315,12 @@ pub struct Replica {
     /// re-syncs: local writes are refused until the operator says it has
     /// caught up, see [`Replica::finish_resync`].
     resyncing: bool,
+    /// This store holds every change this node's key has signed: the key
+    /// was made here (`concord init`, a rotation), the network was created
+    /// here, the node has written, or it caught up with a member once. Until
+    /// then it signs nothing, so a data directory restored from a copy of
+    /// the key cannot sign a change number the key already used.
+    chain_known: bool,
     /// Canonical state hashes already computed, for checkpoints.
     checkpoint_memo: StateMemo,
     /// The operations of stored changes met by the ingest checks, so a
@@ -351,6 +366,8 @@ impl Replica {
         dir.create()?;
         let identity = Identity::generate()?;
         identity.save_new(&dir.key_file())?;
+        // A key made here has signed nothing anywhere yet.
+        Store::open(&dir.store_dir())?.set_chain_known(&identity.public())?;
         if !dir.config_file().exists() {
             config.write_new(&dir.config_file())?;
         }
@@ -370,6 +387,9 @@ impl Replica {
         tracing::debug!(elapsed = ?started.elapsed(), "roster records read");
         let (doc, tips, invalid) = load_document(&store, identity.public(), membership.as_ref())?;
         let resyncing = store.resyncing()?;
+        let me = identity.public();
+        let chain_known =
+            store.chain_known()? == Some(*me.as_bytes()) || tips.get(&me).is_some_and(|t| *t > 0);
         tracing::debug!(elapsed = ?started.elapsed(), "replica open");
         Ok(Self {
             dir: dir.clone(),
@@ -385,6 +405,7 @@ impl Replica {
             staged: false,
             unflushed: false,
             resyncing,
+            chain_known,
             checkpoint_memo: StateMemo::default(),
             op_index: OpIndex::default(),
         })
@@ -483,6 +504,8 @@ impl Replica {
         }
         let genesis = Genesis::create(&self.identity, name, roster, quorum, now_ms())?;
         self.join(genesis.clone())?;
+        // Nobody has written in a network made just now.
+        self.mark_chain_known()?;
         Ok(genesis)
     }
 
@@ -526,11 +549,44 @@ impl Replica {
     /// nothing lacking either way, so this node holds its own chain as far
     /// as any peer does, and writes may go on from its tip.
     pub fn finish_resync(&mut self) -> Result<(), ReplicaError> {
-        if !self.resyncing {
+        if !self.resyncing && self.chain_known {
             return Err(ReplicaError::NotResyncing);
         }
         self.store.set_resyncing(false)?;
         self.resyncing = false;
+        self.mark_chain_known()
+    }
+
+    /// Whether this store is known to hold all of this node's key's chain
+    /// (see [`ReplicaError::ChainUnknown`]).
+    pub fn chain_known(&self) -> bool {
+        self.chain_known
+    }
+
+    /// This node caught up with a member, so it holds its own chain as far
+    /// as the network knows it: it may sign again.
+    pub fn learned_own_chain(&mut self) -> Result<(), ReplicaError> {
+        if self.chain_known {
+            return Ok(());
+        }
+        let seq = self.tips.get(&self.identity.public()).copied().unwrap_or(0);
+        tracing::info!(
+            seq,
+            "caught up with a member: this key's chain is known here; writes allowed"
+        );
+        self.mark_chain_known()
+    }
+
+    /// Records that this node's key was made for this data directory and
+    /// has signed nothing anywhere (what `concord init` records; for tools
+    /// that write a key file themselves).
+    pub fn key_is_new(&mut self) -> Result<(), ReplicaError> {
+        self.mark_chain_known()
+    }
+
+    fn mark_chain_known(&mut self) -> Result<(), ReplicaError> {
+        self.store.set_chain_known(&self.identity.public())?;
+        self.chain_known = true;
         Ok(())
     }
 
@@ -597,6 +653,9 @@ impl Replica {
         let me = self.identity.public();
         match membership.roster().role_of(&me) {
             Some(Role::Member) => {
+                if !self.chain_known {
+                    return Err(ReplicaError::ChainUnknown);
+                }
                 if let Some(seq) = membership.frozen.get(&me) {
                     return Err(ReplicaError::OwnKeyFrozen { seq: *seq });
                 }
@@ -940,6 +999,8 @@ impl Replica {
         self.doc.set_actor(self.identity.public());
         self.log = None;
         tracing::info!(old = %me.node_id(), new = %self.identity.node_id(), "key rotated");
+        // The new key was made here and has signed nothing.
+        self.mark_chain_known()?;
         match self.carry_over(me) {
             Ok(None) => {}
             Ok(Some(c)) => tracing::warn!(

@@ -185,3 +185,92 @@ async fn a_fork_given_half_to_each_node_is_found_and_settled_alike() {
         "{page}"
     );
 }
+
+/// Issue 14, item 11: the natural restore (copy `identity.key` and
+/// `concord.toml` into a new directory, `network join`, write at once)
+/// signed a second change number 1 and forked the institution's own chain
+/// for good. Now the restored directory signs nothing until it has caught
+/// up with a member; then it goes on from the key's real tip, and no fork
+/// is made anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_key_signs_nothing_until_it_has_caught_up_and_then_no_fork() {
+    let (mut nodes, genesis) = federation(&["A", "B"], &[]);
+    nodes[0].start(Vec::new()).await;
+    let a_addr = nodes[0].addresses();
+    nodes[1].start(a_addr).await;
+    for i in 0..3 {
+        nodes[0].write(&format!("A before the restore {i}")).await;
+    }
+    let b = &nodes[1];
+    wait_until("B holds A's three changes", || async {
+        b.status().await.envelopes == 3
+    })
+    .await;
+    // A's machine is lost; its operator restores the key into a new
+    // directory and joins again.
+    let mut a = nodes.remove(0);
+    a.stop().await;
+    let restored_dir = tempfile::Builder::new()
+        .prefix("concord-live-")
+        .tempdir()
+        .expect("tempdir");
+    for file in ["identity.key", "concord.toml"] {
+        std::fs::copy(a.dir.path().join(file), restored_dir.path().join(file)).expect("copy");
+    }
+    let data = concord_node::config::DataDir::new(restored_dir.path());
+    let mut replica = concord_node::replica::Replica::open(&data).expect("open");
+    replica.join(genesis.clone()).expect("join");
+    let refused = replica
+        .add_assessment(concord_node::doc::NewAssessment {
+            category: "algorithmic-bias".into(),
+            title: "written before the first sync".into(),
+            summary: String::new(),
+            likelihood: None,
+            severity: None,
+            mitigations: Vec::new(),
+            status: concord_node::model::Status::Draft,
+        })
+        .expect_err("a restored key must not sign before it has caught up");
+    assert!(
+        matches!(refused, concord_node::replica::ReplicaError::ChainUnknown),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("caught up with a member"));
+    drop(replica);
+    let mut restored = LiveNode {
+        name: "A restored".into(),
+        dir: restored_dir,
+        running: None,
+    };
+    restored.start(nodes[0].addresses()).await;
+    let b = &nodes[0];
+    wait_until(
+        "the restored node has caught up and writes again",
+        || async {
+            restored
+                .handle()
+                .call(Request::AddAssessment(concord_node::api::AssessmentInput {
+                    category: "algorithmic-bias".into(),
+                    title: "A after the restore".into(),
+                    status: "open".into(),
+                    ..Default::default()
+                }))
+                .await
+                .is_ok()
+        },
+    )
+    .await;
+    wait_until("B holds A's fourth change", || async {
+        b.status().await.envelopes == 4
+    })
+    .await;
+    let a_id = restored.status().await.node_id;
+    assert_eq!(
+        b.status().await.tips.get(&a_id),
+        Some(&4),
+        "A went on from 3"
+    );
+    assert!(b.status().await.forks.is_empty(), "no fork anywhere");
+    assert!(restored.status().await.forks.is_empty());
+    restored.stop().await;
+}
