@@ -34,14 +34,24 @@ pub enum Session {
 impl Session {
     /// Connects to the running node, or opens the store if none runs.
     ///
-    /// A node that runs holds the store's lock, so the lock, not the file,
-    /// says whether `api.json` is current: whatever answers at its address
-    /// must also prove it holds the token before the CLI believes it, and a
-    /// file found while the store opens is stale (its node died) and is
-    /// removed.
+    /// A running node holds the store's lock, so the lock, not `api.json`,
+    /// says whether a node runs. If the store opens, none does: any
+    /// `api.json` is stale (its node was killed or crashed) and is removed
+    /// without contacting whatever now holds its port. If the store is
+    /// locked, the address in `api.json` is asked, and believed only if it
+    /// proves it holds the token (see [`Remote::call`]).
     pub fn open(dir: &DataDir) -> anyhow::Result<Self> {
         let deadline = std::time::Instant::now() + LOCK_WAIT;
         loop {
+            let opened = Replica::open(dir);
+            let failed = match opened {
+                Ok(replica) => {
+                    remove_stale(dir);
+                    return Ok(Session::Local(Box::new(replica)));
+                }
+                Err(ReplicaError::Store(StoreError::Locked(_))) => None,
+                Err(e) => Some(e),
+            };
             let refused = match ApiFile::read(dir.root()) {
                 Some(file) => match Remote::connect_to(dir, file) {
                     Ok(remote) => return Ok(Session::Remote(remote)),
@@ -49,33 +59,26 @@ impl Session {
                 },
                 None => None,
             };
-            match Replica::open(dir) {
-                Ok(replica) => {
-                    remove_stale(dir, refused.as_ref());
-                    return Ok(Session::Local(Box::new(replica)));
-                }
-                Err(ReplicaError::Store(StoreError::Locked(_)))
-                    if std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(LOCK_POLL);
-                }
-                Err(ReplicaError::Store(StoreError::Locked(_))) => {
-                    let running = format!(
-                        "a concord node is running on {} but its local API does not answer",
-                        dir.root().display()
-                    );
-                    return Err(match refused {
-                        Some(e) if e.downcast_ref::<Unproven>().is_some() => e.context(running),
-                        _ => anyhow!(
-                            "{running}; it may be starting or stopping: try again in a moment"
-                        ),
-                    });
-                }
-                Err(e) => {
-                    return Err(anyhow::Error::new(e)
-                        .context(format!("cannot open the node in {}", dir.root().display())));
-                }
+            if let Some(e) = failed {
+                // Not a lock: the store itself cannot be opened, and no
+                // node answers for it either.
+                return Err(anyhow::Error::new(e)
+                    .context(format!("cannot open the node in {}", dir.root().display())));
             }
+            if std::time::Instant::now() < deadline {
+                std::thread::sleep(LOCK_POLL);
+                continue;
+            }
+            let running = format!("a concord node is running on {}", dir.root().display());
+            return Err(match refused {
+                Some(e) if e.downcast_ref::<Unproven>().is_some() => e.context(format!(
+                    "{running} but does not answer at the address in its api.json"
+                )),
+                _ => anyhow!(
+                    "{running} but its local API does not answer; it may be starting \
+                     or stopping: try again in a moment"
+                ),
+            });
         }
     }
 
@@ -97,24 +100,25 @@ impl Session {
 }
 
 /// Removes `api.json` once the store has opened: no node holds the lock, so
-/// the node that wrote the file is gone (killed, or crashed) and whatever
-/// now answers at its address, if anything, is not it.
-fn remove_stale(dir: &DataDir, refused: Option<&anyhow::Error>) {
+/// the node that wrote the file is gone (killed, or crashed), and whatever
+/// now listens at its address, if anything, is not it and is not asked.
+fn remove_stale(dir: &DataDir) {
     let path = ApiFile::path(dir.root());
     if !path.exists() {
         return;
     }
-    let pid = ApiFile::read(dir.root())
-        .map(|f| format!(" (pid {})", f.pid))
+    let left = ApiFile::read(dir.root())
+        .map(|f| format!(" (pid {}, API at {})", f.pid, f.address))
         .unwrap_or_default();
-    let why = refused.map(|e| format!(": {e:#}")).unwrap_or_default();
     match std::fs::remove_file(&path) {
         Ok(()) => tracing::warn!(
-            "removed the stale {}: the node that wrote it{pid} no longer runs{why}",
+            "removed the stale {}: the node that wrote it{left} no longer runs \
+             (the store is not locked); its address was not contacted",
             path.display()
         ),
         Err(e) => tracing::warn!(
-            "cannot remove the stale {}: {e}; the node that wrote it{pid} no longer runs{why}",
+            "cannot remove the stale {}: {e}; the node that wrote it{left} no longer runs \
+             (the store is not locked); its address was not contacted",
             path.display()
         ),
     }
@@ -201,7 +205,7 @@ impl Remote {
         };
         let mut answer = sent.with_context(|| {
             format!(
-                "the running node's API at {} (named in {}) did not answer",
+                "the node's API at {} (named in {}) did not answer",
                 self.address,
                 self.file.display()
             )
