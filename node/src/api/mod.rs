@@ -8,6 +8,7 @@
 //! command behaves the same either way. Only the types here cross the process
 //! boundary, as JSON.
 
+pub mod proof;
 pub mod server;
 
 use serde::{Deserialize, Serialize};

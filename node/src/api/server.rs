@@ -2,10 +2,16 @@
 //! JSON request, `POST /v1/import` the bytes of a bundle. It only
 //! authenticates, decodes and forwards: the node loop executes each request.
 //!
-//! The bearer token is checked from the headers before a byte of the body is
-//! read, so a caller without it costs no memory whatever length it
+//! The caller is authenticated from the headers before a byte of the body
+//! is read, so one without the token costs no memory whatever length it
 //! announces. Bodies are then read up to a limit per route: small for every
 //! request, large only for an import.
+//!
+//! A caller proves it knows the token in one of two ways: the CLI sends a
+//! MAC over a fresh nonce and gets every answer back with the node's own
+//! MAC over it ([`super::proof`]), so it never hands the token to whatever
+//! holds the port named in a stale `api.json`; a plain `Bearer` token is
+//! still taken from other clients (scripts, tests), who then trust the port.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -21,7 +27,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Request, Response};
+use super::{Request, Response, proof};
 use crate::clip;
 
 /// File in the data dir holding the API's address and token (mode 0600).
@@ -156,20 +162,48 @@ async fn authenticate(
     request: axum::extract::Request,
     next: Next,
 ) -> HttpResponse {
-    let authorised = request
+    let value = request
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.to_str().ok());
+    let nonce =
+        value.and_then(|v| proof::check_authorization(v, &state.token, request.uri().path()));
+    let bearer = value
         .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| constant_time_eq(t.as_bytes(), state.token.as_bytes()));
-    if !authorised {
-        tracing::debug!(path = %request.uri().path(), "API request without the token refused");
-        return closing(
-            StatusCode::UNAUTHORIZED,
-            ApiError::plain("missing or wrong API token"),
-        );
+        .is_some_and(|t| proof::constant_time_eq(t.as_bytes(), state.token.as_bytes()));
+    match nonce {
+        Some(nonce) => prove(next.run(request).await, &state.token, &nonce).await,
+        None if bearer => next.run(request).await,
+        None => {
+            tracing::debug!(path = %request.uri().path(), "API request without the token refused");
+            closing(
+                StatusCode::UNAUTHORIZED,
+                ApiError::plain("missing or wrong API token"),
+            )
+        }
     }
-    next.run(request).await
+}
+
+/// Adds the node's proof to an answer (built whole in memory already): an
+/// HMAC keyed with the token over the request's nonce, the status and the
+/// body, which the CLI checks before it believes a word of it.
+async fn prove(answer: HttpResponse, token: &str, nonce: &proof::Nonce) -> HttpResponse {
+    let (mut parts, body) = answer.into_parts();
+    let bytes = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read back an API answer to prove it");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ApiError::plain(&format!("cannot prove the answer: {e}")),
+            );
+        }
+    };
+    let mac = proof::answer_proof(token, nonce, parts.status.as_u16(), &bytes);
+    if let Ok(value) = HeaderValue::from_str(&mac) {
+        parts.headers.insert(proof::PROOF_HEADER, value);
+    }
+    HttpResponse::from_parts(parts, Body::from(bytes))
 }
 
 /// `POST /v1/rpc`: one JSON request of at most [`MAX_REQUEST`] bytes.
@@ -291,8 +325,4 @@ fn closing(status: StatusCode, err: ApiError) -> HttpResponse {
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

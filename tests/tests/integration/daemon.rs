@@ -287,8 +287,14 @@ fn a_request_without_the_token_gets_401_before_its_body_is_read() {
     let file = ApiFile::read(a.dir()).expect("api.json");
     // 256 MiB announced, none sent: an answer proves the body was not awaited.
     for path in [RPC_PATH, IMPORT_PATH] {
-        for authorization in ["", "Authorization: Bearer not-the-token\r\n"] {
-            let head = post_head(file.address, path, authorization, 256 << 20);
+        // A proven request's MAC made with another token fails the same way.
+        let wrong_mac = concord_node::api::proof::authorization(&"0".repeat(64), &[1; 32], path);
+        for authorization in [
+            String::new(),
+            "Authorization: Bearer not-the-token\r\n".to_string(),
+            format!("Authorization: {wrong_mac}\r\n"),
+        ] {
+            let head = post_head(file.address, path, &authorization, 256 << 20);
             let answer = raw_answer(file.address, &head);
             assert!(
                 answer.starts_with("HTTP/1.1 401"),

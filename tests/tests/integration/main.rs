@@ -15,5 +15,6 @@ mod hostile_text;
 mod netns;
 mod roster;
 mod simulation;
+mod stale_api;
 mod sync;
 mod web;
