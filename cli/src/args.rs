@@ -427,6 +427,11 @@ pub enum MemberCommand {
     /// Sign a pending proposal (its id, or a unique prefix of 4 or more hex digits)
     Approve {
         id: String,
+        /// Sign even if the proposal's claim about its target's last change
+        /// is not what this node holds (changes this node has not seen count,
+        /// or changes it holds are cut)
+        #[arg(long)]
+        confirm_claims: bool,
         #[command(flatten)]
         json: JsonFlag,
     },

@@ -38,8 +38,12 @@ pub fn run(session: &mut Session, command: MemberCommand) -> anyhow::Result<Exit
             let view = proposal(session.call(Request::Propose(input))?)?;
             print_outcome(&view, json.json, "Proposed")
         }
-        MemberCommand::Approve { id, json } => {
-            let view = proposal(session.call(Request::Approve { id })?)?;
+        MemberCommand::Approve {
+            id,
+            confirm_claims,
+            json,
+        } => {
+            let view = proposal(session.call(Request::Approve { id, confirm_claims })?)?;
             print_outcome(&view, json.json, "Approved")
         }
         MemberCommand::Proposals { all, json } => {
@@ -59,7 +63,15 @@ pub fn run(session: &mut Session, command: MemberCommand) -> anyhow::Result<Exit
                 })?;
                 return Ok(ExitCode::SUCCESS);
             }
-            let mut table = output::table(&["ID", "ACTION", "SIGNED BY", "STATE", "PROPOSED"]);
+            let mut table = output::table(&[
+                "ID",
+                "ACTION",
+                "SIGNED BY",
+                "STATE",
+                "PROPOSED",
+                "BUILDS ON",
+                "CUT-OFF CLAIMED",
+            ]);
             for p in &list {
                 output::row(
                     &mut table,
@@ -69,10 +81,14 @@ pub fn run(session: &mut Session, command: MemberCommand) -> anyhow::Result<Exit
                         signers(p),
                         state(p),
                         p.proposed_at.clone(),
+                        p.after
+                            .as_deref()
+                            .map_or("genesis".into(), |a| a.get(..12).unwrap_or(a).to_string()),
+                        cut_off(p),
                     ],
                 );
             }
-            output::text(&table.to_string())?;
+            output::text(&format!("{table}\n\n{}", claims(&list)))?;
             Ok(ExitCode::SUCCESS)
         }
         MemberCommand::List(json) => {
@@ -165,6 +181,58 @@ fn signers(p: &ProposalView) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The record's claim about its target's last change, beside what this
+/// node holds when they differ.
+fn cut_off(p: &ProposalView) -> String {
+    match &p.target {
+        None => "-".into(),
+        Some(t) if t.claimed_last_change == t.held_last_change => {
+            format!("{}: {}", t.name, t.claimed_last_change)
+        }
+        Some(t) => format!(
+            "{}: {} (this node holds {})",
+            t.name, t.claimed_last_change, t.held_last_change
+        ),
+    }
+}
+
+/// Every signature's own claims: when, the target's last change it had
+/// seen, and the document heads it named.
+fn claims(list: &[ProposalView]) -> String {
+    let mut table = output::table(&[
+        "ID",
+        "SIGNER",
+        "SIGNED AT",
+        "TARGET'S LAST CHANGE SEEN",
+        "HEADS SEEN",
+        "RECORD",
+    ]);
+    for p in list {
+        for s in &p.signers {
+            let seen = match &p.target {
+                Some(_) => s.seen_last_change.to_string(),
+                None => "-".into(),
+            };
+            let heads = match s.heads_not_held {
+                0 => s.heads.len().to_string(),
+                n => format!("{} ({n} not held here)", s.heads.len()),
+            };
+            output::row(
+                &mut table,
+                [
+                    p.id[..12].to_string(),
+                    s.name.clone(),
+                    s.signed_at.clone(),
+                    seen,
+                    heads,
+                    s.record.get(..12).unwrap_or(&s.record).to_string(),
+                ],
+            );
+        }
+    }
+    format!("What each signature claims:\n{table}")
 }
 
 fn state(p: &ProposalView) -> String {

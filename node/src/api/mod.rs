@@ -11,6 +11,7 @@
 pub mod proof;
 pub mod server;
 
+use automerge::ChangeHash;
 use serde::{Deserialize, Serialize};
 
 use crate::ReplicaError;
@@ -116,8 +117,12 @@ pub enum Request {
     /// `member propose ...`.
     Propose(ProposalInput),
     /// `member approve ID` (a unique prefix of the proposal id).
+    /// `confirm_claims` signs it even when its claim about its target's
+    /// chain is not what this node holds (absent: false).
     Approve {
         id: String,
+        #[serde(default)]
+        confirm_claims: bool,
     },
     /// `member proposals`; `all` includes settled ones.
     Proposals {
@@ -272,6 +277,25 @@ pub struct ProposalView {
     pub needs: Option<u32>,
     /// Why a void proposal can no longer take effect.
     pub reason: Option<String>,
+    /// The roster change it builds on (full record id; null: the genesis).
+    #[serde(default)]
+    pub after: Option<String>,
+    /// The key whose chain it cuts or reopens (a removal, a role change, a
+    /// succession's old key); null for the others.
+    #[serde(default)]
+    pub target: Option<TargetClaim>,
+}
+
+/// What a record claims of its target's chain, beside what this node holds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TargetClaim {
+    pub name: String,
+    pub node_id: String,
+    /// The record's claim: the target's last change number that counts once
+    /// it takes effect (its cut-off).
+    pub claimed_last_change: u64,
+    /// The target's highest change number that counts on this node now.
+    pub held_last_change: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -280,6 +304,22 @@ pub struct SignerView {
     pub node_id: String,
     /// Whether the signature counts toward the quorum (a current member's).
     pub counts: bool,
+    /// When it says it signed (RFC 3339).
+    #[serde(default)]
+    pub signed_at: String,
+    /// The record carrying its signature (the proposal, or its approval).
+    #[serde(default)]
+    pub record: String,
+    /// The target's last change number it claimed to have seen (0 when the
+    /// record has no target).
+    #[serde(default)]
+    pub seen_last_change: u64,
+    /// The document heads it claimed to have seen (change hashes in hex).
+    #[serde(default)]
+    pub heads: Vec<String>,
+    /// How many of those heads this node does not hold.
+    #[serde(default)]
+    pub heads_not_held: usize,
 }
 
 /// `member list`: the roster in force and the keys that left it.
@@ -320,8 +360,9 @@ pub struct Rotated {
 }
 
 impl ProposalView {
-    fn of(g: &Governance, motion: &crate::governance::Motion) -> Self {
+    fn of(replica: &Replica, g: &Governance, motion: &crate::governance::Motion) -> Self {
         let roster = &g.roster;
+        let doc = replica.document();
         let (kind, action, first) = match &motion.kind {
             MotionKind::Proposal { proposer, op } => ("proposal", op.describe(roster), *proposer),
             MotionKind::Succession { old, new } => (
@@ -334,13 +375,30 @@ impl ProposalView {
                 *old,
             ),
         };
+        let target = match &motion.kind {
+            MotionKind::Proposal { op, .. } => match op {
+                Op::Remove { key } | Op::SetRole { key, .. } => Some(*key),
+                Op::Add { .. } | Op::SetQuorum { .. } => None,
+            },
+            MotionKind::Succession { old, .. } => Some(*old),
+        };
         let mut signers: Vec<SignerView> = motion
-            .signers
+            .claims
             .iter()
-            .map(|k| SignerView {
+            .map(|(k, claim)| SignerView {
                 name: roster.display_name(k),
                 node_id: k.node_id().to_string(),
                 counts: roster.is_member(k),
+                signed_at: format_time(claim.at_ms),
+                record: claim.record.to_hex(),
+                seen_last_change: claim.seen.target_tip,
+                heads: claim.seen.heads.iter().map(hex::encode).collect(),
+                heads_not_held: claim
+                    .seen
+                    .heads
+                    .iter()
+                    .filter(|h| !doc.has_change(&ChangeHash(**h)))
+                    .count(),
             })
             .collect();
         signers.sort_by_key(|s| s.node_id != first.node_id().to_string());
@@ -361,6 +419,13 @@ impl ProposalView {
             state: state.into(),
             needs,
             reason,
+            after: motion.after.map(|a| a.to_hex()),
+            target: target.map(|key| TargetClaim {
+                name: roster.display_name(&key),
+                node_id: key.node_id().to_string(),
+                claimed_last_change: motion.seen.target_tip,
+                held_last_change: replica.held_tip(&key),
+            }),
         }
     }
 }
@@ -678,8 +743,8 @@ pub fn execute(replica: &mut Replica, request: Request) -> Result<Response, Repl
             let id = replica.propose(input.to_op()?)?;
             proposal_response(replica, id)?
         }
-        Request::Approve { id } => {
-            let id = replica.approve(&id)?;
+        Request::Approve { id, confirm_claims } => {
+            let id = replica.approve(&id, confirm_claims)?;
             proposal_response(replica, id)?
         }
         Request::Proposals { all } => {
@@ -688,7 +753,7 @@ pub fn execute(replica: &mut Replica, request: Request) -> Result<Response, Repl
                 .motions
                 .values()
                 .filter(|m| all || matches!(m.standing, Standing::Pending { .. }))
-                .map(|m| ProposalView::of(g, m))
+                .map(|m| ProposalView::of(replica, g, m))
                 .collect();
             list.sort_by(|a, b| (&a.proposed_at, &a.id).cmp(&(&b.proposed_at, &b.id)));
             Response::Proposals(list)
@@ -789,7 +854,7 @@ fn check_ids(request: &Request) -> Result<(), ReplicaError> {
         | Request::ShowNote { id }
         | Request::Position { id, .. }
         | Request::History { id } => check("id", id)?,
-        Request::Approve { id } => check("proposal id", id)?,
+        Request::Approve { id, .. } => check("proposal id", id)?,
         Request::SignCheckpoint { checkpoint } | Request::Briefing { checkpoint, .. } => {
             if let Some(id) = checkpoint {
                 check("checkpoint id", id)?;
@@ -840,7 +905,9 @@ fn proposal_response(
         .motions
         .get(&id)
         .ok_or_else(|| ReplicaError::UnknownProposal(id.short()))?;
-    Ok(Response::Proposal(Box::new(ProposalView::of(g, motion))))
+    Ok(Response::Proposal(Box::new(ProposalView::of(
+        replica, g, motion,
+    ))))
 }
 
 fn score(field: &'static str, value: Option<i64>) -> Result<Option<Score>, ValueError> {

@@ -436,6 +436,24 @@ pub struct Motion {
     pub signers: BTreeSet<PublicKey>,
     pub standing: Standing,
     pub at_ms: i64,
+    /// The roster change it builds on (none: the genesis).
+    pub after: Option<RecordId>,
+    /// What the record itself claims (the proposer's or the old key's
+    /// `seen`): its `target_tip` is the cut-off when it takes effect.
+    pub seen: Seen,
+    /// What each signer claimed when it signed, by key: the proposer's (or
+    /// both keys' of a succession) is the record's own, each approver's the
+    /// one of its approval that counts.
+    pub claims: BTreeMap<PublicKey, Claim>,
+}
+
+/// One signer's claim: what it had seen, when it says it signed, and the
+/// record that carries its signature.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    pub seen: Seen,
+    pub at_ms: i64,
+    pub record: RecordId,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -500,19 +518,33 @@ pub fn resolve<'a>(genesis: &Genesis, records: impl IntoIterator<Item = &'a Reco
     let mut motions: BTreeMap<RecordId, Motion> = bodies
         .iter()
         .map(|(id, body)| {
-            let (kind, signers) = match body {
+            let own = Claim {
+                seen: body.seen().clone(),
+                at_ms: body.at_ms(),
+                record: *id,
+            };
+            let (kind, claims) = match body {
                 Body::Propose { proposer, op, .. } => {
-                    let mut signers: BTreeSet<PublicKey> = approvals
+                    let mut claims: BTreeMap<PublicKey, Claim> = approvals
                         .get(id)
-                        .map(|a| a.keys().copied().collect())
-                        .unwrap_or_default();
-                    signers.insert(*proposer);
+                        .into_iter()
+                        .flatten()
+                        .map(|(key, (seen, at_ms, record))| {
+                            let claim = Claim {
+                                seen: (*seen).clone(),
+                                at_ms: *at_ms,
+                                record: *record,
+                            };
+                            (*key, claim)
+                        })
+                        .collect();
+                    claims.insert(*proposer, own);
                     (
                         MotionKind::Proposal {
                             proposer: *proposer,
                             op: op.clone(),
                         },
-                        signers,
+                        claims,
                     )
                 }
                 Body::Succeed { old, new, .. } => (
@@ -520,16 +552,19 @@ pub fn resolve<'a>(genesis: &Genesis, records: impl IntoIterator<Item = &'a Reco
                         old: *old,
                         new: *new,
                     },
-                    [*old, *new].into_iter().collect(),
+                    [(*old, own.clone()), (*new, own)].into_iter().collect(),
                 ),
                 Body::Approve { .. } => unreachable!("approvals are kept apart"),
             };
             let motion = Motion {
                 id: *id,
                 kind,
-                signers,
+                signers: claims.keys().copied().collect(),
                 standing: Standing::Pending { needs: 0 },
                 at_ms: body.at_ms(),
+                after: body.after(),
+                seen: body.seen().clone(),
+                claims,
             };
             (*id, motion)
         })
@@ -716,6 +751,89 @@ impl Change {
     }
 }
 
+/// Why an approving node should not sign a proposal as it stands: the
+/// proposal's claim about its target's chain, which becomes the cut-off of
+/// that chain, is not what this node holds. The operator may still sign it
+/// knowingly (`--confirm-claims`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClaimError {
+    #[error(
+        "proposal {id} claims {name}'s last change is {claimed}, but this node holds {}; \
+         sync first, or approve with --confirm-claims if you know of changes this node has \
+         not seen",
+        held_up_to(*.held)
+    )]
+    AboveHeld {
+        id: String,
+        name: String,
+        claimed: u64,
+        held: u64,
+    },
+    #[error(
+        "proposal {id} claims {name}'s last change is {claimed}, but this node holds its \
+         changes up to {held}: approving would reject changes {} to {held} and every change \
+         built on them; have a node that holds them propose again, or approve with \
+         --confirm-claims to reject them",
+        .claimed + 1
+    )]
+    BelowHeld {
+        id: String,
+        name: String,
+        claimed: u64,
+        held: u64,
+    },
+}
+
+fn held_up_to(held: u64) -> String {
+    if held == 0 {
+        "none of its changes".into()
+    } else {
+        format!("only up to {held}")
+    }
+}
+
+/// Checks the claim a proposal makes about its target's chain (`claimed`,
+/// the last change number that is to count) against what the approving
+/// node holds of that chain (`held`), for the operations that set a
+/// cut-off: a removal or role change may not claim changes this node has
+/// not seen, and a removal or demotion may not cut changes it holds.
+/// `name` is the target's name on the roster.
+pub fn check_claim(
+    id: RecordId,
+    op: &Op,
+    name: &str,
+    claimed: u64,
+    held: u64,
+) -> Result<(), ClaimError> {
+    let closes = match op {
+        Op::Remove { .. }
+        | Op::SetRole {
+            role: Role::Observer,
+            ..
+        } => true,
+        Op::SetRole { .. } => false,
+        Op::Add { .. } | Op::SetQuorum { .. } => return Ok(()),
+    };
+    let (id, name) = (id.short(), crate::clip::quote(name));
+    if claimed > held {
+        Err(ClaimError::AboveHeld {
+            id,
+            name,
+            claimed,
+            held,
+        })
+    } else if closes && claimed < held {
+        Err(ClaimError::BelowHeld {
+            id,
+            name,
+            claimed,
+            held,
+        })
+    } else {
+        Ok(())
+    }
+}
+
 /// Why `op` does not fit `roster` as it stands, if it does not: adding a key
 /// that is (or was) on it or a name it uses, removing or changing the role of
 /// a key that is not on it, leaving fewer members than the quorum, setting a
@@ -840,16 +958,17 @@ fn judge_proposal(
         return Verdict::Wait;
     }
     // The signatures that completed the quorum (earliest first, ties by
-    // key) decide: what any of them had seen of the target's chain stays
-    // valid, and the change is in force from the last of them. Later
-    // approvals change nothing.
+    // key) decide when the change is in force: from the last of them.
+    // Later approvals change nothing.
     counted.sort_by(|a, b| (a.2, a.0).cmp(&(b.2, b.0)));
     counted.truncate(quorum.max(1) as usize);
-    let mark = counted
-        .iter()
-        .map(|(_, s, _)| s.target_tip)
-        .max()
-        .unwrap_or(0);
+    // The cut-off is the proposal's own claim about the target's chain: the
+    // one number every signature of the quorum covers (an approval signs
+    // the proposal's id, which hashes it). An approver's own `seen` is its
+    // word alone, so one signer cannot lift (or lower) the cut-off by it,
+    // nor by dating its approval early; an approving node checks the claim
+    // against what it holds before it signs (`check_claim`).
+    let mark = seen.target_tip;
     let at_ms = counted.last().map_or(at_ms, |c| c.2);
     let kind = match op {
         Op::Add { key, name, role } => ChangeKind::Add(RosterEntry {

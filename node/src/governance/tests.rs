@@ -126,14 +126,102 @@ fn one_signature_does_nothing_and_the_second_applies() {
 }
 
 #[test]
-fn removal_closes_the_chain_at_the_highest_tip_its_signers_saw() {
+fn removal_closes_the_chain_at_the_proposals_claim_whatever_an_approver_saw() {
     let n = net();
     let remove = n.propose(0, Op::Remove { key: n.key(2) }, None, 4);
-    let approval = n.approve(1, &remove, 6);
-    let g = resolve(&n.genesis, [&remove, &approval]);
-    assert!(g.roster.get(&n.key(2)).is_none());
-    assert!(g.roster.may_write(&n.key(2), 6).is_ok());
-    assert!(g.roster.may_write(&n.key(2), 7).is_err());
+    // An approver that had seen more, or less, does not move the cut-off:
+    // the quorum signed the proposal's claim, each approver only its own.
+    for approver_saw in [6, 2] {
+        let approval = n.approve(1, &remove, approver_saw);
+        let g = resolve(&n.genesis, [&remove, &approval]);
+        assert!(g.roster.get(&n.key(2)).is_none());
+        assert!(g.roster.may_write(&n.key(2), 4).is_ok(), "{approver_saw}");
+        assert!(g.roster.may_write(&n.key(2), 5).is_err(), "{approver_saw}");
+    }
+}
+
+#[test]
+fn one_co_signer_cannot_lift_the_cut_off_even_by_dating_its_approval_first() {
+    let n = net();
+    // Member 0 proposes removing member 2, whose last change it holds is 5.
+    let remove = n.propose(0, Op::Remove { key: n.key(2) }, None, 5);
+    // Member 1 claims to have seen change 99, and dates its approval before
+    // the proposal so that its signature is among those that complete the
+    // quorum whatever else comes.
+    let inflated = Record::sign(
+        Body::Approve {
+            network: n.genesis.network_id(),
+            approver: n.key(1),
+            proposal: remove.id(),
+            seen: Seen {
+                heads: vec![],
+                target_tip: 99,
+            },
+            at_ms: 1,
+        },
+        &[&n.ids[1]],
+    )
+    .expect("sign");
+    let g = resolve(&n.genesis, [&remove, &inflated]);
+    assert!(g.roster.get(&n.key(2)).is_none(), "the removal applies");
+    assert!(g.roster.may_write(&n.key(2), 5).is_ok());
+    for seq in [6, 7, 8, 99] {
+        assert!(
+            g.roster.may_write(&n.key(2), seq).is_err(),
+            "change {seq} of the removed key still counts"
+        );
+    }
+    // Both claims are there for anyone to read.
+    let motion = &g.motions[&remove.id()];
+    assert_eq!(motion.seen.target_tip, 5);
+    assert_eq!(motion.claims[&n.key(0)].seen.target_tip, 5);
+    assert_eq!(motion.claims[&n.key(1)].seen.target_tip, 99);
+    assert_eq!(motion.claims[&n.key(1)].record, inflated.id());
+    assert_eq!(motion.claims[&n.key(1)].at_ms, 1);
+}
+
+#[test]
+fn a_claim_that_is_not_what_the_approver_holds_is_named_in_the_refusal() {
+    let n = net();
+    let remove = n.propose(0, Op::Remove { key: n.key(2) }, None, 99);
+    let op = Op::Remove { key: n.key(2) };
+    let err = check_claim(remove.id(), &op, "I2", 99, 5).expect_err("above");
+    let text = err.to_string();
+    for part in [
+        remove.id().short().as_str(),
+        "\"I2\"'s last change is 99",
+        "holds only up to 5",
+        "sync first",
+        "--confirm-claims",
+    ] {
+        assert!(text.contains(part), "{part:?} missing from {text}");
+    }
+    assert!(
+        check_claim(remove.id(), &op, "I2", 99, 0)
+            .expect_err("above")
+            .to_string()
+            .contains("holds none of its changes")
+    );
+    // A claim below what is held would cut changes this node holds.
+    let err = check_claim(remove.id(), &op, "I2", 3, 5).expect_err("below");
+    assert!(err.to_string().contains("reject changes 4 to 5"), "{err}");
+    assert_eq!(check_claim(remove.id(), &op, "I2", 5, 5), Ok(()));
+    // A demotion closes the chain too; a promotion only opens one after the
+    // claim, so only a claim above what is held is refused.
+    let demote = Op::SetRole {
+        key: n.key(2),
+        role: Role::Observer,
+    };
+    assert!(check_claim(remove.id(), &demote, "I2", 3, 5).is_err());
+    let promote = Op::SetRole {
+        key: n.key(3),
+        role: Role::Member,
+    };
+    assert!(check_claim(remove.id(), &promote, "I3", 6, 5).is_err());
+    assert_eq!(check_claim(remove.id(), &promote, "I3", 3, 5), Ok(()));
+    // Other operations set no cut-off.
+    let quorum = Op::SetQuorum { quorum: 3 };
+    assert_eq!(check_claim(remove.id(), &quorum, "", 99, 0), Ok(()));
 }
 
 #[test]
@@ -298,11 +386,11 @@ fn the_removed_key_cannot_set_its_own_cut_off_and_late_approvals_change_nothing(
     // The target's own approval does not count toward the quorum...
     let g = resolve(&n.genesis, [&remove, &own]);
     assert!(g.roster.is_member(&n.key(2)));
-    let approve = n.approve(1, &remove, 4);
+    let approve = n.approve(1, &remove, 3);
     let g = resolve(&n.genesis, [&remove, &own, &approve]);
-    assert!(g.roster.may_write(&n.key(2), 4).is_ok());
+    assert!(g.roster.may_write(&n.key(2), 3).is_ok());
     assert!(
-        g.roster.may_write(&n.key(2), 5).is_err(),
+        g.roster.may_write(&n.key(2), 4).is_err(),
         "nor sets the cut-off"
     );
 }

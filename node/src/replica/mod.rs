@@ -92,6 +92,8 @@ pub enum ReplicaError {
     ProposalSettled { id: String, state: String },
     #[error("this node has already signed proposal {0}")]
     AlreadySigned(String),
+    #[error(transparent)]
+    Claim(#[from] governance::ClaimError),
     #[error("{0}")]
     BadProposal(String),
     #[error("batch refused: {0}")]
@@ -870,22 +872,25 @@ impl Replica {
     /// What this node had seen of `target`'s chain: its highest change number
     /// that counts here (0 for none).
     fn seen_of(&self, target: Option<PublicKey>) -> Seen {
-        let target_tip = target.map_or(0, |key| {
-            let mut seq = self.tips.get(&key).copied().unwrap_or(0);
-            while seq > 0
-                && self
-                    .store
-                    .hash_at(&key, seq)
-                    .is_some_and(|h| self.invalid.contains(&h))
-            {
-                seq -= 1;
-            }
-            seq
-        });
         Seen {
             heads: self.doc.heads().iter().map(|h| h.0).collect(),
-            target_tip,
+            target_tip: target.map_or(0, |key| self.held_tip(&key)),
         }
+    }
+
+    /// The highest change number of `key` that counts here (0 for none):
+    /// what this node would claim of its chain in a roster record.
+    pub fn held_tip(&self, key: &PublicKey) -> u64 {
+        let mut seq = self.tips.get(key).copied().unwrap_or(0);
+        while seq > 0
+            && self
+                .store
+                .hash_at(key, seq)
+                .is_some_and(|h| self.invalid.contains(&h))
+        {
+            seq -= 1;
+        }
+        seq
     }
 
     fn require_member(&self) -> Result<(&Membership, NetworkId), ReplicaError> {
@@ -917,7 +922,13 @@ impl Replica {
     }
 
     /// Approves a pending proposal, named by its id or a unique prefix.
-    pub fn approve(&mut self, prefix: &str) -> Result<RecordId, ReplicaError> {
+    /// Refused when the proposal's claim about its target's chain (its
+    /// cut-off) is not what this node holds, unless `confirm_claims`.
+    pub fn approve(
+        &mut self,
+        prefix: &str,
+        confirm_claims: bool,
+    ) -> Result<RecordId, ReplicaError> {
         let (m, network) = self.require_member()?;
         let motion = find_motion(&m.governance, prefix)?;
         let MotionKind::Proposal { op, .. } = &motion.kind else {
@@ -941,11 +952,17 @@ impl Replica {
         if motion.signers.contains(&self.identity.public()) {
             return Err(ReplicaError::AlreadySigned(motion.id.short()));
         }
+        let seen = self.seen_of(op.target());
+        if let (Some(target), false) = (op.target(), confirm_claims) {
+            let name = m.roster().display_name(&target);
+            let claimed = motion.seen.target_tip;
+            governance::check_claim(motion.id, op, &name, claimed, seen.target_tip)?;
+        }
         let body = Body::Approve {
             network,
             approver: self.identity.public(),
             proposal: motion.id,
-            seen: self.seen_of(op.target()),
+            seen,
             at_ms: now_ms(),
         };
         let record = Record::sign(body, &[&self.identity])?;

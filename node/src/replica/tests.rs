@@ -422,33 +422,179 @@ fn a_removed_members_later_change_is_rejected_whatever_the_order() {
         sync(from, to);
     }
     assert!(r[1].document().has_change(&late));
-    // Member 1 approves (having seen the late change) and member 0 learns it.
+    // Member 1 holds more of the chain than the proposal keeps: approving
+    // would cut a change it holds, so it is asked to confirm.
     assert_eq!(share_records(&mut r, 0, 1).new, 1);
-    r[1].approve(&proposal.to_hex()[..8]).expect("approve");
+    let prefix = &proposal.to_hex()[..8];
+    let err = r[1].approve(prefix, false).expect_err("cuts a held change");
+    assert!(err.to_string().contains("reject changes 2 to 2"), "{err}");
+    assert!(r[1].roster().expect("roster").is_member(&doomed));
+    // Confirmed, it approves, and member 0 learns it.
+    r[1].approve(prefix, true).expect("approve");
     share_records(&mut r, 1, 0);
     for node in [&r[0], &r[1]] {
         let roster = node.roster().expect("roster");
         assert!(roster.get(&doomed).is_none(), "removed on every node");
     }
-    // Member 1 had seen change 2 of the removed member when it signed,
-    // so that change stays; the cutoff is the highest tip a signer saw.
-    assert!(r[1].document().has_change(&late));
-    // Member 0 (the proposer) had not seen it: verify flags it.
+    // The cut-off is the proposal's claim, change 1: member 1 rebuilt its
+    // document without the late change, and member 0 refuses it at the door.
+    assert!(!r[1].document().has_change(&late), "recomputed without it");
+    assert!(r[1].is_rejected(&late));
+    let (from, to) = pick(&mut r, 2, 0);
+    let (bundle, _) = from.export(&[]).expect("export");
+    let err = to.import(&bundle).expect_err("refused");
+    assert!(err.to_string().contains("removed"), "{err}");
+    assert!(!r[0].document().has_change(&late));
+    assert!(r[0].store().envelope(&late).expect("read").is_none());
+    assert_eq!(state(&r[0]), state(&r[1]));
+}
+
+/// A member's proposal to remove `target`, signed by hand so that it can
+/// claim any last change of the target (as a hostile member's build would).
+fn proposal_claiming(r: &Replica, target: PublicKey, claimed: u64) -> Record {
+    let g = r.governance().expect("governance");
+    Record::sign(
+        Body::Propose {
+            network: r.genesis().expect("genesis").network_id(),
+            proposer: r.identity().public(),
+            after: g.head(),
+            op: governance::Op::Remove { key: target },
+            seen: Seen {
+                heads: r.document().heads().iter().map(|h| h.0).collect(),
+                target_tip: claimed,
+            },
+            at_ms: now_ms(),
+        },
+        &[r.identity()],
+    )
+    .expect("sign")
+}
+
+/// Member 2 writes `n` changes, and members 0 and 1 hold them all.
+fn target_writes(r: &mut [Replica], n: usize) {
+    for i in 0..n {
+        assess(&mut r[2], &format!("change {}", i + 1));
+    }
+    for to in [0, 1] {
+        let (from, to) = pick(r, 2, to);
+        sync(from, to);
+    }
+}
+
+#[test]
+fn approving_a_claim_above_what_this_node_holds_is_refused_unless_confirmed() {
+    let (_dirs, mut r) = federation();
+    target_writes(&mut r, 5);
+    let doomed = r[2].identity().public();
+    // Member 0 proposes removing member 2, claiming its last change is 99.
+    let inflated = proposal_claiming(&r[0], doomed, 99);
+    r[1].add_records(&[EnvelopeBytes(inflated.encode())])
+        .expect("stored");
+    let records = r[1].records_wire().len();
+    // The listing shows the claim beside what this node holds.
+    let Ok(crate::api::Response::Proposals(list)) =
+        crate::api::execute(&mut r[1], crate::api::Request::Proposals { all: false })
+    else {
+        panic!("no listing");
+    };
+    let view = &list[0];
+    let target = view.target.as_ref().expect("a removal names its target");
+    assert_eq!(
+        (target.claimed_last_change, target.held_last_change),
+        (99, 5)
+    );
+    assert_eq!(target.name, "Member 2");
+    assert_eq!(view.signers[0].seen_last_change, 99);
+    assert_eq!(view.signers[0].record, inflated.id().to_hex());
+    assert_eq!(view.after, None);
+    // Approval is refused, naming the claim and what this node holds, and
+    // nothing is signed or stored.
+    let prefix = &inflated.id().to_hex()[..8];
+    let err = r[1].approve(prefix, false).expect_err("above what is held");
+    assert!(
+        matches!(
+            err,
+            ReplicaError::Claim(governance::ClaimError::AboveHeld {
+                claimed: 99,
+                held: 5,
+                ..
+            })
+        ),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("claims \"Member 2\"'s last change is 99, but this node holds only up to 5"),
+        "{text}"
+    );
+    assert!(text.contains("--confirm-claims"), "{text}");
+    assert_eq!(r[1].records_wire().len(), records);
+    assert!(r[1].roster().expect("roster").is_member(&doomed));
+    // The operator who knows better confirms: the claim stands as signed.
+    r[1].approve(prefix, true).expect("confirmed");
+    let roster = r[1].roster().expect("roster").clone();
+    assert!(roster.get(&doomed).is_none());
+    assert!(roster.may_write(&doomed, 99).is_ok());
+    assert!(roster.may_write(&doomed, 100).is_err());
+    // A change member 1 had not seen then counts, and verify flags it.
+    let sixth = assess(&mut r[2], "change 6");
+    let (from, to) = pick(&mut r, 2, 1);
+    sync(from, to);
+    assert!(r[1].document().has_change(&sixth));
     let audit = r[1].audit().expect("audit");
     assert_eq!(audit.flags.len(), 1, "{:?}", audit.flags);
-    assert!(audit.flags[0].change == late.to_string());
+    assert_eq!(audit.flags[0].change, sixth.to_string());
     assert!(audit.flags[0].problem.contains("not every signer"));
-    // A third change, made after everyone signed, is rejected by both:
-    // by member 0 at the door, by member 1 after the fact.
-    let later = assess(&mut r[2], "well after removal");
-    {
-        let (from, to) = pick(&mut r, 2, 0);
-        let (bundle, _) = from.export(&[]).expect("export");
-        let err = to.import(&bundle).expect_err("refused");
-        assert!(err.to_string().contains("removed"), "{err}");
+}
+
+#[test]
+fn after_an_inflated_claim_is_refused_the_removed_members_changes_6_to_8_are_not_accepted() {
+    let (_dirs, mut r) = federation();
+    target_writes(&mut r, 5);
+    let doomed = r[2].identity().public();
+    // Member 0 (hostile) proposes the removal claiming change 99; member 1
+    // refuses to sign that.
+    let inflated = proposal_claiming(&r[0], doomed, 99);
+    r[1].add_records(&[EnvelopeBytes(inflated.encode())])
+        .expect("stored");
+    r[1].approve(&inflated.id().to_hex()[..8], false)
+        .expect_err("refused");
+    // Member 1 proposes it honestly (change 5); member 0 approves it, again
+    // claiming 99, and dates its approval first.
+    let honest = r[1]
+        .propose(governance::Op::Remove { key: doomed })
+        .expect("propose");
+    let approval = Record::sign(
+        Body::Approve {
+            network: r[0].genesis().expect("genesis").network_id(),
+            approver: r[0].identity().public(),
+            proposal: honest,
+            seen: Seen {
+                heads: vec![],
+                target_tip: 99,
+            },
+            at_ms: 0,
+        },
+        &[r[0].identity()],
+    )
+    .expect("sign");
+    r[1].add_records(&[EnvelopeBytes(approval.encode())])
+        .expect("stored");
+    let roster = r[1].roster().expect("roster");
+    assert!(roster.get(&doomed).is_none(), "removed");
+    assert!(roster.may_write(&doomed, 5).is_ok());
+    // Member 2 writes changes 6 to 8: member 1 accepts none of them.
+    let later: Vec<ChangeHash> = (6..=8)
+        .map(|i| assess(&mut r[2], &format!("change {i}")))
+        .collect();
+    let (from, to) = pick(&mut r, 2, 1);
+    let (bundle, _) = from.export(&[]).expect("export");
+    let err = to.import(&bundle).expect_err("refused");
+    assert!(err.to_string().contains("removed"), "{err}");
+    for change in &later {
+        assert!(!r[1].document().has_change(change));
+        assert!(r[1].store().envelope(change).expect("read").is_none());
     }
-    assert!(!r[0].document().has_change(&later));
-    assert!(r[0].store().envelope(&later).expect("read").is_none());
 }
 
 /// Members 0 and 1 remove member 2 (member 1 holding both records),
@@ -460,7 +606,7 @@ fn late_change_before_its_removal(r: &mut [Replica]) -> ChangeHash {
         .propose(governance::Op::Remove { key: doomed })
         .expect("propose");
     share_records(r, 0, 1);
-    r[1].approve(&proposal.short()).expect("approve");
+    r[1].approve(&proposal.short(), false).expect("approve");
     // Member 2 writes (its signers had seen nothing of it: cutoff 0).
     let late = assess(&mut r[2], "after removal");
     let (from, to) = pick(r, 2, 0);

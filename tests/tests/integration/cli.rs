@@ -609,6 +609,38 @@ fn the_benchmark_harness_runs_the_process_sync_alone() {
     assert!(mib > 1.0, "the peak memory was read: {memory}");
 }
 
+/// A removal's claim about its target's last change is listed beside what
+/// the node holds, and approving a claim that would cut a change the node
+/// holds is refused until the operator confirms it.
+#[test]
+fn member_proposals_shows_each_claim_and_approve_asks_to_confirm_one_it_cannot_vouch_for() {
+    let fed = Federation::new(&["A", "B", "C"], &[]);
+    let (a, b, c) = (&fed.nodes[0], &fed.nodes[1], &fed.nodes[2]);
+    // C writes; B has that change, A (the proposer) does not.
+    c.ok(&["assess", "add", "--category", "reliability", "--title", "t"]);
+    b.import(&c.export("c.bundle"));
+    let proposal = a.json(&["member", "propose", "remove", &c.node_id()]);
+    let id = proposal["id"].as_str().expect("id").to_string();
+    assert_eq!(proposal["target"]["claimed_last_change"], 0);
+    assert_eq!(b.import(&a.export("a.bundle"))["records"], 1);
+    let listed = &b.json(&["member", "proposals"])[0];
+    assert_eq!(listed["target"]["claimed_last_change"], 0);
+    assert_eq!(listed["target"]["held_last_change"], 1);
+    assert_eq!(listed["signers"][0]["seen_last_change"], 0);
+    assert!(listed["after"].is_null());
+    let table = b.ok(&["member", "proposals"]);
+    assert!(table.contains("C: 0 (this node holds 1)"), "{table}");
+    assert!(table.contains("What each signature claims"), "{table}");
+    b.refuses(
+        &["member", "approve", &id[..8]],
+        "claims \"C\"'s last change is 0, but this node holds its changes up to 1",
+    );
+    assert_eq!(b.json(&["member", "proposals"])[0]["state"], "pending");
+    let approved = b.json(&["member", "approve", &id[..8], "--confirm-claims"]);
+    assert_eq!(approved["state"], "applied");
+    assert_eq!(approved["signers"].as_array().map(Vec::len), Some(2));
+}
+
 /// The README's roster walk-through, offline: records travel in bundles.
 #[test]
 fn roster_changes_by_quorum_through_the_cli_and_bundles() {

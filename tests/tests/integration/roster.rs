@@ -23,7 +23,13 @@ async fn propose(node: &LiveNode, input: ProposalInput) -> ProposalView {
 }
 
 async fn approve(node: &LiveNode, id: &str) -> ProposalView {
-    match node.call(Request::Approve { id: id.into() }).await {
+    match node
+        .call(Request::Approve {
+            id: id.into(),
+            confirm_claims: false,
+        })
+        .await
+    {
         Response::Proposal(p) => *p,
         other => panic!("unexpected {other:?}"),
     }
@@ -124,7 +130,10 @@ async fn quorum_two_of_three_one_signature_does_nothing_the_second_applies_every
     // A second approval of a settled proposal is refused with a reason.
     let err = nodes[2]
         .handle()
-        .call(Request::Approve { id: p.id.clone() })
+        .call(Request::Approve {
+            id: p.id.clone(),
+            confirm_claims: false,
+        })
         .await
         .expect_err("settled");
     assert!(err.error.contains("already in force"), "{}", err.error);
