@@ -15,7 +15,8 @@
 //! converging. In every run C also forks its chain: it signs two valid
 //! versions of one change number and gives one to A and the other to B;
 //! the honest nodes must find the fork, freeze C at it alike, and
-//! converge, and no honest write may be lost: a member whose chain was
+//! converge; it also floods valid roster records (proposals nobody
+//! approves). No honest write may be lost: a member whose chain was
 //! built on a frozen version rotates its key, which carries its writes
 //! over. Every choice comes
 //! from one seeded generator and the engine keeps no hash-ordered state, so
@@ -65,6 +66,9 @@ pub struct Plan {
     pub hostile_changes: usize,
     /// Times member C gives A and B two versions of one change number.
     pub forks: usize,
+    /// Valid roster records C floods the network with: proposals to admit
+    /// keys nobody else approves, pending for good.
+    pub flood_records: usize,
 }
 
 impl Default for Plan {
@@ -78,6 +82,7 @@ impl Default for Plan {
             intruder_changes: 20,
             hostile_changes: 20,
             forks: 2,
+            flood_records: 30,
         }
     }
 }
@@ -106,6 +111,8 @@ pub struct Outcome {
     pub rotations: usize,
     /// Assessments A and B wrote, every one of them in the converged state.
     pub honest_writes: usize,
+    /// Valid roster records C signed that nobody approved.
+    pub flooded: usize,
     pub messages: usize,
     pub dropped: usize,
     pub duplicated: usize,
@@ -204,6 +211,8 @@ enum What {
     Hostile,
     /// Member C gives A and B two versions of its next change number.
     Fork,
+    /// Member C signs one more valid roster record nobody will approve.
+    Flood,
     Partition,
     Heal,
     Down {
@@ -383,8 +392,8 @@ impl fmt::Display for Outcome {
             f,
             "seed {}: {} changes converged {:.1} s after the last fault; {} messages ({} dropped, \
              {} duplicated); {} writes refused locally, {} stored changes rejected, {} requests \
-             refused ({} hostile values); C frozen at {}; {} rotations, {} honest writes \
-             all kept; trace {}",
+             refused ({} hostile values); C frozen at {}, flooded {} records; {} rotations, \
+             {} honest writes all kept; trace {}",
             self.seed,
             self.changes,
             self.converged_after.as_secs_f64(),
@@ -396,6 +405,7 @@ impl fmt::Display for Outcome {
             self.refusals,
             self.hostile_refused,
             self.c_frozen_at,
+            self.flooded,
             self.rotations,
             self.honest_writes,
             hex::encode(&self.trace[..8]),
@@ -510,6 +520,7 @@ impl Sim {
             c_frozen_at: 0,
             rotations: 0,
             honest_writes: 0,
+            flooded: 0,
             messages: 0,
             dropped: 0,
             duplicated: 0,
@@ -586,6 +597,10 @@ impl Sim {
         for _ in 0..self.plan.forks {
             let at = self.rng.random_range(0..span / 4);
             self.at(at, What::Fork);
+        }
+        for _ in 0..self.plan.flood_records {
+            let at = self.rng.random_range(0..span / 2);
+            self.at(at, What::Flood);
         }
         let mut t = 0;
         let gap = span / (self.plan.partitions as u64 + 1);
@@ -704,6 +719,7 @@ impl Sim {
             What::Intrude { node } => self.intrude(node)?,
             What::Hostile => self.hostile()?,
             What::Fork => self.fork()?,
+            What::Flood => self.flood()?,
             What::Partition => {
                 let mut side = [false; 5];
                 for s in &mut side {
@@ -1191,6 +1207,34 @@ impl Sim {
             });
         }
         Ok(())
+    }
+
+    /// Member C proposes to admit a key of its own making, which nobody
+    /// approves: one more valid, pending roster record on every node.
+    fn flood(&mut self) -> Result<(), String> {
+        let mut secret = [0u8; 32];
+        self.rng.fill_bytes(&mut secret);
+        self.note(&[18]);
+        let key = Identity::from_secret(secret).public();
+        let now = self.instant();
+        let Some(engine) = self.nodes[C].engine.as_mut() else {
+            return Ok(());
+        };
+        let proposed = engine.replica_mut().propose(Op::Add {
+            key,
+            name: format!("flood {}", self.now),
+            role: Role::Observer,
+        });
+        match proposed {
+            Ok(_) => {
+                self.stats.flooded += 1;
+                engine.records_changed(now);
+                self.flush_outbox(C)
+            }
+            // Removed by now: it can flood no more.
+            Err(ReplicaError::NotAMember | ReplicaError::NoNetwork) => Ok(()),
+            Err(e) => Err(format!("C cannot propose: {e}")),
+        }
     }
 
     fn propose(&mut self, by: Ix, target: Ix) -> Result<(), String> {

@@ -1031,7 +1031,39 @@ impl Replica {
                 tracing::error!(error = %e, "cannot carry the old key's uncounted changes over")
             }
         }
+        self.resign_pending(me);
         Ok(summary(&self.identity, &self.config))
+    }
+
+    /// Signs again, with this node's current key, every pending proposal
+    /// its previous key `old` had signed: only current members' signatures
+    /// count, so a rotation would otherwise drop the institution's pending
+    /// proposals and approvals. The old key vouched for each claim already.
+    fn resign_pending(&mut self, old: PublicKey) {
+        let Some(m) = self.membership.as_ref() else {
+            return;
+        };
+        let pending: Vec<String> = m
+            .governance
+            .motions
+            .values()
+            .filter(|motion| {
+                matches!(motion.standing, Standing::Pending { .. })
+                    && matches!(motion.kind, MotionKind::Proposal { .. })
+                    && motion.signers.contains(&old)
+            })
+            .map(|motion| motion.id.to_hex())
+            .collect();
+        for id in pending {
+            match self.approve(&id, true) {
+                Ok(_) => {
+                    tracing::info!(proposal = %id, "pending proposal signed again under the new key")
+                }
+                Err(e) => {
+                    tracing::warn!(proposal = %id, error = %e, "cannot sign a pending proposal again under the new key")
+                }
+            }
+        }
     }
 
     /// Adds an assessment; returns its new id and the change that made it.

@@ -937,3 +937,27 @@ fn an_honest_write_built_on_a_frozen_version_is_carried_over_by_rotation() {
     a[0].add_assessment(NewAssessment::draft("reliability", "writing again"))
         .expect("the new key writes");
 }
+
+/// Only current members' signatures count, so a rotation used to drop the
+/// institution's pending proposals: the rotating node now signs them again
+/// under its new key.
+#[test]
+fn a_rotation_signs_the_institutions_pending_proposals_again() {
+    let (_dirs, mut r) = federation();
+    let target = r[2].identity().public();
+    let id = r[0]
+        .propose(crate::governance::Op::Remove { key: target })
+        .expect("propose");
+    r[0].rotate_key().expect("rotate");
+    let new = r[0].identity().public();
+    let motion = &r[0].governance().expect("governance").motions[&id];
+    assert!(motion.signers.contains(&new), "{:?}", motion.signers);
+    // B's approval now completes the quorum of two current members.
+    let records = r[0].records_wire();
+    r[1].add_records(&records).expect("records");
+    r[1].approve(&id.to_hex(), false).expect("approve");
+    assert!(
+        r[1].roster().expect("roster").get(&target).is_none(),
+        "removed"
+    );
+}
