@@ -644,11 +644,7 @@ impl<T: Transport> Engine<T> {
         let targets: Vec<T::Peer> = if only {
             peer.into_iter().collect()
         } else {
-            self.peers
-                .iter()
-                .filter(|(p, s)| s.connected && Some(**p) != peer)
-                .map(|(p, _)| *p)
-                .collect()
+            self.connected_except(peer)
         };
         for target in targets {
             if let Some(state) = self.peers.get_mut(&target) {
@@ -702,12 +698,7 @@ impl<T: Transport> Engine<T> {
         if envelopes.is_empty() {
             return;
         }
-        let targets: Vec<T::Peer> = self
-            .peers
-            .iter()
-            .filter(|(p, s)| s.connected && Some(**p) != except)
-            .map(|(p, _)| *p)
-            .collect();
+        let targets = self.connected_except(except);
         for chunk in chunks(envelopes, RESPONSE_TARGET_LEN) {
             for peer in &targets {
                 let Some(state) = self.peers.get_mut(peer) else {
@@ -872,14 +863,18 @@ impl<T: Transport> Engine<T> {
         }
     }
 
-    /// Pushes proofs to every connected peer but `except`.
-    fn push_forks_except(&mut self, except: Option<T::Peer>, proofs: Vec<ProofBytes>) {
-        let targets: Vec<T::Peer> = self
-            .peers
+    /// Every connected peer but `except`.
+    fn connected_except(&self, except: Option<T::Peer>) -> Vec<T::Peer> {
+        self.peers
             .iter()
             .filter(|(p, s)| s.connected && Some(**p) != except)
             .map(|(p, _)| *p)
-            .collect();
+            .collect()
+    }
+
+    /// Pushes proofs to every connected peer but `except`.
+    fn push_forks_except(&mut self, except: Option<T::Peer>, proofs: Vec<ProofBytes>) {
+        let targets = self.connected_except(except);
         for target in targets {
             self.push_forks(Some(target), proofs.clone(), Vec::new());
         }

@@ -124,6 +124,19 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// A push of envelopes alone.
+    pub fn push_envelopes(network: NetworkId, envelopes: Vec<EnvelopeBytes>) -> Self {
+        Self::Push {
+            network,
+            records: Vec::new(),
+            envelopes,
+            proofs: Vec::new(),
+            versions: Vec::new(),
+        }
+    }
+}
+
 /// The answer to a [`Request`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {

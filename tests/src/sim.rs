@@ -36,6 +36,7 @@ use concord_node::config::{Config, DataDir};
 use concord_node::doc::NewAssessment;
 use concord_node::engine::{Engine, Purpose, Transport};
 use concord_node::envelope::Envelope;
+use concord_node::genesis::NetworkId;
 use concord_node::governance::Op;
 use concord_node::identity::{Identity, PublicKey};
 use concord_node::model::Status;
@@ -1128,23 +1129,25 @@ impl Sim {
         )?;
         let envelope = Envelope::sign(&self.nodes[C].identity, network, change)
             .map_err(|e| format!("sign: {e}"))?;
-        let request = sync::Request::Push {
-            network,
-            records: Vec::new(),
-            envelopes: vec![EnvelopeBytes(envelope.encode())],
-            proofs: Vec::new(),
-            versions: Vec::new(),
-        };
+        let id = self.push_from_c(to, network, &envelope);
+        self.hostile_ids.insert(id);
+        Ok(())
+    }
+
+    /// C pushes one envelope to `to` without storing it; returns the
+    /// request's id.
+    fn push_from_c(&mut self, to: Ix, network: NetworkId, envelope: &Envelope) -> u64 {
+        let request =
+            sync::Request::push_envelopes(network, vec![EnvelopeBytes(envelope.encode())]);
         let id = self.next_id;
         self.next_id += 1;
-        self.hostile_ids.insert(id);
         self.transmit(What::Request {
             id,
             from: C,
             to,
             request: Box::new(request),
         });
-        Ok(())
+        id
     }
 
     /// Member C signs two ordinary versions of its next change number on
@@ -1190,21 +1193,7 @@ impl Sim {
             if !self.linked(C, to) {
                 continue;
             }
-            let request = sync::Request::Push {
-                network,
-                records: Vec::new(),
-                envelopes: vec![EnvelopeBytes(envelope.encode())],
-                proofs: Vec::new(),
-                versions: Vec::new(),
-            };
-            let id = self.next_id;
-            self.next_id += 1;
-            self.transmit(What::Request {
-                id,
-                from: C,
-                to,
-                request: Box::new(request),
-            });
+            self.push_from_c(to, network, &envelope);
         }
         Ok(())
     }

@@ -28,19 +28,12 @@ impl Replica {
     pub fn counting_tips(&self) -> Tips {
         let frozen = self.frozen();
         self.tips
-            .iter()
-            .map(|(author, seq)| {
-                let mut seq = frozen
+            .keys()
+            .map(|author| {
+                let held = self.held_tip(author);
+                let seq = frozen
                     .get(author)
-                    .map_or(*seq, |f| (*seq).min(f.saturating_sub(1)));
-                while seq > 0
-                    && self
-                        .store
-                        .hash_at(author, seq)
-                        .is_some_and(|h| self.invalid.contains(&h))
-                {
-                    seq -= 1;
-                }
+                    .map_or(held, |f| held.min(f.saturating_sub(1)));
                 (*author, seq)
             })
             .filter(|(_, seq)| *seq > 0)
