@@ -256,7 +256,11 @@ mod tests {
     }
 
     fn bundle_of(records: Vec<usize>, envelopes: Vec<usize>) -> Vec<u8> {
-        let list = |lens: Vec<usize>| lens.into_iter().map(|n| EnvelopeBytes(vec![3; n])).collect();
+        let list = |lens: Vec<usize>| {
+            lens.into_iter()
+                .map(|n| EnvelopeBytes(vec![3; n]))
+                .collect()
+        };
         Bundle {
             genesis: vec![9; 50],
             records: list(records),
@@ -269,9 +273,17 @@ mod tests {
     fn a_bundle_with_a_short_envelope_or_record_is_refused_naming_it() {
         let ok = MIN_ENVELOPE_LEN;
         for (records, envelopes, message) in [
-            (vec![], vec![ok, ok, 0], "envelope 2 of the bundle is 0 bytes"),
+            (
+                vec![],
+                vec![ok, ok, 0],
+                "envelope 2 of the bundle is 0 bytes",
+            ),
             (vec![ok, 1], vec![ok], "record 1 of the bundle is 1 bytes"),
-            (vec![], vec![ok - 1], "envelope 0 of the bundle is 106 bytes"),
+            (
+                vec![],
+                vec![ok - 1],
+                "envelope 0 of the bundle is 106 bytes",
+            ),
         ] {
             let Err(error) = Bundle::decode(&bundle_of(records, envelopes)) else {
                 panic!("a bundle with a short envelope or record decoded (wanted {message})");
@@ -313,10 +325,7 @@ mod tests {
             bytes.extend_from_slice(&[0; MIN_ENVELOPE_LEN]);
         }
         let error = Bundle::decode(&bytes).expect_err("refused");
-        assert!(
-            error.to_string().contains("envelope 3: "),
-            "{error}"
-        );
+        assert!(error.to_string().contains("envelope 3: "), "{error}");
     }
 
     proptest! {
