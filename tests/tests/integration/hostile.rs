@@ -130,12 +130,8 @@ impl Arena {
         started.elapsed()
     }
 
-    /// A's peak resident memory grew less than the bound; returns (VmRSS,
-    /// VmHWM) in KiB.
-    fn memory_is_bounded(&self, attack: &str) -> (u64, u64) {
-        self.memory_is_within(attack, MEMORY_GROWTH_BOUND_KIB)
-    }
-
+    /// A's peak resident memory grew less than `bound_kib`; returns
+    /// (VmRSS, VmHWM) in KiB.
     fn memory_is_within(&self, attack: &str, bound_kib: u64) -> (u64, u64) {
         let (rss, hwm) = self.a.memory_kib();
         assert!(
