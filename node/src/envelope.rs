@@ -21,6 +21,17 @@ pub const ENVELOPE_VERSION: u8 = 1;
 pub const CHANGE_SIGNING_TAG: &[u8] = b"concord-change-v1\0";
 /// Bytes before the change: version, author key, signature.
 const HEADER_LEN: usize = 1 + 32 + 64;
+/// The smallest change chunk: magic (4), checksum (4), type (1) and a
+/// one-byte data length (of zero).
+const MIN_CHUNK_LEN: usize = 4 + 4 + 1 + 1;
+/// The smallest envelope [`Envelope::decode`] can accept: the header and
+/// the smallest chunk. Every envelope and roster record on the wire or in a
+/// bundle is at least this long (a record is longer still: a network id, a
+/// key and a signature), so decoders refuse anything shorter as they read
+/// it, and a list of them decodes into memory proportional to its bytes
+/// (each entry costs a 24-byte vector header beside at least this many
+/// bytes, rather than beside a single length byte).
+pub const MIN_ENVELOPE_LEN: usize = HEADER_LEN + MIN_CHUNK_LEN;
 /// Automerge's chunk magic bytes.
 const CHUNK_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
 /// Automerge's chunk type of an uncompressed change.
@@ -32,7 +43,7 @@ pub const MAX_CHANGE_LEN: usize = 4 * 1024 * 1024;
 /// Why an envelope was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EnvelopeError {
-    #[error("envelope is truncated: {0} bytes, at least {min} needed", min = HEADER_LEN + 10)]
+    #[error("envelope is truncated: {0} bytes, at least {MIN_ENVELOPE_LEN} needed")]
     Truncated(usize),
     #[error("unsupported envelope version {0} (this build reads version {ENVELOPE_VERSION})")]
     Version(u8),
@@ -99,7 +110,7 @@ impl Envelope {
     /// Decodes the wire layout and hashes the change. Does not verify the
     /// signature: see [`Envelope::verify`].
     pub fn decode(bytes: &[u8]) -> Result<Self, EnvelopeError> {
-        if bytes.len() < HEADER_LEN + 10 {
+        if bytes.len() < MIN_ENVELOPE_LEN {
             return Err(EnvelopeError::Truncated(bytes.len()));
         }
         if bytes[0] != ENVELOPE_VERSION {
@@ -229,7 +240,7 @@ pub fn change_hash(chunk: &[u8]) -> Result<ChangeHash, EnvelopeError> {
     if chunk.len() > MAX_CHANGE_LEN {
         return Err(EnvelopeError::TooLarge(chunk.len()));
     }
-    if chunk.len() < 10 {
+    if chunk.len() < MIN_CHUNK_LEN {
         return Err(EnvelopeError::BadChunk("shorter than a chunk header"));
     }
     if chunk[..4] != CHUNK_MAGIC {

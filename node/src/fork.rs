@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::envelope::{ChangeHeader, Envelope, EnvelopeError, change_header};
+use crate::envelope::{ChangeHeader, Envelope, EnvelopeError, MIN_ENVELOPE_LEN, change_header};
 use crate::genesis::{NetworkId, serde_bytes_compat};
 use crate::identity::PublicKey;
 
@@ -57,9 +57,21 @@ pub struct ForkProof {
     seq: u64,
 }
 
-/// A proof's wire form: the two envelopes, each length-prefixed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A proof's wire form: the two envelopes, each length-prefixed. Decoding
+/// refuses one shorter than [`MIN_PROOF_LEN`] at once, so a list of proofs
+/// costs memory in proportion to its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ProofBytes(#[serde(with = "serde_bytes_compat")] pub Vec<u8>);
+
+/// The shortest proof: two of the smallest envelopes, each with a one-byte
+/// length prefix.
+pub const MIN_PROOF_LEN: usize = 2 * (MIN_ENVELOPE_LEN + 1);
+
+impl<'de> Deserialize<'de> for ProofBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        crate::bundle::at_least(d, "a fork proof", MIN_PROOF_LEN).map(Self)
+    }
+}
 
 #[derive(Serialize, Deserialize)]
 struct Wire {
@@ -211,4 +223,113 @@ pub fn digest(frozen: &Frozen) -> [u8; 32] {
         hasher.update(seq.to_be_bytes());
     }
     hasher.finalize().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::EnvelopeBytes;
+    use crate::doc::{Document, NewAssessment};
+    use crate::identity::Identity;
+    use crate::sync::{self, Request};
+
+    fn network() -> NetworkId {
+        NetworkId([7; 32])
+    }
+
+    /// `signer` signs change number 1 of a document whose actor is `actor`.
+    fn version(signer: &Identity, actor: PublicKey, title: &str) -> Envelope {
+        let mut doc = Document::new(actor);
+        let change = doc
+            .add_assessment(
+                "ra-x",
+                &NewAssessment::draft("reliability", title),
+                1_700_000_000_000,
+            )
+            .expect("change");
+        Envelope::sign(signer, network(), change.raw_bytes().to_vec()).expect("sign")
+    }
+
+    #[test]
+    fn two_versions_of_one_number_prove_a_fork_whoever_passes_them_on() {
+        let a = Identity::from_secret([1; 32]);
+        let (x, y) = (version(&a, a.public(), "x"), version(&a, a.public(), "y"));
+        let proof = ForkProof::new(x.clone(), y.clone(), network()).expect("a fork");
+        assert_eq!((proof.author(), proof.seq()), (a.public(), 1));
+        // One fork, one proof, whichever order it was found in.
+        let again = ForkProof::new(y, x, network()).expect("a fork");
+        assert_eq!(again.encode(), proof.encode());
+        let decoded = ForkProof::decode(&proof.encode().0, network()).expect("decodes");
+        assert_eq!(decoded, proof);
+        // Not in another network.
+        assert!(matches!(
+            ForkProof::decode(&proof.encode().0, NetworkId([8; 32])),
+            Err(ForkError::Envelope { .. })
+        ));
+    }
+
+    #[test]
+    fn nothing_else_passes_for_a_proof() {
+        let (a, b) = (
+            Identity::from_secret([1; 32]),
+            Identity::from_secret([2; 32]),
+        );
+        let x = version(&a, a.public(), "x");
+        // The same change twice.
+        assert!(matches!(
+            ForkProof::new(x.clone(), x.clone(), network()),
+            Err(ForkError::SameChange(_))
+        ));
+        // Two authors.
+        assert!(matches!(
+            ForkProof::new(x.clone(), version(&b, b.public(), "y"), network()),
+            Err(ForkError::TwoAuthors { .. })
+        ));
+        // A change signed by A but made as B's: it is not A's chain, so it
+        // cannot convict anyone.
+        assert!(matches!(
+            ForkProof::new(x.clone(), version(&a, b.public(), "y"), network()),
+            Err(ForkError::Actor { .. })
+        ));
+        // Different numbers.
+        let mut doc = Document::new(a.public());
+        let new = NewAssessment::draft("reliability", "x");
+        doc.add_assessment("ra-1", &new, 1_700_000_000_000)
+            .expect("1");
+        let second = doc
+            .add_assessment("ra-2", &new, 1_700_000_000_001)
+            .expect("2");
+        let two = Envelope::sign(&a, network(), second.raw_bytes().to_vec()).expect("sign");
+        assert!(matches!(
+            ForkProof::new(x, two, network()),
+            Err(ForkError::Seqs {
+                first: 1,
+                second: 2
+            } | ForkError::Seqs {
+                first: 2,
+                second: 1
+            })
+        ));
+        // Bytes that are not a proof at all.
+        assert!(ForkProof::decode(&[0; 300], network()).is_err());
+    }
+
+    /// As for envelopes (issue 14, item 7): a list of empty proofs would
+    /// decode into 24 bytes of memory per byte received.
+    #[test]
+    fn a_short_proof_is_refused_as_the_message_decodes() {
+        let push = Request::Push {
+            network: network(),
+            records: Vec::new(),
+            envelopes: Vec::<EnvelopeBytes>::new(),
+            proofs: vec![ProofBytes(vec![0; 10])],
+            versions: Vec::new(),
+        };
+        let err = sync::decode_request(&sync::encode_request(&push)).expect_err("refused");
+        assert!(
+            err.to_string()
+                .contains("a fork proof of 10 bytes, shorter than the smallest one"),
+            "{err}"
+        );
+    }
 }

@@ -16,11 +16,17 @@
 //! both directions, for [`BAN_FIRST`], doubling with each repeat up to
 //! [`BAN_MAX`], so it cannot reconnect and be refused over and over. Inbound
 //! requests are capped per peer ([`MAX_INBOUND_PER_PEER`]); requests over
-//! the cap go unanswered, so one peer cannot queue unbounded work.
+//! the cap go unanswered, so one peer cannot queue unbounded work. The bytes
+//! of the messages a connection has in flight are bounded too
+//! ([`MAX_INBOUND_BYTES_PER_CONNECTION`]): a message is read only once its
+//! announced length fits, and a request keeps its share until it is
+//! answered, so one peer's messages hold a bounded amount of memory however
+//! many streams it opens.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::stream::FuturesUnordered;
@@ -37,7 +43,7 @@ use libp2p::{
     PeerId, StreamProtocol, Swarm, allow_block_list, connection_limits, identify, identity, mdns,
     noise, ping, tcp, yamux,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::sync::{self, MAX_MESSAGE_LEN};
 
@@ -46,7 +52,7 @@ const CHANNEL_BOUND: usize = 256;
 /// Established connections in total, and to one peer (a simultaneous dial
 /// from both sides can briefly make two).
 const MAX_CONNECTIONS: u32 = 256;
-const MAX_CONNECTIONS_PER_PEER: u32 = 2;
+pub const MAX_CONNECTIONS_PER_PEER: u32 = 2;
 /// Connections still in their handshake.
 const MAX_PENDING: u32 = 64;
 /// How long a connection may take to finish its handshake (TCP, noise,
@@ -71,6 +77,17 @@ pub const REQUEST_START_TIMEOUT: Duration = Duration::from_secs(5);
 /// this cap are dropped unanswered (each answer may hold up to
 /// [`sync::RESPONSE_TARGET_LEN`] bytes until the peer reads it).
 pub const MAX_INBOUND_PER_PEER: usize = 32;
+/// Bytes of the messages read from one connection that may be in flight at
+/// once: a request from the moment its length prefix is read until its
+/// answer is written (or it is dropped), a response until it is decoded. A
+/// message whose announced length does not fit waits (within the request
+/// timeout) for earlier ones to finish; the stream waiting holds no memory.
+/// Two full messages, so the next push is read while one is processed (the
+/// node loop processes one at a time anyway); with
+/// [`MAX_CONNECTIONS_PER_PEER`], one peer's messages hold at most 32 MiB of
+/// bytes, and their decoded forms a small multiple of that (see
+/// `bundle::EnvelopeBytes`).
+pub const MAX_INBOUND_BYTES_PER_CONNECTION: usize = 2 * MAX_MESSAGE_LEN;
 /// First ban of a misbehaving peer; each further one doubles, up to
 /// [`BAN_MAX`]. A peer with no ban for [`BAN_FORGET`] starts afresh.
 pub const BAN_FIRST: Duration = Duration::from_secs(30);
@@ -337,6 +354,8 @@ pub fn new(
                 sync: request_response::Behaviour::with_codec(
                     SyncCodec {
                         traffic: traffic.clone(),
+                        budget: None,
+                        held: None,
                     },
                     [(StreamProtocol::new(sync::PROTOCOL), ProtocolSupport::Full)],
                     request_response::Config::default()
@@ -743,10 +762,54 @@ pub enum WireRequest {
 
 /// Frames sync messages: a 4-byte big-endian length, then the postcard body.
 /// A length over [`MAX_MESSAGE_LEN`] is refused before anything is allocated.
-/// Counts the bytes it frames in both directions.
-#[derive(Clone, Debug, Default)]
+/// Counts the bytes it frames in both directions, and bounds the bytes in
+/// flight on each connection ([`MAX_INBOUND_BYTES_PER_CONNECTION`]).
+///
+/// libp2p's request-response clones the behaviour's codec once for each
+/// connection, and that connection's codec once for each stream; the codec
+/// has no other way to tell connections apart. So a clone of a codec with no
+/// budget (the behaviour's own, or a new one) gets a fresh budget: the
+/// connection's; a clone of a codec with one shares it: a stream's.
+#[derive(Debug, Default)]
 pub struct SyncCodec {
     traffic: Traffic,
+    /// The connection's budget of bytes in flight (`None` in the
+    /// behaviour's own codec).
+    budget: Option<Arc<Semaphore>>,
+    /// An inbound request's share of the budget, held by its stream's codec
+    /// until the answer is written or the stream is dropped.
+    held: Option<OwnedSemaphorePermit>,
+}
+
+impl Clone for SyncCodec {
+    fn clone(&self) -> Self {
+        let budget = self
+            .budget
+            .clone()
+            .unwrap_or_else(|| Arc::new(Semaphore::new(MAX_INBOUND_BYTES_PER_CONNECTION)));
+        Self {
+            traffic: self.traffic.clone(),
+            budget: Some(budget),
+            held: None,
+        }
+    }
+}
+
+impl SyncCodec {
+    /// Waits until a message of `len` bytes fits in the connection's budget;
+    /// the returned permit gives the bytes back when dropped.
+    async fn reserve(&self, len: usize) -> std::io::Result<Option<OwnedSemaphorePermit>> {
+        let Some(budget) = &self.budget else {
+            return Ok(None);
+        };
+        // `len` is at most MAX_MESSAGE_LEN, checked by the caller.
+        let permits = u32::try_from(len).map_err(|_| too_large(len))?;
+        Arc::clone(budget)
+            .acquire_many_owned(permits)
+            .await
+            .map(Some)
+            .map_err(|_| std::io::Error::other("the connection's budget is closed"))
+    }
 }
 
 /// Sync bytes sent and received (frames with their length prefixes), shared
@@ -776,31 +839,36 @@ fn too_large(len: usize) -> std::io::Error {
     )
 }
 
-async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> std::io::Result<Vec<u8>> {
-    let mut len = [0u8; 4];
-    io.read_exact(&mut len).await?;
-    read_body(io, len).await
-}
-
-/// Reads a frame's body once its length prefix `len` has been read.
+/// Reads a frame's body once its length prefix `len` has been read, when
+/// it fits in the connection's budget; returns it with its share of the
+/// budget.
 async fn read_body<T: AsyncRead + Unpin + Send>(
+    codec: &SyncCodec,
     io: &mut T,
     len: [u8; 4],
-) -> std::io::Result<Vec<u8>> {
+) -> std::io::Result<(Vec<u8>, Option<OwnedSemaphorePermit>)> {
     let len = u32::from_be_bytes(len) as usize;
     if len > MAX_MESSAGE_LEN {
         return Err(too_large(len));
     }
-    // Grow with the bytes that actually arrive, not with the announced length.
-    let mut body = Vec::new();
-    io.take(len as u64).read_to_end(&mut body).await?;
-    if body.len() != len {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            format!("message announced {len} bytes, {} arrived", body.len()),
-        ));
+    let permit = codec.reserve(len).await?;
+    // Zeroed memory comes from the system as untouched pages, which become
+    // resident only as the bytes that arrive fill them; and there is no
+    // reallocation (and no copy) as the body grows.
+    let mut body = vec![0u8; len];
+    let mut filled = 0;
+    while filled < len {
+        match io.read(&mut body[filled..]).await? {
+            0 => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("message announced {len} bytes, {filled} arrived"),
+                ));
+            }
+            n => filled += n,
+        }
     }
-    Ok(body)
+    Ok((body, permit))
 }
 
 async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, body: &[u8]) -> std::io::Result<()> {
@@ -845,10 +913,15 @@ impl request_response::Codec for SyncCodec {
                 )));
             }
         }
-        match read_body(io, len).await {
-            Ok(body) => {
+        match read_body(self, io, len).await {
+            Ok((body, permit)) => {
                 Traffic::count(&self.traffic.received, body.len());
-                Ok(match sync::decode_request(&body) {
+                let request = sync::decode_request(&body);
+                drop(body);
+                // Held until the answer is written: the decoded request
+                // lives on until the node has answered it.
+                self.held = permit;
+                Ok(match request {
                     Ok(request) => WireRequest::Valid(request),
                     Err(e) => WireRequest::Invalid(e.to_string()),
                 })
@@ -868,7 +941,10 @@ impl request_response::Codec for SyncCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        let body = read_frame(io).await?;
+        let mut len = [0u8; 4];
+        io.read_exact(&mut len).await?;
+        // The permit goes back once the response is decoded.
+        let (body, _permit) = read_body(self, io, len).await?;
         Traffic::count(&self.traffic.received, body.len());
         sync::decode_response(&body).map_err(invalid)
     }
@@ -905,7 +981,133 @@ impl request_response::Codec for SyncCodec {
         T: AsyncWrite + Unpin + Send,
     {
         let body = sync::encode_response(&response);
+        drop(response);
         Traffic::count(&self.traffic.sent, body.len());
-        write_frame(io, &body).await
+        let written = write_frame(io, &body).await;
+        // The request is answered: its bytes are no longer in flight.
+        self.held = None;
+        written
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt;
+    use futures::io::Cursor;
+    use request_response::Codec;
+
+    use super::*;
+    use crate::bundle::EnvelopeBytes;
+    use crate::genesis::NetworkId;
+
+    fn protocol() -> StreamProtocol {
+        StreamProtocol::new(sync::PROTOCOL)
+    }
+
+    /// A framed push whose body is `len` bytes (`len` over 2 MiB).
+    fn framed_push(len: usize) -> Vec<u8> {
+        // Variant, network, no records, one envelope, its 4-byte length, no
+        // proofs, no versions.
+        let overhead = 1 + 32 + 1 + 1 + 4 + 1 + 1;
+        let push = sync::Request::Push {
+            network: NetworkId([1; 32]),
+            records: Vec::new(),
+            envelopes: vec![EnvelopeBytes(vec![7; len - overhead])],
+            proofs: Vec::new(),
+            versions: Vec::new(),
+        };
+        let body = sync::encode_request(&push);
+        assert_eq!(body.len(), len);
+        let mut framed = (len as u32).to_be_bytes().to_vec();
+        framed.extend_from_slice(&body);
+        framed
+    }
+
+    #[test]
+    fn each_connection_gets_its_own_budget_and_its_streams_share_it() {
+        let behaviour = SyncCodec::default();
+        let connection = behaviour.clone();
+        let stream = connection.clone();
+        let other = behaviour.clone();
+        let (Some(a), Some(b), Some(c)) = (&connection.budget, &stream.budget, &other.budget)
+        else {
+            panic!("every clone has a budget");
+        };
+        assert!(Arc::ptr_eq(a, b), "a connection's streams share its budget");
+        assert!(!Arc::ptr_eq(a, c), "connections do not share a budget");
+        assert_eq!(a.available_permits(), MAX_INBOUND_BYTES_PER_CONNECTION);
+    }
+
+    /// Issue 14, item 7: a peer opening many streams had every message on
+    /// them read and decoded at once. Now a connection has at most
+    /// MAX_INBOUND_BYTES_PER_CONNECTION bytes of requests in flight; the
+    /// next waits, unread, until an earlier one is answered.
+    #[test]
+    fn a_request_waits_until_the_connections_earlier_ones_are_answered() {
+        // Reading a request starts a timer; nothing here waits on one.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        let _context = runtime.enter();
+        let connection = SyncCodec::default().clone();
+        let full = framed_push(MAX_MESSAGE_LEN);
+        let per_connection = MAX_INBOUND_BYTES_PER_CONNECTION / MAX_MESSAGE_LEN;
+        let mut answered = Vec::new();
+        for _ in 0..per_connection {
+            let mut stream = connection.clone();
+            let read = stream
+                .read_request(&protocol(), &mut Cursor::new(full.clone()))
+                .now_or_never()
+                .expect("read at once")
+                .expect("read");
+            assert!(matches!(read, WireRequest::Valid(_)), "read as invalid");
+            answered.push(stream);
+        }
+        let mut waiting = connection.clone();
+        let mut io = Cursor::new(full.clone());
+        let sync_protocol = protocol();
+        let mut read = Box::pin(waiting.read_request(&sync_protocol, &mut io));
+        assert!(
+            (&mut read).now_or_never().is_none(),
+            "a request over the budget was read"
+        );
+        // One answer written gives its bytes back.
+        let mut first = answered.remove(0);
+        first
+            .write_response(
+                &protocol(),
+                &mut Cursor::new(Vec::new()),
+                sync::Response::Ack {
+                    accepted: 0,
+                    have: Vec::new(),
+                    frozen: Vec::new(),
+                },
+            )
+            .now_or_never()
+            .expect("written at once")
+            .expect("written");
+        let read = read.now_or_never().expect("read once the budget allows");
+        assert!(matches!(read, Ok(WireRequest::Valid(_))), "read failed");
+        // A dropped stream (unanswered) gives its bytes back too, and
+        // another connection never waited on this one.
+        let budget = connection.budget.clone().expect("a budget");
+        let held = per_connection * MAX_MESSAGE_LEN;
+        assert_eq!(
+            budget.available_permits(),
+            MAX_INBOUND_BYTES_PER_CONNECTION - held
+        );
+        drop(answered);
+        assert_eq!(
+            budget.available_permits(),
+            MAX_INBOUND_BYTES_PER_CONNECTION - MAX_MESSAGE_LEN
+        );
+        let mut other = SyncCodec::default().clone();
+        assert!(
+            other
+                .read_request(&protocol(), &mut Cursor::new(full))
+                .now_or_never()
+                .is_some()
+        );
     }
 }

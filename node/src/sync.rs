@@ -192,13 +192,15 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, SyncError> {
     if bytes.len() > MAX_MESSAGE_LEN {
         return Err(SyncError::TooLarge(bytes.len()));
     }
-    match postcard::take_from_bytes(bytes) {
+    // Refuses an envelope or record shorter than the smallest one as it
+    // reads it (see `bundle::EnvelopeBytes`).
+    match crate::bundle::decode_postcard(bytes) {
         Ok((value, [])) => Ok(value),
         Ok((_, rest)) => Err(SyncError::Decode(format!(
             "{} unexpected bytes after the message",
             rest.len()
         ))),
-        Err(e) => Err(SyncError::Decode(e.to_string())),
+        Err(e) => Err(SyncError::Decode(e)),
     }
 }
 
@@ -259,14 +261,14 @@ mod tests {
         #[test]
         fn requests_and_responses_round_trip(
             seqs in proptest::collection::vec((1u8..20, any::<u64>()), 0..10),
-            envs in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 0..10),
+            envs in proptest::collection::vec(proptest::collection::vec(any::<u8>(), crate::envelope::MIN_ENVELOPE_LEN..300), 0..10),
             more: bool,
             net in any::<[u8; 32]>(),
         ) {
             let have: Vec<ChainTip> = seqs.iter().map(|(k, s)| ChainTip { author: key(*k), seq: *s, hash: net }).collect();
             let frozen: Vec<FrozenAt> = seqs.iter().map(|(k, s)| FrozenAt { author: key(*k), seq: *s }).collect();
             let envelopes: Vec<EnvelopeBytes> = envs.into_iter().map(EnvelopeBytes).collect();
-            let proofs: Vec<ProofBytes> = envelopes.iter().map(|e| ProofBytes(e.0.clone())).collect();
+            let proofs: Vec<ProofBytes> = envelopes.iter().map(|e| ProofBytes([e.0.clone(), e.0.clone(), vec![0, 0]].concat())).collect();
             for request in [
                 Request::Pull { network: NetworkId(net), have: have.clone(), records: net, frozen: frozen.clone() },
                 Request::Push { network: NetworkId(net), records: envelopes.clone(), envelopes: envelopes.clone(), proofs: proofs.clone(), versions: envelopes.clone() },

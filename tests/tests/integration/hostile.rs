@@ -29,12 +29,23 @@ use support::{Federation, forge};
 const PRELOAD: usize = 1000;
 /// How much the node's peak resident memory may grow during one attack.
 const MEMORY_GROWTH_BOUND_KIB: u64 = 96 * 1024;
+/// How much A's peak resident memory may grow while one peer floods it
+/// with pushes: 4 times the bytes that peer may have in flight at once (on
+/// each of the connections it may hold), plus the allowance every attack
+/// here has for the node's own work (the honest member's catch-up, B's
+/// connection, allocator slack).
+const FLOOD_GROWTH_BOUND_KIB: u64 = 4
+    * (concord_node::network::MAX_CONNECTIONS_PER_PEER as u64)
+    * (concord_node::network::MAX_INBOUND_BYTES_PER_CONNECTION as u64)
+    / 1024
+    + 32 * 1024;
 /// Any one attack or wait ends by then, whatever happens.
 const DEADLINE: Duration = Duration::from_secs(60);
 
 /// A federation of A (the node under attack, running), B (an honest
-/// member, started during the attack) and H (a member whose key the
-/// hostile peer holds; H itself never runs).
+/// member, started during the attack), H (a member whose key the
+/// hostile peer holds; H itself never runs) and O (an observer, whose key
+/// the hostile peer holds in some tests; O never runs either).
 struct Arena {
     fed: Federation,
     a: Proc,
@@ -43,12 +54,13 @@ struct Arena {
     peer: PeerId,
     network: NetworkId,
     hostile: Identity,
+    observer: Identity,
     hwm_before: u64,
 }
 
 impl Arena {
     fn new() -> Self {
-        let fed = Federation::new(&["A", "B", "H"], &[]);
+        let fed = Federation::new(&["A", "B", "H"], &["O"]);
         let a = Proc::start(fed.nodes[0].dir(), &[]).expect("A starts");
         let api = a.api();
         for chunk in 0..PRELOAD / 250 {
@@ -75,6 +87,7 @@ impl Arena {
         let (peer, _) = concord_node::network::split_peer(&addr).expect("peer id");
         let network = forge::read_genesis(&fed.genesis).network_id();
         let hostile = fed.nodes[2].identity();
+        let observer = fed.nodes[3].identity();
         let (_, hwm_before) = a.memory_kib();
         Self {
             fed,
@@ -83,6 +96,7 @@ impl Arena {
             peer,
             network,
             hostile,
+            observer,
             hwm_before,
         }
     }
@@ -116,12 +130,12 @@ impl Arena {
         started.elapsed()
     }
 
-    /// A's peak resident memory grew less than the bound; returns (VmRSS,
-    /// VmHWM) in KiB.
-    fn memory_is_bounded(&self, attack: &str) -> (u64, u64) {
+    /// A's peak resident memory grew less than `bound_kib`; returns
+    /// (VmRSS, VmHWM) in KiB.
+    fn memory_is_within(&self, attack: &str, bound_kib: u64) -> (u64, u64) {
         let (rss, hwm) = self.a.memory_kib();
         assert!(
-            hwm <= self.hwm_before + MEMORY_GROWTH_BOUND_KIB,
+            hwm <= self.hwm_before + bound_kib,
             "A's peak memory grew from {} KiB to {hwm} KiB during {attack}",
             self.hwm_before
         );
@@ -129,7 +143,11 @@ impl Arena {
     }
 
     fn report(&self, attack: &str, honest: Duration, extra: &str) {
-        let (rss, hwm) = self.memory_is_bounded(attack);
+        self.report_within(attack, honest, extra, MEMORY_GROWTH_BOUND_KIB);
+    }
+
+    fn report_within(&self, attack: &str, honest: Duration, extra: &str, bound_kib: u64) {
+        let (rss, hwm) = self.memory_is_within(attack, bound_kib);
         eprintln!(
             "hostile {attack}: honest member caught up in {honest:.1?}; A VmRSS {} MiB, \
              VmHWM {} MiB (before: {} MiB); {extra}",
@@ -702,5 +720,186 @@ fn streams_left_idle_get_the_peer_banned() {
         &format!(
             "64 idle streams; the node closed the connection after {closed:.1?} and banned the peer"
         ),
+    );
+}
+
+/// The body of a `Push` of as many copies of `envelope` as fit in one
+/// message, built byte by byte (postcard: variant 1, the network, no
+/// records, the envelope count, then each envelope length-prefixed), so
+/// the test does not hold millions of decoded envelopes itself.
+fn push_filling_a_message(network: NetworkId, envelope: &[u8]) -> (Vec<u8>, usize) {
+    fn varint(mut n: usize, out: &mut Vec<u8>) {
+        while n >= 0x80 {
+            out.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+    }
+    let mut one = Vec::new();
+    varint(envelope.len(), &mut one);
+    one.extend_from_slice(envelope);
+    // Variant, network, record count, and up to 5 bytes of envelope count.
+    let count = (sync::MAX_MESSAGE_LEN - 1 - 32 - 1 - 5) / one.len();
+    let mut body = vec![1];
+    body.extend_from_slice(&network.0);
+    body.push(0);
+    varint(count, &mut body);
+    for _ in 0..count {
+        body.extend_from_slice(&one);
+    }
+    assert!(body.len() <= sync::MAX_MESSAGE_LEN);
+    let mut framed = (body.len() as u32).to_be_bytes().to_vec();
+    framed.extend_from_slice(&body);
+    (framed, count)
+}
+
+/// The smallest envelope the format allows: version, `author`, a zero
+/// signature and a change chunk with no data but a valid checksum, so it
+/// decodes and is refused only by the checks after decoding.
+fn smallest_envelope(author: &Identity) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let hash = Sha256::digest([1u8, 0]);
+    let mut bytes = vec![1];
+    bytes.extend_from_slice(author.public().as_bytes());
+    bytes.extend_from_slice(&[0; 64]);
+    bytes.extend_from_slice(&[0x85, 0x6f, 0x4a, 0x83]);
+    bytes.extend_from_slice(&hash[..4]);
+    bytes.extend_from_slice(&[1, 0]);
+    bytes
+}
+
+/// What a push flood came to.
+#[derive(Debug, Default)]
+struct Flood {
+    /// Answered `Refused`.
+    refused: usize,
+    /// Answered anything else.
+    other: usize,
+    /// Failed without an answer (dropped, or the connection closed).
+    failed: usize,
+    /// Connections A closed.
+    closed: usize,
+}
+
+/// Pushes `framed` (one whole framed message) on `streams` streams of each
+/// of `connections` connections under `key`, and waits until every one is
+/// answered or failed. Returns what came of them.
+fn push_flood(
+    arena: &Arena,
+    key: identity::Keypair,
+    framed: Vec<u8>,
+    connections: usize,
+    streams: usize,
+) -> Flood {
+    let (peer, addr) = (arena.peer, arena.addr.clone());
+    let (_stop, attack) = spawn_attack(move |stop| {
+        Box::pin(async move {
+            let mut swarm = swarm(key, rogue::RawCodec);
+            for _ in 0..connections {
+                let opts = DialOpts::peer_id(peer)
+                    .condition(PeerCondition::Always)
+                    .addresses(vec![addr.clone()])
+                    .build();
+                swarm.dial(opts).expect("dial");
+            }
+            let mut established = 0usize;
+            drive(
+                &mut swarm,
+                &stop,
+                &mut established,
+                |_, n, event| {
+                    if let SwarmEvent::ConnectionEstablished { .. } = event {
+                        *n += 1;
+                    }
+                },
+                |n| *n >= connections,
+            )
+            .await;
+            for _ in 0..connections * streams {
+                swarm.behaviour_mut().send_request(&peer, framed.clone());
+            }
+            let mut flood = Flood::default();
+            drive(
+                &mut swarm,
+                &stop,
+                &mut flood,
+                |_, f, event| match event {
+                    SwarmEvent::Behaviour(request_response::Event::Message {
+                        message: request_response::Message::Response { response, .. },
+                        ..
+                    }) => match response.get(4..).map(sync::decode_response) {
+                        Some(Ok(sync::Response::Refused { .. })) => f.refused += 1,
+                        Some(Ok(_)) => f.other += 1,
+                        // An empty answer: the stream closed unanswered.
+                        _ => f.failed += 1,
+                    },
+                    SwarmEvent::Behaviour(request_response::Event::OutboundFailure { .. }) => {
+                        f.failed += 1
+                    }
+                    SwarmEvent::ConnectionClosed { .. } => f.closed += 1,
+                    _ => {}
+                },
+                |f| f.refused + f.other + f.failed >= connections * streams,
+            )
+            .await;
+            flood
+        })
+    });
+    attack.join().expect("attack")
+}
+
+/// Issue 14, item 7: an 8 MiB push of empty envelopes (one length byte
+/// each) decoded into a 24-byte vector header per byte received, and
+/// sixteen such pushes from an observer's key took a node past 1 GB. Now
+/// a byte string shorter than the smallest envelope is refused as it
+/// decodes, and the bytes one connection may have in flight are bounded,
+/// so A's peak memory grows by at most 4 times what it may hold from the
+/// peer at once, plus the allowance every hostile test has.
+#[test]
+fn pushes_of_empty_envelopes_from_an_observer_cost_memory_in_proportion_to_their_bytes() {
+    let arena = Arena::new();
+    let (framed, count) = push_filling_a_message(arena.network, &[]);
+    let flood = push_flood(&arena, arena.observer.libp2p_keypair(), framed, 1, 16);
+    assert_eq!(
+        flood.other, 0,
+        "a push of empty envelopes was taken: {flood:?}"
+    );
+    assert!(
+        flood.closed >= 1,
+        "the observer stayed connected: {flood:?}"
+    );
+    let honest = arena.honest_member_catches_up("pushes of empty envelopes");
+    arena.report_within(
+        "empty envelopes",
+        honest,
+        &format!("16 pushes of {count} empty envelopes (8 MiB each) from an observer: {flood:?}"),
+        FLOOD_GROWTH_BOUND_KIB,
+    );
+}
+
+/// The same flood with the smallest envelopes the format allows, each
+/// well formed up to its (bogus) signature, from a member's key on both
+/// the connections it may hold: these decode, so every later stage of the
+/// ingest must stay proportional too.
+#[test]
+fn pushes_of_the_smallest_envelopes_cost_memory_in_proportion_to_their_bytes() {
+    let arena = Arena::new();
+    let (framed, count) = push_filling_a_message(arena.network, &smallest_envelope(&arena.hostile));
+    let flood = push_flood(&arena, arena.hostile.libp2p_keypair(), framed, 2, 16);
+    assert_eq!(
+        flood.other, 0,
+        "a push of forged envelopes was taken: {flood:?}"
+    );
+    assert!(flood.closed >= 1, "the member stayed connected: {flood:?}");
+    let honest = arena.honest_member_catches_up("pushes of the smallest envelopes");
+    arena.report_within(
+        "smallest envelopes",
+        honest,
+        &format!(
+            "32 pushes of {count} envelopes of {} bytes (8 MiB each) from a member on 2 \
+             connections: {flood:?}",
+            smallest_envelope(&arena.hostile).len()
+        ),
+        FLOOD_GROWTH_BOUND_KIB,
     );
 }
