@@ -78,6 +78,19 @@ pub fn import(session: &mut Session, file: &Path, json: bool) -> anyhow::Result<
             "Imported {} new change(s){records} ({} already known)",
             summary.new, summary.already_known
         ))?;
+        if summary.forks_proven > 0 {
+            output::text(&format!(
+                "The bundle proved {} fork(s): a member signed two different changes with one \
+                 number; its changes from there on no longer count (see `concord verify`).",
+                summary.forks_proven
+            ))?;
+        }
+        if summary.left_out > 0 {
+            output::text(&format!(
+                "Left out {} change(s) by a member frozen by a proven fork, or built on one.",
+                summary.left_out
+            ))?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -319,3 +319,86 @@ impl Replica {
         (stored > counting).then_some(counting + 1)
     }
 }
+
+impl Replica {
+    /// Proves every fork a batch shows: an envelope whose author and number
+    /// this node holds with another hash. Only those envelopes are verified
+    /// here (the rest are verified as they are ingested). Returns how many
+    /// proofs were adopted.
+    pub(super) fn forks_in(&mut self, wire: &[EnvelopeBytes]) -> Result<usize, ReplicaError> {
+        let network = self.network_id()?;
+        let mut proofs = Vec::new();
+        for bytes in wire {
+            // Anything that is not a valid other version is left to the
+            // ingest, which refuses it naming what is wrong.
+            let Ok(envelope) = Envelope::decode(&bytes.0) else {
+                continue;
+            };
+            let Ok(header) = change_header(envelope.change_bytes()) else {
+                continue;
+            };
+            let Some(held) = self
+                .store
+                .hash_at(&envelope.author(), header.seq)
+                .filter(|held| *held != envelope.hash())
+            else {
+                continue;
+            };
+            if !self.roster()?.knows(&envelope.author()) {
+                continue;
+            }
+            if let Ok(proof) = ForkProof::new(self.stored_envelope(&held)?, envelope, network) {
+                proofs.push(proof);
+            }
+        }
+        Ok(self.adopt(proofs)?.len())
+    }
+
+    /// Splits off the envelopes that cannot count here because their
+    /// author is frozen from their number on, and those that build on them
+    /// (by the dependencies in their headers, within the batch). Returns the
+    /// rest, in order, and how many were left out.
+    pub(super) fn without_frozen(
+        &self,
+        wire: Vec<EnvelopeBytes>,
+    ) -> Result<(Vec<EnvelopeBytes>, usize), ReplicaError> {
+        let frozen = self.frozen();
+        if frozen.is_empty() {
+            return Ok((wire, 0));
+        }
+        let mut dropped: std::collections::HashSet<ChangeHash> = Default::default();
+        let parsed: Vec<Option<(ChangeHash, crate::envelope::ChangeHeader, bool)>> = wire
+            .iter()
+            .map(|bytes| {
+                let envelope = Envelope::decode(&bytes.0).ok()?;
+                let header = change_header(envelope.change_bytes()).ok()?;
+                let forked = frozen
+                    .get(&envelope.author())
+                    .is_some_and(|f| header.seq >= *f);
+                Some((envelope.hash(), header, forked))
+            })
+            .collect();
+        // To a fixed point: a batch need not be in causal order.
+        loop {
+            let before = dropped.len();
+            for (hash, header, forked) in parsed.iter().flatten() {
+                if !dropped.contains(hash)
+                    && (*forked || header.deps.iter().any(|d| dropped.contains(d)))
+                {
+                    dropped.insert(*hash);
+                }
+            }
+            if dropped.len() == before {
+                break;
+            }
+        }
+        let left_out = dropped.len();
+        let kept = wire
+            .into_iter()
+            .zip(&parsed)
+            .filter(|(_, p)| !p.as_ref().is_some_and(|(h, _, _)| dropped.contains(h)))
+            .map(|(bytes, _)| bytes)
+            .collect();
+        Ok((kept, left_out))
+    }
+}

@@ -209,7 +209,7 @@ pub struct IdentitySummary {
 }
 
 /// The result of an import.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ImportSummary {
     /// Changes that were new to this node and are now stored.
     pub new: usize,
@@ -218,6 +218,15 @@ pub struct ImportSummary {
     /// Roster records that were new and are now stored (bundles only).
     #[serde(default)]
     pub records: usize,
+    /// Changes left out because their author is frozen by a proven fork
+    /// from their number on, or because they build on such a change
+    /// (bundles only; see [`crate::fork`]).
+    #[serde(default)]
+    pub left_out: usize,
+    /// Forks the bundle proved (a version of a change this node holds with
+    /// another hash), now frozen.
+    #[serde(default)]
+    pub forks_proven: usize,
 }
 
 /// The network this node belongs to: its genesis, the roster records held
@@ -1220,8 +1229,15 @@ impl Replica {
             });
         }
         let (records, _) = self.add_records(&bundle.records)?;
-        let (mut summary, _) = self.ingest_wire(&bundle.envelopes)?;
+        // The other side of a fork (a bundle exported where the other
+        // version went) proves it; then what the freeze leaves out is left
+        // out, and the rest imports.
+        let proven = self.forks_in(&bundle.envelopes)?;
+        let (envelopes, left_out) = self.without_frozen(bundle.envelopes)?;
+        let (mut summary, _) = self.ingest_wire(&envelopes)?;
         summary.records = records.new;
+        summary.left_out = left_out;
+        summary.forks_proven = proven;
         // A large import is worth a snapshot; a running node saves one when
         // it stops, which covers catch-ups over the network.
         if summary.new >= SNAPSHOT_AFTER {
@@ -1367,9 +1383,9 @@ impl Replica {
             Err(e) => return Err(e.into()),
         };
         let summary = ImportSummary {
-            records: 0,
             new: checked.accepted.len(),
             already_known: checked.already_known,
+            ..ImportSummary::default()
         };
         if checked.accepted.is_empty() {
             return Ok((summary, Vec::new()));

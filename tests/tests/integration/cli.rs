@@ -356,7 +356,7 @@ fn export_since_heads_carries_only_newer_changes_and_import_is_idempotent() {
     assert_eq!(b.import(&full)["new"], 1);
     assert_eq!(
         b.import(&full),
-        serde_json::json!({"new": 0, "already_known": 1, "records": 0})
+        serde_json::json!({"new": 0, "already_known": 1, "records": 0, "left_out": 0, "forks_proven": 0})
     );
     let heads = a.json(&["verify"])["heads"]
         .as_array()

@@ -274,3 +274,73 @@ async fn a_restored_key_signs_nothing_until_it_has_caught_up_and_then_no_fork() 
     assert!(restored.status().await.forks.is_empty());
     restored.stop().await;
 }
+
+/// The manual repair, as air-gapped sites do it: importing the other
+/// side's bundle used to be refused whole once a fork split two nodes. Now
+/// the bundle proves the fork, what the freeze leaves out is left out and
+/// the rest imports; and after A rotates its key, A's own write made on its
+/// version reaches B in A's next bundle.
+#[test]
+fn bundles_from_both_sides_of_a_fork_prove_it_and_repair_the_split() {
+    use support::{Federation, add_assessment, path_str};
+    let fed = Federation::new(&["A", "B", "F"], &[]);
+    let (a, b) = (&fed.nodes[0], &fed.nodes[1]);
+    let forger = fed.nodes[2].identity();
+    let branch = |label: &str, at: &support::Node| {
+        let envelopes = forge::changes(forger.public(), label, 2)
+            .into_iter()
+            .map(|c| forge::envelope(&forger, &fed.genesis, c).encode())
+            .collect();
+        forge::bundle(
+            at.dir(),
+            &format!("{label}.bundle"),
+            &fed.genesis,
+            envelopes,
+        )
+    };
+    assert_eq!(a.import(&branch("for-a", a))["new"], 2);
+    assert_eq!(b.import(&branch("for-b", b))["new"], 2);
+    // Each writes on top of the version it got, before anyone knows.
+    let on_x = add_assessment(a, "algorithmic-bias", "A's write on its version");
+    let on_y = add_assessment(b, "reliability", "B's write on its version");
+
+    // They swap bundles, as air-gapped sites do. A imports B's: the fork
+    // is proven, and what the freeze leaves out (the y branch, and B's
+    // write built on it) is left out instead of refusing the bundle.
+    let from_a = a.export("from-a.bundle");
+    let from_b = b.export("from-b.bundle");
+    let summary = a.import(&from_b);
+    assert_eq!(summary["forks_proven"], 1, "{summary}");
+    assert_eq!(summary["left_out"], 3, "{summary}");
+    let text = a.ok(&["import", path_str(&from_b)]);
+    assert!(text.contains("Left out 3 change(s)"), "{text}");
+    // B imports A's: it proves the fork the same way.
+    assert_eq!(b.import(&from_a)["forks_proven"], 1);
+    let document = |n: &support::Node| (n.json(&["assess", "list"]), n.json(&["note", "list"]));
+    assert_eq!(document(a), document(b), "both sides settled alike");
+    for node in [a, b] {
+        let refused = node.fails(
+            1,
+            &["assess", "add", "--category", "reliability", "--title", "x"],
+        );
+        assert!(refused.contains("concord key rotate"), "{refused}");
+    }
+
+    // Each rotates (offline): its write comes back under its new key, and
+    // the bundles carry the successions and the writes across.
+    a.ok(&["key", "rotate"]);
+    b.ok(&["key", "rotate"]);
+    b.import(&a.export("a-rotated.bundle"));
+    a.import(&b.export("b-rotated.bundle"));
+    for node in [a, b] {
+        assert_eq!(
+            node.json(&["assess", "show", &on_x])["title"],
+            "A's write on its version"
+        );
+        assert_eq!(
+            node.json(&["assess", "show", &on_y])["title"],
+            "B's write on its version"
+        );
+    }
+    assert_eq!(document(a), document(b));
+}
