@@ -134,9 +134,9 @@ impl Replica {
     /// Takes a peer's versions of changes it saw this node hold with another
     /// hash: each one that differs from the stored change of its author and
     /// number makes a proof, adopted as [`Replica::adopt_proofs`] does.
-    /// Versions of changes this node does not hold say nothing and are left
-    /// out; a version that is not validly signed by a known author is an
-    /// error.
+    /// Versions of changes this node does not hold, or holds as they are,
+    /// say nothing and are left out unchecked; a differing version that is
+    /// not validly signed by its author is an error.
     pub fn take_versions(
         &mut self,
         wire: &[EnvelopeBytes],
@@ -145,22 +145,24 @@ impl Replica {
             return Ok(Vec::new());
         }
         let network = self.network_id()?;
-        let roster = self.roster()?.clone();
         let mut proofs = Vec::new();
         for (index, bytes) in wire.iter().enumerate() {
             let theirs = Envelope::decode(&bytes.0)
                 .map_err(|source| IngestError::Malformed { index, source })?;
-            if !roster.knows(&theirs.author()) {
+            if !self.roster()?.knows(&theirs.author()) {
                 continue;
             }
-            theirs.verify(network)?;
+            // The cheap checks first: only a version that differs from a
+            // change held here costs signature checks (in the proof), so a
+            // message of versions that say nothing costs a lookup each.
             let seq = change_header(theirs.change_bytes())?.seq;
-            let Some(ours) = self.store.hash_at(&theirs.author(), seq) else {
+            let Some(ours) = self
+                .store
+                .hash_at(&theirs.author(), seq)
+                .filter(|ours| *ours != theirs.hash())
+            else {
                 continue;
             };
-            if ours == theirs.hash() {
-                continue;
-            }
             let ours = self.stored_envelope(&ours)?;
             proofs.push(ForkProof::new(ours, theirs, network)?);
         }
